@@ -1,0 +1,80 @@
+"""Volume: a 3-D array on a grid defined by a voxel-to-world (RAS mm) affine.
+
+Images are float32; label maps are integer. The dtype is what tells them apart, so every
+operation (resampling, warping, saving) picks the right rule without being told.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import AtlasregError
+
+LABEL_DTYPE = np.int32
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3-D array plus the 4x4 affine mapping voxel indices (i, j, k) to RAS millimetres."""
+
+    array: np.ndarray
+    affine: np.ndarray
+
+    def __post_init__(self) -> None:
+        affine = np.asarray(self.affine, dtype=np.float64)
+        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+            raise AtlasregError("affine must be a finite 4x4 matrix")
+        if abs(np.linalg.det(affine[:3, :3])) < 1e-8:
+            raise AtlasregError("affine is singular (zero voxel size)")
+        object.__setattr__(self, "affine", affine)
+        if self.array.ndim != 3:
+            raise AtlasregError(f"expected a 3-D volume, got {self.array.ndim}-D with shape {self.array.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def is_labels(self) -> bool:
+        return np.issubdtype(self.array.dtype, np.integer)
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size in mm along each array axis."""
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    def with_array(self, array: np.ndarray) -> "Volume":
+        """Same grid, new data."""
+        return Volume(array, self.affine)
+
+    def same_grid(self, other: "Volume", atol: float = 1e-3) -> bool:
+        return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=atol)
+
+    def labels(self) -> np.ndarray:
+        """Sorted non-zero labels present."""
+        values = np.unique(self.array)
+        return values[values != 0]
+
+
+def image(array: np.ndarray, affine: np.ndarray) -> Volume:
+    """An intensity image: float32, every value finite."""
+    array = np.asarray(array, dtype=np.float32)
+    if not np.all(np.isfinite(array)):
+        raise AtlasregError("image contains NaN or infinite intensities")
+    return Volume(array, affine)
+
+
+def label_map(array: np.ndarray, affine: np.ndarray) -> Volume:
+    """A label map: whole, non-negative numbers stored as int32, at least one non-zero label."""
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise AtlasregError("label map holds non-integer values")
+    if array.size and array.min() < 0:
+        raise AtlasregError("label map holds negative labels")
+    array = array.astype(LABEL_DTYPE)
+    if not np.any(array):
+        raise AtlasregError("label map is empty (no non-zero label)")
+    return Volume(array, affine)
