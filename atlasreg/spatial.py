@@ -1,0 +1,122 @@
+"""Grids and resampling: voxel <-> world (RAS mm), sampling at arbitrary points, reorientation, crop/pad.
+
+Images are sampled linearly, label maps by nearest neighbour (or one-hot linear: each label's
+indicator interpolated, the largest wins) so a label map only ever holds labels it started with.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from .errors import AtlasregError
+from .volume import Volume
+
+LABEL_INTERPOLATIONS = ("nearest", "onehot")
+
+
+def voxel_grid(shape: tuple[int, int, int]) -> np.ndarray:
+    """Voxel indices of a grid, shape (X, Y, Z, 3), float32."""
+    return np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij"), axis=-1)
+
+
+def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 4x4 homogeneous matrix to an (..., 3) array of points."""
+    return (points @ matrix[:3, :3].T.astype(np.float32)) + matrix[:3, 3].astype(np.float32)
+
+
+def sample(volume: Volume, voxel_coords: np.ndarray, label_interp: str = "nearest") -> np.ndarray:
+    """Values of ``volume`` at (..., 3) voxel coordinates of its own grid.
+
+    As in ITK, a point within half a voxel of the edge takes the edge value; farther out it is 0.
+    """
+    coords = np.moveaxis(voxel_coords, -1, 0)
+    inside = np.ones(coords.shape[1:], dtype=bool)
+    for axis, n in enumerate(volume.shape):
+        inside &= (coords[axis] >= -0.5) & (coords[axis] <= n - 0.5)
+    if not volume.is_labels:
+        values = ndimage.map_coordinates(volume.array, coords, order=1, mode="nearest").astype(np.float32)
+    elif label_interp == "nearest":
+        values = ndimage.map_coordinates(volume.array, coords, order=0, mode="nearest")
+    elif label_interp == "onehot":
+        values = _sample_onehot(volume.array, coords)
+    else:
+        raise AtlasregError(f"label interpolation {label_interp!r}: choose one of {', '.join(LABEL_INTERPOLATIONS)}")
+    values[~inside] = 0
+    return values
+
+
+def _sample_onehot(labels: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Each label's indicator interpolated linearly; the label with the largest weight wins."""
+    best = np.full(coords.shape[1:], -1.0, dtype=np.float32)
+    out = np.zeros(coords.shape[1:], dtype=labels.dtype)
+    for label in np.unique(labels):
+        weight = ndimage.map_coordinates((labels == label).astype(np.float32), coords, order=1, mode="nearest")
+        better = weight > best
+        best[better] = weight[better]
+        out[better] = label
+    return out
+
+
+def resample(volume: Volume, shape: tuple[int, int, int], affine: np.ndarray, label_interp: str = "nearest") -> Volume:
+    """``volume`` on another grid (same world positions)."""
+    matrix = np.linalg.inv(volume.affine) @ affine
+    coords = apply_matrix(matrix, voxel_grid(shape))
+    return Volume(sample(volume, coords, label_interp), affine)
+
+
+def resample_to_spacing(volume: Volume, spacing: float, label_interp: str = "nearest") -> Volume:
+    """``volume`` on an isotropic grid of ``spacing`` mm with the same orientation, covering the same field of view."""
+    if spacing <= 0:
+        raise AtlasregError("spacing must be positive")
+    old = volume.spacing
+    shape = tuple(max(1, int(round(n * s / spacing))) for n, s in zip(volume.shape, old))
+    scale = np.diag([spacing / s for s in old] + [1.0])
+    affine = volume.affine @ scale
+    # keep the field of view centred: shift by half a voxel difference along each axis
+    shift = (np.array(volume.shape) * old - np.array(shape) * spacing) / 2.0 / old + (spacing / old - 1) / 2.0
+    affine[:3, 3] = volume.affine[:3, 3] + volume.affine[:3, :3] @ shift
+    return resample(volume, shape, affine, label_interp)
+
+
+def reorient(volume: Volume, axcodes: str = "RAS") -> Volume:
+    """Same data with array axes flipped/permuted to the given orientation (no interpolation)."""
+    current = nib.orientations.io_orientation(volume.affine)
+    target = nib.orientations.axcodes2ornt(tuple(axcodes))
+    transform = nib.orientations.ornt_transform(current, target)
+    array = nib.orientations.apply_orientation(volume.array, transform)
+    affine = volume.affine @ nib.orientations.inv_ornt_aff(transform, volume.shape)
+    return Volume(np.ascontiguousarray(array), affine)
+
+
+def crop_or_pad(volume: Volume, shape: tuple[int, int, int], center: tuple[float, float, float] | None = None) -> Volume:
+    """A ``shape`` window of ``volume`` centred on voxel ``center`` (default: the middle), zero-padded."""
+    if center is None:
+        center = tuple((n - 1) / 2.0 for n in volume.shape)
+    start = [int(round(c - (n - 1) / 2.0)) for c, n in zip(center, shape)]
+    out = np.zeros(shape, dtype=volume.array.dtype)
+    src, dst = [], []
+    for s, n_new, n_old in zip(start, shape, volume.shape):
+        lo, hi = max(s, 0), min(s + n_new, n_old)
+        if hi <= lo:
+            src.append(slice(0, 0))
+            dst.append(slice(0, 0))
+        else:
+            src.append(slice(lo, hi))
+            dst.append(slice(lo - s, hi - s))
+    out[tuple(dst)] = volume.array[tuple(src)]
+    affine = volume.affine.copy()
+    affine[:3, 3] = volume.affine[:3, :3] @ np.array(start, dtype=float) + volume.affine[:3, 3]
+    return Volume(out, affine)
+
+
+def crop_to_foreground(volume: Volume, margin: int = 0) -> Volume:
+    """The bounding box of the non-zero voxels, plus ``margin`` voxels each side."""
+    nonzero = np.argwhere(volume.array != 0)
+    if nonzero.size == 0:
+        raise AtlasregError("volume is empty: nothing to crop to")
+    lo = np.maximum(nonzero.min(0) - margin, 0)
+    hi = np.minimum(nonzero.max(0) + 1 + margin, volume.shape)
+    shape = tuple(int(h - l) for l, h in zip(lo, hi))
+    return crop_or_pad(volume, shape, tuple((l + h - 1) / 2.0 for l, h in zip(lo, hi)))

@@ -1,0 +1,167 @@
+"""Transform: the one spatial-transform type every backend returns.
+
+A backward mapping from the fixed (target) grid into moving space, in RAS millimetres:
+
+    T(x) = M · (x + u(x))
+
+where ``u`` is a dense displacement field sampled on the fixed grid (``field``, shape X×Y×Z×3,
+optional) and ``M`` a 4x4 affine (``matrix``, identity by default). Warping a moving volume onto
+the fixed grid is sampling it at T(x). This is the ITK/ANTs convention: a point goes through the
+deformable part first, then the affine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field as dataclass_field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from .errors import AtlasregError
+from .io import _check_nifti_path, atomic_path
+from .spatial import apply_matrix, sample, voxel_grid
+from .volume import Volume
+
+_RAS_TO_LPS = np.array([-1.0, -1.0, 1.0], dtype=np.float32)
+_NIFTI_INTENT_VECTOR = 1007
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Backward map T(x) = matrix · (x + field(x)) from fixed-grid points to moving space (RAS mm)."""
+
+    shape: tuple[int, int, int]
+    grid_affine: np.ndarray
+    field: np.ndarray | None = None
+    matrix: np.ndarray = dataclass_field(default_factory=lambda: np.eye(4))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        object.__setattr__(self, "grid_affine", np.asarray(self.grid_affine, dtype=np.float64))
+        object.__setattr__(self, "matrix", np.asarray(self.matrix, dtype=np.float64))
+        if self.field is not None:
+            field = np.asarray(self.field, dtype=np.float32)
+            if field.shape != (*self.shape, 3):
+                raise AtlasregError(f"displacement field shape {field.shape} does not match grid {self.shape}")
+            if not np.all(np.isfinite(field)):
+                raise AtlasregError("displacement field contains NaN or infinite values")
+            object.__setattr__(self, "field", field)
+
+    @classmethod
+    def identity(cls, grid: Volume) -> "Transform":
+        return cls(grid.shape, grid.affine)
+
+    @classmethod
+    def from_matrix(cls, grid: Volume, matrix: np.ndarray) -> "Transform":
+        """An affine-only transform on ``grid``'s points: fixed world -> moving world."""
+        return cls(grid.shape, grid.affine, None, matrix)
+
+    @classmethod
+    def from_field(cls, grid: Volume, field: np.ndarray, matrix: np.ndarray | None = None) -> "Transform":
+        return cls(grid.shape, grid.affine, field, np.eye(4) if matrix is None else matrix)
+
+    # --- mapping points -------------------------------------------------------------------
+    def grid_points(self) -> np.ndarray:
+        """World (RAS mm) position of every fixed-grid voxel, (X, Y, Z, 3) float32."""
+        return apply_matrix(self.grid_affine, voxel_grid(self.shape))
+
+    def mapped_points(self) -> np.ndarray:
+        """T(x) for every fixed-grid voxel x: where in moving space each voxel pulls from."""
+        points = self.grid_points()
+        if self.field is not None:
+            points += self.field
+        return apply_matrix(self.matrix, points)
+
+    def map_points(self, points: np.ndarray) -> np.ndarray:
+        """T at arbitrary world points (..., 3); the field is interpolated linearly (edge values outside)."""
+        points = np.asarray(points, dtype=np.float32)
+        if self.field is not None:
+            voxels = np.moveaxis(apply_matrix(np.linalg.inv(self.grid_affine), points), -1, 0)
+            displacement = np.stack(
+                [ndimage.map_coordinates(self.field[..., c], voxels, order=1, mode="nearest") for c in range(3)], -1
+            )
+            points = points + displacement
+        return apply_matrix(self.matrix, points)
+
+    def displacement(self) -> np.ndarray:
+        """Total displacement T(x) - x on the fixed grid, (X, Y, Z, 3) mm; the affine folded in."""
+        return self.mapped_points() - self.grid_points()
+
+    # --- warping --------------------------------------------------------------------------
+    def _moving_voxels(self, moving: Volume) -> np.ndarray:
+        """Moving-grid voxel coordinates of T(x); matrices chained in float64 so identity stays exact."""
+        to_voxels = np.linalg.inv(moving.affine) @ self.matrix
+        coords = apply_matrix(to_voxels @ self.grid_affine, voxel_grid(self.shape))
+        if self.field is not None:
+            coords += self.field @ to_voxels[:3, :3].T.astype(np.float32)
+        return coords
+
+    def warp(self, image: Volume) -> Volume:
+        """Intensity image resampled onto the fixed grid (linear; 0 outside the moving volume)."""
+        if image.is_labels:
+            raise AtlasregError("warp() is for intensity images; use warp_labels() for label maps")
+        return Volume(sample(image, self._moving_voxels(image)), self.grid_affine)
+
+    def warp_labels(self, labels: Volume, interp: str = "nearest") -> Volume:
+        """Label map resampled onto the fixed grid; ``nearest`` or ``onehot`` keep the exact label set."""
+        if not labels.is_labels:
+            raise AtlasregError("warp_labels() needs an integer label map")
+        return Volume(sample(labels, self._moving_voxels(labels), interp), self.grid_affine)
+
+    # --- algebra ----------------------------------------------------------------------------
+    def compose(self, inner: "Transform") -> "Transform":
+        """self ∘ inner: a point goes through ``inner`` first, then ``self``; lives on ``inner``'s grid."""
+        if self.field is None:
+            return Transform(inner.shape, inner.grid_affine, inner.field, self.matrix @ inner.matrix)
+        points = self.map_points(inner.mapped_points())
+        return Transform(inner.shape, inner.grid_affine, points - inner.grid_points())
+
+    def jacobian_determinant(self) -> np.ndarray:
+        """det of dT/dx at every fixed voxel (world mm); ≤ 0 marks folding."""
+        det_matrix = float(np.linalg.det(self.matrix[:3, :3]))
+        if self.field is None:
+            return np.full(self.shape, det_matrix, dtype=np.float32)
+        to_voxel = np.linalg.inv(self.grid_affine[:3, :3]).astype(np.float32)
+        # grads[..., c, a] = d u_c / d (voxel axis a); chain rule to world axes
+        grads = np.stack([np.stack(np.gradient(self.field[..., c]), -1) for c in range(3)], -2)
+        jac = grads @ to_voxel + np.eye(3, dtype=np.float32)
+        return (np.linalg.det(jac) * det_matrix).astype(np.float32)
+
+    # --- files ----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the total displacement as an ITK-convention NIfTI warp (X×Y×Z×1×3, LPS vectors).
+
+        ANTs (antsApplyTransforms, ants.apply_transforms) and SimpleITK read it as a displacement
+        field transform on the fixed grid.
+        """
+        path = Path(path)
+        _check_nifti_path(path)
+        data = (self.displacement() * _RAS_TO_LPS)[:, :, :, None, :]
+        img = nib.Nifti1Image(data.astype(np.float32), self.grid_affine)
+        img.set_qform(self.grid_affine, code=1)
+        img.set_sform(self.grid_affine, code=1)
+        img.header.set_intent(_NIFTI_INTENT_VECTOR)
+        with atomic_path(path) as tmp:
+            nib.save(img, str(tmp))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Transform":
+        """Read an ITK-convention NIfTI displacement field (as written by :meth:`save`, ANTs or ITK)."""
+        path = Path(path)
+        if not path.exists():
+            raise AtlasregError(f"{path}: no such file")
+        _check_nifti_path(path)
+        try:
+            img = nib.load(str(path))
+            data = np.asarray(img.dataobj, dtype=np.float32)
+        except Exception as exc:
+            raise AtlasregError(f"{path}: not a readable NIfTI file ({exc})") from None
+        if data.ndim == 5 and data.shape[3] == 1:
+            data = data[:, :, :, 0, :]
+        if data.ndim != 4 or data.shape[-1] != 3:
+            raise AtlasregError(f"{path}: not a 3-D displacement field (shape {data.shape})")
+        return cls(data.shape[:3], img.affine, data * _RAS_TO_LPS)
