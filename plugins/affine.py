@@ -1,0 +1,43 @@
+"""The ``affine`` backend: affine-only registration (SimpleITK), the baseline every deformable method must beat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atlasreg.hookspecs import hookimpl
+from atlasreg.plugin_api import Backend, Option
+from atlasreg.transform import Transform
+from atlasreg.volume import Volume
+
+
+class AffineBackend(Backend):
+    name = "affine"
+    description = "12-parameter affine, Mattes mutual information, multi-resolution (SimpleITK)"
+    requires = ("SimpleITK",)
+    options = {
+        "iterations": Option(200, "optimizer iterations per resolution level"),
+        "shrink_factors": Option((4, 2, 1), "downsampling factor per level, coarse to fine"),
+        "sampling": Option(0.2, "fraction of voxels sampled for the metric"),
+        "seed": Option(1, "seed for the metric's random sampling"),
+    }
+
+    def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
+        from .simpleitk.affine_stage import affine_to_ras, register_affine
+        from .simpleitk.convert import to_sitk
+
+        levels = options["shrink_factors"]
+        affine = register_affine(
+            to_sitk(fixed),
+            to_sitk(moving),
+            iterations=options["iterations"],
+            shrink_factors=levels,
+            smoothing_mm=tuple(float(f) if f > 1 else 0.0 for f in levels),
+            sampling=options["sampling"],
+            seed=options["seed"],
+        )
+        return Transform.from_matrix(fixed, affine_to_ras(affine))
+
+
+@hookimpl
+def atlasreg_backends():
+    return [AffineBackend()]

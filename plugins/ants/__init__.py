@@ -1,0 +1,16 @@
+"""ANTs plugin: the ``ants`` registration backend and ``jlf`` joint label fusion (antspyx)."""
+
+from atlasreg.hookspecs import hookimpl
+
+from .backend import AntsBackend
+from .jlf import JointLabelFusion
+
+
+@hookimpl
+def atlasreg_backends():
+    return [AntsBackend()]
+
+
+@hookimpl
+def atlasreg_fusions():
+    return [JointLabelFusion()]

@@ -1,0 +1,134 @@
+"""Plugin discovery: every module in the ``atlasreg.plugins`` entry-point group is loaded into one
+pluggy manager. A plugin that fails to import is remembered with its reason and listed as
+unavailable; it never takes the others down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import entry_points
+
+import pluggy
+
+from . import hookspecs
+from .errors import AtlasregError
+from .plugin_api import Backend, Fusion, Method
+
+ENTRY_POINT_GROUP = "atlasreg.plugins"
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What ``atlasreg backends`` / ``atlasreg fusions`` show for one method."""
+
+    name: str
+    kind: str
+    devices: tuple[str, ...]
+    available: bool
+    reason: str | None
+    description: str
+    plugin: str
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "devices": list(self.devices),
+            "available": self.available,
+            "reason": self.reason,
+            "description": self.description,
+            "plugin": self.plugin,
+        }
+
+
+class Registry:
+    """The loaded plugins, their backends and fusion methods, and the plugins that failed to load."""
+
+    def __init__(self) -> None:
+        self.manager = pluggy.PluginManager("atlasreg")
+        self.manager.add_hookspecs(hookspecs)
+        self.failed: dict[str, str] = {}
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if self.manager.has_plugin(ep.name):
+                continue
+            try:
+                self.manager.register(ep.load(), name=ep.name)
+            except Exception as exc:  # a broken third-party plugin must not break atlasreg
+                self.failed[ep.name] = f"plugin failed to load: {type(exc).__name__}: {exc}"
+
+    def _collect(self, hook, base: type) -> dict[str, tuple[Method, str]]:
+        found: dict[str, tuple[Method, str]] = {}
+        for impl in hook.get_hookimpls():
+            try:
+                methods = impl.function()
+            except Exception as exc:
+                self.failed[impl.plugin_name] = f"plugin hook failed: {type(exc).__name__}: {exc}"
+                continue
+            for method in methods:
+                if isinstance(method, base):
+                    found.setdefault(method.name, (method, impl.plugin_name))
+        return found
+
+    def backends(self) -> dict[str, tuple[Method, str]]:
+        return self._collect(self.manager.hook.atlasreg_backends, Backend)
+
+    def fusions(self) -> dict[str, tuple[Method, str]]:
+        return self._collect(self.manager.hook.atlasreg_fusions, Fusion)
+
+
+@lru_cache(maxsize=1)
+def registry() -> Registry:
+    return Registry()
+
+
+def _infos(methods: dict[str, tuple[Method, str]], failed: dict[str, str]) -> list[MethodInfo]:
+    infos = []
+    for name, (method, plugin) in sorted(methods.items()):
+        reason = method.unavailable_reason()
+        infos.append(
+            MethodInfo(
+                name,
+                getattr(method, "kind", "fusion"),
+                getattr(method, "devices", ("cpu",)),
+                reason is None,
+                reason,
+                method.description,
+                plugin,
+            )
+        )
+    infos += [MethodInfo(name, "unknown", (), False, reason, "", name) for name, reason in sorted(failed.items())]
+    return infos
+
+
+def backend_infos() -> list[MethodInfo]:
+    """Every registration backend, available or not, plus plugins that failed to load."""
+    reg = registry()
+    return _infos(reg.backends(), reg.failed)
+
+
+def fusion_infos() -> list[MethodInfo]:
+    """Every label-fusion method, available or not, plus plugins that failed to load."""
+    reg = registry()
+    return _infos(reg.fusions(), reg.failed)
+
+
+def _get(kind: str, methods: dict[str, tuple[Method, str]], name: str) -> Method:
+    if name not in methods:
+        broken = registry().failed.get(name)
+        if broken:
+            raise AtlasregError(f"{kind} {name!r} is unavailable: {broken}")
+        known = ", ".join(sorted(methods)) or "none"
+        raise AtlasregError(f"unknown {kind} {name!r} (known: {known})")
+    method = methods[name][0]
+    reason = method.unavailable_reason()
+    if reason:
+        raise AtlasregError(f"{kind} {name!r} is unavailable: {reason}")
+    return method
+
+
+def get_backend(name: str) -> Backend:
+    return _get("backend", registry().backends(), name)  # type: ignore[return-value]
+
+
+def get_fusion(name: str) -> Fusion:
+    return _get("fusion", registry().fusions(), name)  # type: ignore[return-value]
