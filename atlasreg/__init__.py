@@ -1,0 +1,29 @@
+"""atlasreg: atlas registration and registration-based segmentation of 3-D medical images.
+
+    import atlasreg
+    labels = atlasreg.segment("scan.nii.gz", [("atlas.nii.gz", "atlas_seg.nii.gz")], backend="ants")
+    atlasreg.save(labels, "scan_seg.nii.gz")
+    print(atlasreg.evaluate(labels, atlasreg.load("truth.nii.gz", labels=True))["mean_dice"])
+"""
+
+from .errors import AtlasregError
+from .io import load, save
+from .metrics import evaluate
+from .pipeline import register, segment
+from .registry import backend_infos as backends, fusion_infos as fusions
+from .transform import Transform
+from .volume import Volume
+
+__all__ = [
+    "AtlasregError",
+    "Transform",
+    "Volume",
+    "backends",
+    "evaluate",
+    "fusions",
+    "load",
+    "register",
+    "save",
+    "segment",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""``python -m atlasreg`` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,189 @@
+"""The ``atlasreg`` command line. Errors a user can cause print one line on stderr and exit 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import AtlasregError
+from .io import NIFTI_SUFFIXES, save
+from .metrics import evaluate as evaluate_labels
+from .pipeline import as_labels, register as register_pair, segment as segment_target
+from .protocols import PROTOCOLS
+from .registry import MethodInfo, backend_infos, fusion_infos
+from .spatial import LABEL_INTERPOLATIONS
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise AtlasregError(f"option {pair!r}: expected KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _check_output(path: str) -> Path:
+    """Refuse an output path we could not write before any long work starts."""
+    out = Path(path)
+    if not out.name.endswith(NIFTI_SUFFIXES):
+        raise AtlasregError(f"{out}: output must end in .nii or .nii.gz")
+    if not out.parent.is_dir():
+        raise AtlasregError(f"{out.parent}: output folder does not exist")
+    return out
+
+
+def _print_methods(infos: list[MethodInfo], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([info.as_dict() for info in infos], indent=2))
+        return
+    for info in infos:
+        status = "available" if info.available else f"unavailable: {info.reason}"
+        devices = ",".join(info.devices) or "-"
+        click.echo(f"{info.name:<12} {info.kind:<10} {devices:<9} {status}")
+        if info.description:
+            click.echo(f"{'':<12} {info.description}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="atlasreg")
+def cli() -> None:
+    """atlasreg: atlas registration and registration-based segmentation of 3-D brain MRI.
+
+    Register labelled atlases to a scan with a pluggable backend and carry their labels across;
+    fuse several atlases; score the result. Inputs and outputs are NIfTI (.nii / .nii.gz); the
+    output keeps the target's grid and affine.
+    """
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def backends(as_json: bool) -> None:
+    """List registration backends: name, kind, devices, availability (with the reason when not)."""
+    _print_methods(backend_infos(), as_json)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def fusions(as_json: bool) -> None:
+    """List label-fusion methods and whether each is available here."""
+    _print_methods(fusion_infos(), as_json)
+
+
+@cli.command()
+@click.argument("name")
+def options(name: str) -> None:
+    """Show the options (-O KEY=VALUE) a backend or fusion method accepts, with defaults."""
+    from .registry import registry
+
+    methods = {**registry().fusions(), **registry().backends()}
+    if name not in methods:
+        raise AtlasregError(f"unknown backend or fusion {name!r} (known: {', '.join(sorted(methods))})")
+    method = methods[name][0]
+    for key, opt in method.options.items():
+        default = ",".join(map(str, opt.default)) if isinstance(opt.default, tuple) else opt.default
+        choices = f" [{'|'.join(opt.choices)}]" if opt.choices else ""
+        click.echo(f"{key}={default}{choices}\n    {opt.help}")
+
+
+@cli.command()
+@click.argument("moving")
+@click.argument("fixed")
+@click.option("-b", "--backend", default="ants", show_default=True, help="Registration backend (see `atlasreg backends`).")
+@click.option("-o", "--output", required=True, help="Warped moving image, on FIXED's grid (.nii.gz).")
+@click.option("--transform-out", help="Also write the transform as an ITK-convention NIfTI displacement field.")
+@click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable; `atlasreg options NAME` lists them).")
+def register(moving: str, fixed: str, backend: str, output: str, transform_out: str | None, opts: tuple[str, ...]) -> None:
+    """Register MOVING to FIXED and write MOVING resampled onto FIXED's grid."""
+    out = _check_output(output)
+    field_out = _check_output(transform_out) if transform_out else None
+    transform = register_pair(moving, fixed, backend=backend, **_parse_options(opts))
+    from .pipeline import as_image
+
+    warped = transform.warp(as_image(moving))
+    if field_out:
+        transform.save(field_out)
+    save(warped, out)
+    click.echo(f"wrote {out}" + (f" and {field_out}" if field_out else ""), err=True)
+
+
+@cli.command()
+@click.argument("target")
+@click.option("-a", "--atlas", "atlases", nargs=2, multiple=True, metavar="IMAGE LABELS", help="An atlas image and its label map (repeatable).")
+@click.option("-b", "--backend", default="ants", show_default=True, help="Registration backend (see `atlasreg backends`).")
+@click.option("-f", "--fusion", default="majority", show_default=True, help="Label fusion for several atlases (see `atlasreg fusions`).")
+@click.option("-o", "--output", required=True, help="Label map in TARGET's grid and affine (.nii.gz, integer).")
+@click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable; `atlasreg options NAME` lists them).")
+@click.option("-F", "--fusion-option", "fusion_opts", multiple=True, metavar="KEY=VALUE", help="Fusion option (repeatable).")
+@click.option("--label-interp", type=click.Choice(LABEL_INTERPOLATIONS), default="nearest", show_default=True, help="How atlas labels are resampled.")
+def segment(target: str, atlases: tuple, backend: str, fusion: str, output: str, opts: tuple, fusion_opts: tuple, label_interp: str) -> None:
+    """Label TARGET by registering each atlas to it and fusing their warped labels.
+
+    \b
+    Example:
+      atlasreg segment scan.nii.gz -a atlas1.nii.gz atlas1_seg.nii.gz \\
+          -a atlas2.nii.gz atlas2_seg.nii.gz -a atlas3.nii.gz atlas3_seg.nii.gz \\
+          -b ants -O preset=fast -f majority -o scan_seg.nii.gz
+    """
+    out = _check_output(output)
+    labels = segment_target(
+        target,
+        list(atlases),
+        backend=backend,
+        fusion=fusion,
+        backend_options=_parse_options(opts),
+        fusion_options=_parse_options(fusion_opts),
+        label_interp=label_interp,
+        progress=True,
+    )
+    save(labels, out)
+    click.echo(f"wrote {out}", err=True)
+
+
+@cli.command()
+@click.argument("pred")
+@click.argument("truth")
+@click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default="aseg", show_default=True, help="Which labels and regions to score.")
+@click.option("--hd95", is_flag=True, help="Also compute the 95th-percentile Hausdorff distance (mm) per label.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object (mean_dice, dice per label, region_dice).")
+def evaluate(pred: str, truth: str, protocol: str, hd95: bool, as_json: bool) -> None:
+    """Score the label map PRED against the reference TRUTH: Dice per label and region."""
+    result = evaluate_labels(as_labels(pred, "prediction"), as_labels(truth, "truth"), protocol, surface_distance=hd95)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
+    click.echo(f"protocol {protocol}: mean Dice {fmt(result['mean_dice'])}")
+    for region, value in result["region_dice"].items():
+        click.echo(f"  {region:<28} {fmt(value)}")
+    if hd95:
+        click.echo(f"mean HD95 (mm) {fmt(result['mean_hd95'])}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning every failure into one line on stderr and a non-zero exit."""
+    try:
+        cli.main(args=argv, prog_name="atlasreg", standalone_mode=False)
+    except AtlasregError as exc:
+        _fail(str(exc))
+    except click.exceptions.Abort:
+        _fail("interrupted", 130)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:  # last resort: never a traceback unless asked for
+        if os.environ.get("ATLASREG_DEBUG"):
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (set ATLASREG_DEBUG=1 for the traceback)")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"atlasreg: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)

@@ -1,0 +1,91 @@
+"""The verbs: register a moving image to a fixed one, segment a target from labelled atlases."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Mapping, Sequence, Tuple, Union
+
+from tqdm import tqdm
+
+from .errors import AtlasregError
+from .io import load
+from .registry import get_backend, get_fusion
+from .transform import Transform
+from .volume import Volume
+
+ImageLike = Union[Volume, str, os.PathLike]
+Atlas = Tuple[ImageLike, ImageLike]
+
+
+def as_image(value: ImageLike, what: str = "image") -> Volume:
+    """A float intensity Volume from a Volume or a NIfTI path."""
+    volume = value if isinstance(value, Volume) else load(value)
+    if volume.is_labels:
+        raise AtlasregError(f"{what}: expected an intensity image, got an integer label map")
+    return volume
+
+
+def as_labels(value: ImageLike, what: str = "label map") -> Volume:
+    """An integer label Volume from a Volume or a NIfTI path."""
+    volume = value if isinstance(value, Volume) else load(value, labels=True)
+    if not volume.is_labels:
+        raise AtlasregError(f"{what}: expected an integer label map")
+    if not volume.array.any():
+        raise AtlasregError(f"{what}: label map is empty (no non-zero label)")
+    return volume
+
+
+def register(moving: ImageLike, fixed: ImageLike, backend: str = "ants", **options: Any) -> Transform:
+    """Register ``moving`` to ``fixed``; the Transform lives on ``fixed``'s grid and pulls ``moving`` onto it."""
+    method = get_backend(backend)
+    resolved = method.resolve_options(options)
+    fixed_v, moving_v = as_image(fixed, "fixed image"), as_image(moving, "moving image")
+    transform = method.register(moving_v, fixed_v, **resolved)
+    if transform.shape != fixed_v.shape:
+        raise AtlasregError(f"backend {backend!r} returned a transform on the wrong grid")
+    return transform
+
+
+def load_atlases(atlases: Iterable[Atlas]) -> list[tuple[Volume, Volume]]:
+    """Each (image, labels) pair loaded and checked to share one grid."""
+    loaded = []
+    for index, (image, labels) in enumerate(atlases, start=1):
+        image_v = as_image(image, f"atlas {index} image")
+        labels_v = as_labels(labels, f"atlas {index} labels")
+        if not image_v.same_grid(labels_v):
+            raise AtlasregError(f"atlas {index}: image and label map are on different grids (shape or affine differ)")
+        loaded.append((image_v, labels_v))
+    if not loaded:
+        raise AtlasregError("no atlas given: pass at least one (image, labels) pair")
+    return loaded
+
+
+def segment(
+    target: ImageLike,
+    atlases: Sequence[Atlas],
+    backend: str = "ants",
+    fusion: str = "majority",
+    backend_options: Mapping[str, Any] | None = None,
+    fusion_options: Mapping[str, Any] | None = None,
+    label_interp: str = "nearest",
+    progress: bool = False,
+) -> Volume:
+    """Label ``target`` by registering each atlas to it and fusing the warped atlas labels.
+
+    Returns an integer label map in the target's grid and affine. One atlas needs no fusion.
+    """
+    method = get_backend(backend)
+    resolved = method.resolve_options(backend_options or {})
+    target_v = as_image(target, "target image")
+    pairs = load_atlases(atlases)
+    fuser = get_fusion(fusion) if len(pairs) > 1 else None
+    fusion_resolved = fuser.resolve_options(fusion_options or {}) if fuser else {}
+    warped_images, warped_labels = [], []
+    for image, labels in tqdm(pairs, desc=f"registering atlases ({backend})", unit="atlas", disable=not progress):
+        transform = method.register(image, target_v, **resolved)
+        warped_labels.append(transform.warp_labels(labels, label_interp))
+        if fuser is not None:
+            warped_images.append(transform.warp(image))
+    if fuser is None:
+        return warped_labels[0]
+    return fuser.fuse(target_v, warped_images, warped_labels, **fusion_resolved)

@@ -1,0 +1,65 @@
+"""Shared fixtures: small synthetic volumes, and the shared real label maps when present."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from atlasreg.volume import Volume
+
+LABELMAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "labelmaps"
+
+
+@pytest.fixture
+def labelmaps() -> Path:
+    """The shared real label maps; tests using them skip cleanly where they are absent."""
+    if not (LABELMAPS / "subject01.nii.gz").exists():
+        pytest.skip(f"shared label maps not found at {LABELMAPS}")
+    return LABELMAPS
+
+
+def blob_labels(shape=(32, 36, 30), seed: int = 0, shift=(0, 0, 0)) -> np.ndarray:
+    """A small 'brain': nested ellipsoids (labels 1-3) plus a blob (label 4), optionally shifted."""
+    grid = np.stack(np.meshgrid(*(np.arange(n) - (n - 1) / 2 - s for n, s in zip(shape, shift)), indexing="ij"))
+    radii = np.array(shape)[:, None, None, None] * 0.38
+    r = np.sqrt(((grid / radii) ** 2).sum(0))
+    labels = np.zeros(shape, np.int32)
+    labels[r < 1.0] = 1
+    labels[r < 0.75] = 2
+    labels[r < 0.4] = 3
+    blob = np.sqrt(((grid - np.array([4, -3, 2])[:, None, None, None]) ** 2).sum(0)) < 4
+    labels[blob & (labels > 0)] = 4
+    return labels
+
+
+def image_from_labels(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Intensities 0/40/80/120/160 per label, lightly blurred, with a little noise."""
+    rng = np.random.default_rng(seed)
+    image = ndimage.gaussian_filter(labels.astype(np.float32) * 40.0, 0.7)
+    return (image + rng.normal(0, 2.0, labels.shape)).astype(np.float32)
+
+
+@pytest.fixture
+def affine() -> np.ndarray:
+    """An oblique 2 mm grid (not the identity, not axis-aligned), as real scans often are."""
+    a = np.eye(4)
+    c, s = np.cos(0.3), np.sin(0.3)
+    a[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([-2.0, 2.0, 2.0])
+    a[:3, 3] = [40.0, -30.0, -25.0]
+    return a
+
+
+@pytest.fixture
+def pair(affine):
+    """(moving image, moving labels, fixed image, fixed labels): the fixed brain is shifted by 2 voxels."""
+    moving_labels = blob_labels()
+    fixed_labels = blob_labels(shift=(2, -1, 1))
+    return (
+        Volume(image_from_labels(moving_labels, 1), affine),
+        Volume(moving_labels, affine),
+        Volume(image_from_labels(fixed_labels, 2), affine),
+        Volume(fixed_labels, affine),
+    )

@@ -1,0 +1,133 @@
+"""The command line: every command works end to end on tiny volumes, and bad input fails cleanly."""
+
+import json
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import atlasreg
+from atlasreg.cli import main
+from atlasreg.volume import Volume
+
+
+def run(capsys, *args):
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    try:
+        main(list(map(str, args)))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def files(tmp_path, pair):
+    moving, moving_labels, fixed, fixed_labels = pair
+    paths = {}
+    for name, volume in dict(mov=moving, mov_seg=moving_labels, fix=fixed, fix_seg=fixed_labels).items():
+        paths[name] = atlasreg.save(volume, tmp_path / f"{name}.nii.gz")
+    return paths
+
+
+def test_backends_json_lists_first_party(capsys):
+    code, out, _ = run(capsys, "backends", "--json")
+    assert code == 0
+    available = {row["name"] for row in json.loads(out) if row["available"]}
+    assert {"affine", "ants", "simpleitk"} <= available
+
+
+def test_fusions_and_options_commands(capsys):
+    code, out, _ = run(capsys, "fusions")
+    assert code == 0 and "majority" in out and "staple" in out
+    code, out, _ = run(capsys, "options", "ants")
+    assert code == 0 and "preset=quality" in out
+
+
+def test_register_writes_warped_image_and_field(capsys, files, tmp_path):
+    out, field = tmp_path / "warped.nii.gz", tmp_path / "field.nii.gz"
+    code, _, err = run(capsys, "register", files["mov"], files["fix"], "-b", "affine", "-o", out, "--transform-out", field)
+    assert code == 0, err
+    warped = nib.load(out)
+    np.testing.assert_allclose(warped.affine, nib.load(files["fix"]).affine, atol=1e-5)
+    assert nib.load(field).shape[-2:] == (1, 3)
+
+
+def test_segment_and_evaluate(capsys, files, tmp_path):
+    out = tmp_path / "seg.nii.gz"
+    code, _, err = run(capsys, "segment", files["fix"], "-a", files["mov"], files["mov_seg"], "-b", "affine", "-o", out)
+    assert code == 0, err
+    seg = nib.load(out)
+    assert np.issubdtype(seg.get_data_dtype(), np.integer)
+    np.testing.assert_allclose(seg.affine, nib.load(files["fix"]).affine, atol=1e-5)
+    code, printed, err = run(capsys, "evaluate", out, files["fix_seg"], "--protocol", "labels", "--json")
+    assert code == 0, err
+    result = json.loads(printed)
+    assert result["mean_dice"] > 0.8  # the atlas differs from the target by a translation only
+    assert set(result["dice"]) == {"1", "2", "3", "4"}
+
+
+def test_segment_with_three_atlases_and_fusion(capsys, files, tmp_path):
+    out = tmp_path / "seg.nii.gz"
+    atlas = ["-a", files["mov"], files["mov_seg"]]
+    code, _, err = run(capsys, "segment", files["fix"], *atlas * 3, "-b", "affine", "-O", "iterations=50", "-f", "majority", "-o", out)
+    assert code == 0, err
+    assert set(np.unique(np.asarray(nib.load(out).dataobj))) <= {0, 1, 2, 3, 4}
+
+
+def _bad_inputs(tmp_path, files):
+    """Each case: the CLI arguments (output path last) and a fragment of the expected message."""
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((5, 5), np.float32), np.eye(4)), flat)
+    series = tmp_path / "series.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((5, 5, 5, 3), np.float32), np.eye(4)), series)
+    nan = tmp_path / "nan.nii.gz"
+    data = np.asarray(nib.load(files["fix"]).dataobj).copy()
+    data[3, 3, 3] = np.inf
+    nib.save(nib.Nifti1Image(data, nib.load(files["fix"]).affine), nan)
+    empty = tmp_path / "empty.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(data.shape, np.int16), nib.load(files["fix"]).affine), empty)
+    other_grid = tmp_path / "other_grid.nii.gz"
+    atlasreg.save(Volume(np.ones((8, 8, 8), np.int32), np.eye(4)), other_grid)
+    seg = lambda target, image, labels, *extra: ["segment", target, "-a", image, labels, "-b", "affine", *extra]  # noqa: E731
+    return {
+        "missing": (seg(tmp_path / "nope.nii.gz", files["mov"], files["mov_seg"]), "no such file"),
+        "not nifti": (seg(text, files["mov"], files["mov_seg"]), "NIfTI"),
+        "2-D": (seg(flat, files["mov"], files["mov_seg"]), "3-D"),
+        "4-D": (seg(series, files["mov"], files["mov_seg"]), "3-D"),
+        "inf": (seg(nan, files["mov"], files["mov_seg"]), "NaN or infinite"),
+        "empty labels": (seg(files["fix"], files["mov"], empty), "empty"),
+        "grid mismatch": (seg(files["fix"], files["mov"], other_grid), "different grids"),
+        "unknown backend": (["segment", files["fix"], "-a", files["mov"], files["mov_seg"], "-b", "nope"], "unknown backend"),
+        "unknown fusion": (seg(files["fix"], files["mov"], files["mov_seg"], "-a", files["mov"], files["mov_seg"], "-f", "nope"), "unknown fusion"),
+        "bad option": (seg(files["fix"], files["mov"], files["mov_seg"], "-O", "colour=red"), "unknown option"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "not nifti", "2-D", "4-D", "inf", "empty labels", "grid mismatch", "unknown backend", "unknown fusion", "bad option"],
+)
+def test_bad_input_one_line_no_output(capsys, files, tmp_path, case):
+    args, message = _bad_inputs(tmp_path, files)[case]
+    out = tmp_path / "result.nii.gz"
+    code, _, err = run(capsys, *args, "-o", out)
+    assert code != 0
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+    assert not list(tmp_path.glob(".result*"))  # no temporary left behind either
+
+
+def test_console_script_help_and_error_without_traceback(tmp_path):
+    exe = [sys.executable, "-m", "atlasreg"]
+    help_text = subprocess.run([*exe, "segment", "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "--atlas" in help_text.stdout
+    failed = subprocess.run([*exe, "evaluate", tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"], capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert failed.stderr.strip() == f"atlasreg: error: {tmp_path / 'a.nii.gz'}: no such file"

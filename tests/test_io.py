@@ -1,0 +1,105 @@
+import nibabel as nib
+import numpy as np
+import pytest
+
+import atlasreg
+from atlasreg import AtlasregError
+from atlasreg.spatial import crop_or_pad, reorient, resample, resample_to_spacing
+from atlasreg.volume import Volume
+
+from conftest import blob_labels, image_from_labels
+
+
+def test_image_round_trip_keeps_affine_and_values(tmp_path, affine):
+    image = Volume(image_from_labels(blob_labels()), affine)
+    path = atlasreg.save(image, tmp_path / "img.nii.gz")
+    back = atlasreg.load(path)
+    assert back.array.dtype == np.float32
+    np.testing.assert_array_equal(back.array, image.array)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-5)
+    assert nib.aff2axcodes(nib.load(path).affine) == nib.aff2axcodes(affine)
+
+
+def test_labels_round_trip_as_integers(tmp_path, affine):
+    labels = Volume(blob_labels(), affine)
+    path = atlasreg.save(labels, tmp_path / "seg.nii")
+    assert np.issubdtype(nib.load(path).get_data_dtype(), np.integer)
+    back = atlasreg.load(path, labels=True)
+    assert back.array.dtype == np.int32
+    np.testing.assert_array_equal(back.array, labels.array)
+
+
+def test_trailing_singleton_axis_is_accepted(tmp_path, affine):
+    nib.save(nib.Nifti1Image(np.ones((4, 5, 6, 1), np.float32), affine), tmp_path / "a.nii.gz")
+    assert atlasreg.load(tmp_path / "a.nii.gz").shape == (4, 5, 6)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: d / "missing.nii.gz", "no such file"),
+        (lambda d: (d / "x.txt").write_text("hello") and d / "x.txt", "NIfTI"),
+        (lambda d: (d / "x.nii.gz").write_bytes(b"not a nifti") and d / "x.nii.gz", "not a readable NIfTI"),
+        (lambda d: nib.save(nib.Nifti1Image(np.ones((4, 5), np.float32), np.eye(4)), d / "2d.nii") or d / "2d.nii", "3-D"),
+        (lambda d: nib.save(nib.Nifti1Image(np.ones((4, 5, 6, 2), np.float32), np.eye(4)), d / "4d.nii") or d / "4d.nii", "3-D"),
+    ],
+)
+def test_bad_files_raise_one_clear_error(tmp_path, make, message):
+    with pytest.raises(AtlasregError, match=message):
+        atlasreg.load(make(tmp_path))
+
+
+def test_nan_image_and_empty_labels_are_refused(tmp_path):
+    data = np.ones((4, 5, 6), np.float32)
+    data[1, 1, 1] = np.nan
+    nib.save(nib.Nifti1Image(data, np.eye(4)), tmp_path / "nan.nii.gz")
+    with pytest.raises(AtlasregError, match="NaN"):
+        atlasreg.load(tmp_path / "nan.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.eye(4)), tmp_path / "empty.nii.gz")
+    with pytest.raises(AtlasregError, match="empty"):
+        atlasreg.load(tmp_path / "empty.nii.gz", labels=True)
+
+
+def test_failed_write_leaves_no_file(tmp_path, affine, monkeypatch):
+    def boom(img, path):
+        open(path, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", boom)
+    with pytest.raises(OSError):
+        atlasreg.save(Volume(np.ones((3, 3, 3), np.float32), affine), tmp_path / "out.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resample_to_same_grid_is_identity(affine):
+    image = Volume(image_from_labels(blob_labels()), affine)
+    same = resample(image, image.shape, affine)
+    np.testing.assert_allclose(same.array, image.array, atol=1e-4)
+
+
+def test_resample_to_spacing_keeps_world_positions(affine):
+    labels = Volume(blob_labels(), affine)
+    coarse = resample_to_spacing(labels, 4.0)
+    assert np.allclose(coarse.spacing, 4.0)
+    assert set(np.unique(coarse.array)) <= set(np.unique(labels.array))
+    # the centre of the field of view stays put
+    centre = lambda v: v.affine @ np.append((np.array(v.shape) - 1) / 2.0, 1)  # noqa: E731
+    np.testing.assert_allclose(centre(coarse), centre(labels), atol=1e-6)
+
+
+def test_reorient_to_ras_keeps_world_content(affine):
+    labels = Volume(blob_labels(), np.diag([-2.0, 2.0, -2.0, 1.0]))
+    ras = reorient(labels, "RAS")
+    assert nib.aff2axcodes(ras.affine) == ("R", "A", "S")
+    back = resample(ras, labels.shape, labels.affine)
+    np.testing.assert_array_equal(back.array, labels.array)
+
+
+def test_crop_or_pad_keeps_world_positions(affine):
+    labels = Volume(blob_labels(), affine)
+    cropped = crop_or_pad(labels, (20, 50, 16))
+    assert cropped.shape == (20, 50, 16)
+    back = resample(cropped, labels.shape, labels.affine)
+    inside = back.array > 0
+    np.testing.assert_array_equal(back.array[inside], labels.array[inside])
+    assert inside.sum() > 0.3 * (labels.array > 0).sum()

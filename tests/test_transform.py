@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from atlasreg import AtlasregError, Transform
+from atlasreg.volume import Volume
+
+from conftest import blob_labels, image_from_labels
+
+
+def smooth_field(shape, amplitude, seed=0):
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.normal(size=(*shape, 3)).astype(np.float32), (4, 4, 4, 0))
+    return field / np.abs(field).max() * amplitude
+
+
+def test_identity_field_is_exact(affine):
+    image = Volume(image_from_labels(blob_labels()), affine)
+    labels = Volume(blob_labels(), affine)
+    identity = Transform.from_field(image, np.zeros((*image.shape, 3), np.float32))
+    np.testing.assert_allclose(identity.warp(image).array, image.array, atol=1e-4)
+    np.testing.assert_array_equal(identity.warp_labels(labels).array, labels.array)
+
+
+def test_translation_moves_volume_by_exactly_that_many_mm():
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    labels = Volume(blob_labels(), affine)
+    field = np.zeros((*labels.shape, 3), np.float32)
+    field[..., 0] = 6.0  # pull from 6 mm further along x: content moves 3 voxels towards -i
+    warped = Transform.from_field(labels, field).warp_labels(labels).array
+    np.testing.assert_array_equal(warped[:-3], labels.array[3:])
+    # the same shift as an affine matrix gives the same result
+    matrix = np.eye(4)
+    matrix[0, 3] = 6.0
+    np.testing.assert_array_equal(Transform.from_matrix(labels, matrix).warp_labels(labels).array, warped)
+
+
+def test_label_warping_keeps_the_label_set(affine):
+    labels = Volume(blob_labels(), affine)
+    transform = Transform.from_field(labels, smooth_field(labels.shape, 5.0))
+    for interp in ("nearest", "onehot"):
+        warped = transform.warp_labels(labels, interp)
+        assert warped.array.dtype == labels.array.dtype
+        assert set(np.unique(warped.array)) <= set(np.unique(labels.array))
+        assert set(np.unique(warped.array)) == {0, 1, 2, 3, 4}
+
+
+def test_warp_refuses_the_wrong_kind(affine):
+    labels = Volume(blob_labels(), affine)
+    with pytest.raises(AtlasregError):
+        Transform.identity(labels).warp(labels)
+    with pytest.raises(AtlasregError):
+        Transform.identity(labels).warp_labels(Volume(labels.array.astype(np.float32), affine))
+
+
+def test_compose_matches_warping_twice(affine):
+    image = Volume(image_from_labels(blob_labels()), affine)
+    inner = Transform.from_field(image, smooth_field(image.shape, 3.0, seed=1))
+    outer = Transform.from_field(image, smooth_field(image.shape, 3.0, seed=2))
+    once = outer.compose(inner)
+    # pulling through inner then outer: points go inner first
+    np.testing.assert_allclose(once.mapped_points(), outer.map_points(inner.mapped_points()), atol=1e-4)
+    matrix = np.eye(4)
+    matrix[:3, 3] = [1.0, -2.0, 0.5]
+    affine_outer = Transform.from_matrix(image, matrix)
+    composed = affine_outer.compose(inner)
+    assert composed.field is inner.field or np.array_equal(composed.field, inner.field)
+    np.testing.assert_allclose(composed.mapped_points(), inner.mapped_points() + matrix[:3, 3], atol=1e-4)
+
+
+def test_jacobian_determinant(affine):
+    grid = Volume(np.zeros((16, 16, 16), np.float32), affine)
+    scale = np.diag([1.1, 1.0, 0.9, 1.0])
+    np.testing.assert_allclose(Transform.from_matrix(grid, scale).jacobian_determinant(), 0.99, rtol=1e-5)
+    # a field u(x) = 0.1 * x (in world mm) has det (1.1)^3 everywhere
+    field = (Transform.identity(grid).grid_points() * 0.1).astype(np.float32)
+    det = Transform.from_field(grid, field).jacobian_determinant()
+    np.testing.assert_allclose(det, 1.1**3, rtol=1e-4)
+    # a field that folds space: u = -2 x along one world axis
+    folding = np.zeros_like(field)
+    folding[..., 0] = -2.0 * Transform.identity(grid).grid_points()[..., 0]
+    assert (Transform.from_field(grid, folding).jacobian_determinant() < 0).all()
+
+
+def test_save_load_round_trip(tmp_path, affine):
+    image = Volume(image_from_labels(blob_labels()), affine)
+    matrix = np.eye(4)
+    matrix[:3, 3] = [2.0, 0.0, -1.0]
+    transform = Transform.from_field(image, smooth_field(image.shape, 4.0), matrix)
+    path = transform.save(tmp_path / "warp.nii.gz")
+    back = Transform.load(path)
+    np.testing.assert_allclose(back.mapped_points(), transform.mapped_points(), atol=1e-3)
+    np.testing.assert_allclose(back.warp(image).array, transform.warp(image).array, atol=1e-2)
+
+
+def test_saved_field_is_read_by_ants_the_same_way(tmp_path, affine):
+    ants = pytest.importorskip("ants")
+    from atlasreg_plugins.ants.convert import to_ants
+
+    moving = Volume(image_from_labels(blob_labels((28, 30, 26))), np.diag([-1.5, 1.8, 2.2, 1.0]))
+    fixed = Volume(np.zeros((26, 30, 24), np.float32), affine)
+    matrix = np.array([[1.02, 0.03, 0, 1.5], [0, 0.98, 0.02, -2], [0.01, 0, 1.0, 0.7], [0, 0, 0, 1]])
+    transform = Transform.from_field(fixed, smooth_field(fixed.shape, 6.0), matrix)
+    path = transform.save(tmp_path / "warp.nii.gz")
+    theirs = ants.apply_transforms(to_ants(fixed), to_ants(moving), [str(path)]).numpy()
+    np.testing.assert_allclose(theirs, transform.warp(moving).array, atol=1e-3)
+
+
+def test_field_shape_must_match_grid(affine):
+    grid = Volume(np.zeros((8, 8, 8), np.float32), affine)
+    with pytest.raises(AtlasregError):
+        Transform.from_field(grid, np.zeros((8, 8, 7, 3), np.float32))
