@@ -15,9 +15,9 @@ class AffineBackend(Backend):
     description = "12-parameter affine, Mattes mutual information, multi-resolution (SimpleITK)"
     requires = ("SimpleITK",)
     options = {
-        "iterations": Option(200, "optimizer iterations per resolution level"),
+        "iterations": Option(100, "optimizer iterations per resolution level"),
         "shrink_factors": Option((4, 2, 1), "downsampling factor per level, coarse to fine"),
-        "sampling": Option(0.2, "fraction of voxels sampled for the metric"),
+        "sampling": Option(0.05, "fraction of voxels sampled for the metric"),
         "seed": Option(1, "seed for the metric's random sampling"),
     }
 

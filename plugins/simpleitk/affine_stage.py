@@ -11,10 +11,10 @@ from ..itk_space import itk_affine_to_matrix, ras_matrix_from_lps
 def register_affine(
     fixed: sitk.Image,
     moving: sitk.Image,
-    iterations: int = 200,
+    iterations: int = 100,
     shrink_factors: tuple[int, ...] = (4, 2, 1),
     smoothing_mm: tuple[float, ...] = (4.0, 2.0, 0.0),
-    sampling: float = 0.2,
+    sampling: float = 0.05,
     seed: int = 1,
 ) -> sitk.AffineTransform:
     """Affine map of fixed points into moving space (LPS), Mattes mutual information.

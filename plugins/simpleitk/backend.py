@@ -29,7 +29,7 @@ class SimpleITKBackend(Backend):
         "shrink_factors": Option((4, 2, 1), "downsampling factor per level, coarse to fine"),
         "smoothing": Option(1.5, "demons: Gaussian std (voxels) regularising the displacement field"),
         "grid_mm": Option(20.0, "bspline: control-point spacing in mm"),
-        "affine_iterations": Option(200, "iterations per level of the affine stage"),
+        "affine_iterations": Option(100, "iterations per level of the affine stage"),
         "seed": Option(1, "seed for random metric sampling"),
     }
 
