@@ -1,0 +1,118 @@
+"""Classical backends and label fusion on atlas->target pairs built from the shared label maps.
+
+    python benchmarks/classical.py [--pairs 1:2,3:4,5:6,7:8] [--quality/--no-quality] [-o benchmarks/results/classical.md]
+
+Part 1: each backend registers the atlas image to the target image; the atlas labels are warped
+and scored against the target's labels (aseg protocol, 28 structures). Seconds are wall-clock for
+registration alone (no file I/O), in one process, one pair after another.
+Part 2: three atlases -> one target, each fused with every available fusion method.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from statistics import mean
+
+import click
+import numpy as np
+
+import atlasreg
+from atlasreg.metrics import folding_percent
+from atlasreg.registry import get_backend, get_fusion
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import header  # noqa: E402
+from shared_maps import subject  # noqa: E402
+
+BACKENDS = [
+    ("affine", "affine", {}),
+    ("simpleitk", "simpleitk", {}),
+    ("ants fast", "ants", {"preset": "fast"}),
+    ("ants quality", "ants", {"preset": "quality"}),
+]
+
+
+def parse_pairs(text: str) -> list[tuple[int, int]]:
+    return [tuple(int(v) for v in pair.split(":")) for pair in text.split(",")]  # type: ignore[misc]
+
+
+@click.command()
+@click.option("--pairs", default="1:2,3:4,5:6,7:8", show_default=True, help="atlas:target subject numbers")
+@click.option("--quality/--no-quality", default=True, help="Include the slow ANTs quality preset.")
+@click.option("--fusion-atlases", default="1,3,5", show_default=True)
+@click.option("--fusion-target", default=10, show_default=True)
+@click.option("--fusion-backend", default="simpleitk", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the markdown here.")
+def main(pairs: str, quality: bool, fusion_atlases: str, fusion_target: int, fusion_backend: str, output: str | None) -> None:
+    command = "python benchmarks/classical.py " + " ".join(sys.argv[1:])
+    backends = [b for b in BACKENDS if quality or b[0] != "ants quality"]
+    rows: dict[str, list[tuple[float, float, float]]] = {label: [] for label, _, _ in backends}
+    lines = [header(command), "", "| atlas → target | " + " | ".join(f"{b[0]} Dice / s" for b in backends) + " |",
+             "|---|" + "---|" * len(backends)]
+    for atlas_n, target_n in parse_pairs(pairs):
+        atlas_img, atlas_lab = subject(atlas_n)
+        target_img, target_lab = subject(target_n)
+        cells = []
+        for label, name, options in backends:
+            start = time.perf_counter()
+            transform = atlasreg.register(atlas_img, target_img, backend=name, **options)
+            seconds = time.perf_counter() - start
+            score = atlasreg.evaluate(transform.warp_labels(atlas_lab), target_lab, "aseg")["mean_dice"]
+            folding = folding_percent(transform.jacobian_determinant(), target_lab.array > 0)
+            rows[label].append((score, seconds, folding))
+            cells.append(f"{score:.3f} / {seconds:.1f}")
+            print(f"{atlas_n:02d}->{target_n:02d} {label:<13} Dice {score:.3f}  {seconds:6.1f} s  folding {folding:.3f}%", file=sys.stderr)
+        lines.append(f"| {atlas_n:02d} → {target_n:02d} | " + " | ".join(cells) + " |")
+
+    reference = mean(s for _, s, _ in rows["ants fast"])
+    lines += ["", "| backend | mean Dice (aseg, 28 structures) | mean s / pair | × ANTs fast time | % folding (det J ≤ 0, brain) |",
+              "|---|---|---|---|---|"]
+    for label, values in rows.items():
+        d, s, f = (mean(v[i] for v in values) for i in range(3))
+        sd = np.std([v[0] for v in values])
+        lines.append(f"| {label} | {d:.3f} ± {sd:.3f} | {s:.1f} | {s / reference:.2f} | {f:.3f} |")
+
+    lines += ["", fusion_section(fusion_atlases, fusion_target, fusion_backend)]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text)
+
+
+def fusion_section(atlases_text: str, target_n: int, backend: str) -> str:
+    """Single-atlas Dice of each atlas, then each fusion method's Dice, all on one target."""
+    numbers = [int(v) for v in atlases_text.split(",")]
+    atlases = [subject(n) for n in numbers]
+    target_img, target_lab = subject(target_n)
+    # register once; every fusion method sees the same warped atlases
+    method = get_backend(backend)
+    options = method.resolve_options({})
+    warped_images, warped_labels, singles = [], [], []
+    for image, labels in atlases:
+        transform = method.register(image, target_img, **options)
+        warped_labels.append(transform.warp_labels(labels))
+        warped_images.append(transform.warp(image))
+        singles.append(atlasreg.evaluate(warped_labels[-1], target_lab, "aseg")["mean_dice"])
+    lines = [f"Fusion: atlases {', '.join(f'{n:02d}' for n in numbers)} → target {target_n:02d}, backend {backend} (registered once, fused by each method)", "",
+             "| method | mean Dice (aseg) | fusion s |", "|---|---|---|"]
+    for n, score in zip(numbers, singles):
+        lines.append(f"| single atlas {n:02d} | {score:.3f} | – |")
+    lines.append(f"| mean of single atlases | {mean(singles):.3f} | – |")
+    for info in atlasreg.fusions():
+        if not info.available:
+            continue
+        fuser = get_fusion(info.name)
+        start = time.perf_counter()
+        fused = fuser.fuse(target_img, warped_images, warped_labels, **fuser.resolve_options({}))
+        seconds = time.perf_counter() - start
+        score = atlasreg.evaluate(fused, target_lab, "aseg")["mean_dice"]
+        print(f"fusion {info.name:<10} Dice {score:.3f}  {seconds:.1f} s", file=sys.stderr)
+        lines.append(f"| {info.name} | {score:.3f} | {seconds:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
