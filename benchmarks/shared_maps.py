@@ -27,3 +27,14 @@ def subject(number: int, spacing: float = 2.0, margin: int = 6) -> tuple[Volume,
     labels = skull_strip(atlasreg.load(path, labels=True))
     labels = crop_to_foreground(resample_to_spacing(labels, spacing), margin)
     return synthesize(labels, seed=number), labels
+
+
+if __name__ == "__main__":
+    # python benchmarks/shared_maps.py OUTDIR N [N ...]: write subjectNN_t1.nii.gz / subjectNN_seg.nii.gz
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    for n in map(int, sys.argv[2:]):
+        image, labels = subject(n)
+        atlasreg.save(image, out / f"subject{n:02d}_t1.nii.gz")
+        atlasreg.save(labels, out / f"subject{n:02d}_seg.nii.gz")
+        print(out / f"subject{n:02d}_t1.nii.gz", out / f"subject{n:02d}_seg.nii.gz")
