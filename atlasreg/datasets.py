@@ -30,7 +30,7 @@ from . import io
 from .errors import AtlasregError
 from .protocols import get_protocol
 from .spatial import crop_or_pad, reorient, resample_to_spacing
-from .volume import Volume, image, label_map
+from .volume import Volume, image, label_map, zscore as standardise
 
 PathLike = str | os.PathLike
 
@@ -504,18 +504,5 @@ def preprocess(
     if shape is not None:
         out = crop_or_pad(out, shape)
     if zscore and not out.is_labels:
-        out = _zscore(out)
+        out = standardise(out)
     return out
-
-
-def _zscore(volume: Volume) -> Volume:
-    mask = volume.array != 0
-    if not mask.any():
-        raise AtlasregError("cannot z-score an all-zero image")
-    values = volume.array[mask].astype(np.float64)
-    std = values.std()
-    if std == 0:
-        raise AtlasregError("cannot z-score: every non-zero voxel has the same intensity")
-    array = np.zeros(volume.shape, dtype=np.float32)
-    array[mask] = (values - values.mean()) / std
-    return volume.with_array(array)

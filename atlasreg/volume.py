@@ -78,3 +78,17 @@ def label_map(array: np.ndarray, affine: np.ndarray) -> Volume:
     if not np.any(array):
         raise AtlasregError("label map is empty (no non-zero label)")
     return Volume(array, affine)
+
+
+def zscore(volume: Volume) -> Volume:
+    """Intensities standardised over the non-zero (brain) voxels; background stays 0 (the paper's normalisation)."""
+    mask = volume.array != 0
+    if not mask.any():
+        raise AtlasregError("cannot z-score an all-zero image")
+    values = volume.array[mask].astype(np.float64)
+    std = values.std()
+    if std == 0:
+        raise AtlasregError("cannot z-score: every non-zero voxel has the same intensity")
+    array = np.zeros(volume.shape, dtype=np.float32)
+    array[mask] = (values - values.mean()) / std
+    return volume.with_array(array)
