@@ -62,18 +62,28 @@ def load_atlases(atlases: Iterable[Atlas]) -> list[tuple[Volume, Volume]]:
 
 def segment(
     target: ImageLike,
-    atlases: Sequence[Atlas],
+    atlases: Sequence[Atlas] | None = None,
     backend: str = "ants",
     fusion: str = "majority",
     backend_options: Mapping[str, Any] | None = None,
     fusion_options: Mapping[str, Any] | None = None,
     label_interp: str = "nearest",
     progress: bool = False,
+    builtin_atlas: str | None = None,
 ) -> Volume:
     """Label ``target`` by registering each atlas to it and fusing the warped atlas labels.
 
-    Returns an integer label map in the target's grid and affine. One atlas needs no fusion.
+    ``atlases`` None means the built-in atlas ``builtin_atlas`` (default: the MNI152 template with
+    Desikan-Killiany labels, built from installed packages' data). Returns an integer label map in
+    the target's grid and affine. One atlas needs no fusion.
     """
+    if atlases is not None and builtin_atlas:
+        raise AtlasregError("give atlases or a built-in atlas name, not both")
+    if atlases is None:
+        from .atlases import DEFAULT_ATLAS, load_atlas
+
+        image, labels, _ = load_atlas(builtin_atlas or DEFAULT_ATLAS)
+        atlases = [(image, labels)]
     method = get_backend(backend)
     resolved = method.resolve_options(backend_options or {})
     target_v = as_image(target, "target image")

