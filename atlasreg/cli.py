@@ -226,6 +226,103 @@ def demo(output_dir: str, backends: str | None, targets: int, spacing: float) ->
     click.echo(f"wrote {Path(output_dir) / 'demo.png'}, results.md and results.json ({results['total_seconds']:.0f} s)", err=True)
 
 
+def _glob_paths(patterns: tuple[str, ...], what: str) -> list[Path]:
+    """Files matching each glob pattern (or literal path), in sorted order; none matching is an error."""
+    import glob
+
+    paths = []
+    for pattern in patterns:
+        found = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not found:
+            raise AtlasregError(f"{what}: nothing matches {pattern!r}")
+        paths += [Path(p) for p in found]
+    return paths
+
+
+def _parse_config(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """KEY=VALUE pairs with JSON values where they parse (numbers, lists, objects), text otherwise."""
+    config = {}
+    for key, value in _parse_options(pairs).items():
+        try:
+            config[key] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key] = value
+    return config
+
+
+def _ints(text: str | None) -> list[int] | None:
+    return [int(v) for v in text.split(",")] if text else None
+
+
+@cli.command()
+@click.option("-b", "--backend", required=True, help="Learned backend to train: contrastive or voxelmorph.")
+@click.option("--images", multiple=True, required=True, metavar="GLOB", help="Training images (repeatable glob; quote it).")
+@click.option("--atlas", nargs=2, metavar="IMAGE LABELS", help="Train atlas -> subject pairs (what segmentation needs); without it, random subject pairs.")
+@click.option("-o", "--output", required=True, help="Model file to write (.pt); rewritten after every epoch.")
+@click.option("--spacing", type=float, help="Working grid spacing in mm  [default: 2]")
+@click.option("--shape", help="Working grid shape X,Y,Z  [default: 96,112,96]")
+@click.option("--crop", help="Random training crop X,Y,Z (multiples of 16)  [default: 80,96,80]")
+@click.option("--epochs", type=int, default=200, show_default=True, help="Epochs (the paper: 200).")
+@click.option("--iterations", type=int, default=0, help="Stop after this many optimiser steps instead.")
+@click.option("--max-minutes", type=float, default=0.0, help="Stop (and save) after this much wall-clock time.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Pairs per step (the paper: 8).")
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="Adam learning rate (the paper: 3e-3).")
+@click.option("--lr-step", type=int, default=20, show_default=True, help="Epochs between learning-rate decays.")
+@click.option("--lr-gamma", type=float, default=0.1, show_default=True, help="Learning-rate decay factor.")
+@click.option("--losses", help="Comma-separated loss terms to use (contrastive: recon,smooth,contrast; voxelmorph: sim,smooth).")
+@click.option("--weight", "weights", multiple=True, metavar="TERM=VALUE", help="Loss weight, e.g. smooth=1 contrast=0.01 (repeatable).")
+@click.option("-C", "--config", "config_pairs", multiple=True, metavar="KEY=VALUE", help="Any other model config key, e.g. smooth=paper, tau=0.2 (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--resume", help="Continue from this model file (weights, optimiser, epoch).")
+@click.option("--val-images", multiple=True, metavar="GLOB", help="Validation images: Dice reported each epoch (needs --atlas).")
+@click.option("--val-labels", multiple=True, metavar="GLOB", help="Validation label maps, in the same order as --val-images.")
+@click.option("--val-protocol", type=click.Choice(sorted(PROTOCOLS)), default="aseg", show_default=True)
+@click.option("--log", help="JSON-lines log of every loss term  [default: MODEL.pt.log.jsonl]")
+def train(backend: str, images: tuple, atlas: tuple | None, output: str, spacing: float | None, shape: str | None, crop: str | None,
+          epochs: int, iterations: int, max_minutes: float, batch_size: int, lr: float, lr_step: int, lr_gamma: float,
+          losses: str | None, weights: tuple, config_pairs: tuple, seed: int, device: str, resume: str | None,
+          val_images: tuple, val_labels: tuple, val_protocol: str, log: str | None) -> None:
+    """Train a learned registration backend on unlabelled images (unsupervised).
+
+    Images are affinely pre-aligned once (cached beside the model), then the network is trained
+    with the backend's loss on augmented pairs (flip, rotation < 10 degrees, crop).
+
+    \b
+    Example:
+      atlasreg train -b contrastive --images 'data/subject0[2-7]_t1.nii.gz' \\
+          --atlas data/subject01_t1.nii.gz data/subject01_seg.nii.gz --batch-size 2 --max-minutes 30 -o contrastive.pt
+    """
+    from .train import TrainSettings, train as run_training
+
+    config = _parse_config(config_pairs)
+    if spacing is not None:
+        config["spacing"] = spacing
+    for key, text in (("shape", shape), ("crop", crop)):
+        if text:
+            config[key] = _ints(text)
+    if losses:
+        config["losses"] = [name.strip() for name in losses.split(",") if name.strip()]
+    if weights:
+        from .registry import get_backend
+
+        known = get_backend(backend)
+        base = dict(getattr(known, "default_config", {}).get("weights", {}))
+        base.update({k: float(v) for k, v in _parse_options(weights).items()})
+        config["weights"] = base
+    settings = TrainSettings(
+        images=_glob_paths(images, "--images"),
+        output=Path(output),
+        atlas=(Path(atlas[0]), Path(atlas[1])) if atlas else None,
+        epochs=epochs, iterations=iterations, max_minutes=max_minutes, batch_size=batch_size, lr=lr,
+        lr_step=lr_step, lr_gamma=lr_gamma, seed=seed, device=device, resume=Path(resume) if resume else None,
+        val_images=_glob_paths(val_images, "--val-images") if val_images else [],
+        val_labels=_glob_paths(val_labels, "--val-labels") if val_labels else [],
+        val_protocol=val_protocol, log=Path(log) if log else None, config=config,
+    )
+    click.echo(f"wrote {run_training(backend, settings)}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every failure into one line on stderr and a non-zero exit."""
     try:

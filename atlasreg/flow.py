@@ -1,0 +1,184 @@
+"""Dense displacement fields in torch: warping, scaling-and-squaring integration, Jacobians, resizing.
+
+The functional core shared by the learned backends (networks, losses, training loop). Pure torch,
+no ``Volume`` types; everything runs on the device (and in the dtype) of its input.
+
+Conventions
+-----------
+* Images are tensors ``(B, C, X, Y, Z)`` whose spatial axes are the array axes of the volume.
+* Flows (displacements) and stationary velocities are ``(B, 3, X, Y, Z)`` in **voxel units** of
+  that grid: component ``c`` is the displacement along spatial axis ``c`` (so component 0 goes
+  along array axis 2 of the tensor, i.e. ``X``).
+* Backward mapping: ``warped(p) = src(p + flow(p))``; the map of a flow is ``phi(p) = p + flow(p)``.
+* Voxel ``i`` of an axis of ``n`` voxels sits at coordinate ``i`` (voxel centres ``0 .. n-1``);
+  this is ``grid_sample``'s ``align_corners=True`` convention.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "identity",
+    "warp",
+    "compose",
+    "integrate",
+    "jacobian_determinant",
+    "resize",
+]
+
+WARP_MODES = ("bilinear", "nearest")
+PADDINGS = ("border", "zeros", "reflection")
+
+
+def identity(shape: Sequence[int], device=None, dtype=torch.float32) -> torch.Tensor:
+    """Voxel coordinates of a grid, ``(1, 3, X, Y, Z)``: component ``c`` holds the index along axis ``c``."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3:
+        raise ValueError(f"identity: a 3-D shape is needed, got {shape}")
+    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)[None]
+
+
+def _check_flow(flow: torch.Tensor, name: str = "flow") -> None:
+    if flow.dim() != 5 or flow.shape[1] != 3:
+        raise ValueError(f"{name}: expected (B, 3, X, Y, Z), got {tuple(flow.shape)}")
+
+
+def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
+    """``grid_sample`` grid ``(B, X, Y, Z, 3)`` for the points ``p + flow(p)``.
+
+    ``grid_sample`` on a 5-D input ``(B, C, D, H, W)`` reads ``grid[..., 0]`` as the W (last)
+    coordinate, ``grid[..., 1]`` as H and ``grid[..., 2]`` as D, each normalised to [-1, 1]
+    (``align_corners=True``: -1 and 1 are the centres of the first and last voxels). Our axes
+    (X, Y, Z) are (D, H, W), so the components are reversed after normalising.
+    """
+    shape = flow.shape[2:]
+    points = identity(shape, device=flow.device, dtype=flow.dtype) + flow
+    # an axis of one voxel: any normalised coordinate maps back to index 0, avoid 0/0
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=flow.device, dtype=flow.dtype)
+    normalised = points * scale.view(1, 3, 1, 1, 1) - 1.0
+    return normalised.permute(0, 2, 3, 4, 1).flip(-1)
+
+
+def warp(src: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding: str = "border") -> torch.Tensor:
+    """``src`` resampled at ``p + flow(p)``: ``warped(p) = src(p + flow(p))``.
+
+    Args:
+        src: ``(B, C, X, Y, Z)`` (float; an integer tensor, e.g. labels, needs ``mode="nearest"``
+            and comes back in its own dtype). A batch of 1 is broadcast against ``flow``'s batch
+            and vice versa.
+        flow: ``(B, 3, X, Y, Z)`` in voxel units, same spatial shape as ``src``.
+        mode: ``"bilinear"`` (trilinear in 3-D) or ``"nearest"``.
+        padding: value for points outside ``src``: ``"border"`` (nearest edge voxel),
+            ``"zeros"`` or ``"reflection"``.
+    """
+    if mode not in WARP_MODES:
+        raise ValueError(f"warp: mode {mode!r}: choose one of {', '.join(WARP_MODES)}")
+    if padding not in PADDINGS:
+        raise ValueError(f"warp: padding {padding!r}: choose one of {', '.join(PADDINGS)}")
+    _check_flow(flow)
+    if src.dim() != 5:
+        raise ValueError(f"warp: src must be (B, C, X, Y, Z), got {tuple(src.shape)}")
+    if flow.shape[2:] != src.shape[2:]:
+        raise ValueError(f"warp: spatial shapes differ: src {tuple(src.shape[2:])}, flow {tuple(flow.shape[2:])}")
+    out_dtype = src.dtype
+    if not src.is_floating_point():
+        if mode != "nearest":
+            raise ValueError("warp: an integer tensor (labels) can only be warped with mode='nearest'")
+        src = src.to(torch.float64 if flow.dtype == torch.float64 else torch.float32)
+    grid = _sampling_grid(flow)
+    grid = grid.to(src.dtype)
+    batch = max(src.shape[0], grid.shape[0])
+    if src.shape[0] != batch:
+        if src.shape[0] != 1:
+            raise ValueError(f"warp: batch sizes differ: src {src.shape[0]}, flow {grid.shape[0]}")
+        src = src.expand(batch, *src.shape[1:])
+    if grid.shape[0] != batch:
+        if grid.shape[0] != 1:
+            raise ValueError(f"warp: batch sizes differ: src {src.shape[0]}, flow {grid.shape[0]}")
+        grid = grid.expand(batch, *grid.shape[1:])
+    out = F.grid_sample(src, grid, mode=mode, padding_mode=padding, align_corners=True)
+    return out if out.dtype == out_dtype else out.round().to(out_dtype)
+
+
+def compose(outer: torch.Tensor, inner: torch.Tensor, padding: str = "border") -> torch.Tensor:
+    """Flow of ``phi_outer o phi_inner``: ``p -> p + inner(p) + outer(p + inner(p))``.
+
+    Warping with the result equals warping with ``outer`` first, then with ``inner``:
+    ``warp(warp(src, outer), inner) ~= warp(src, compose(outer, inner))``.
+    """
+    _check_flow(outer, "outer")
+    _check_flow(inner, "inner")
+    return inner + warp(outer, inner, mode="bilinear", padding=padding)
+
+
+def integrate(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
+    """Flow of the stationary velocity field ``velocity`` at time 1, by scaling and squaring.
+
+    ``phi = exp(v)``: start from ``v / 2**steps`` (a map close to the identity) and compose it with
+    itself ``steps`` times: ``flow <- flow + flow o (id + flow)``. ``steps=0`` returns the velocity
+    (the small-deformation approximation). Points sampled outside the grid take the border value.
+    """
+    _check_flow(velocity, "velocity")
+    if steps < 0:
+        raise ValueError(f"integrate: steps must be >= 0, got {steps}")
+    flow = velocity / (2.0**steps)
+    for _ in range(steps):
+        flow = flow + warp(flow, flow, mode="bilinear", padding="border")
+    return flow
+
+
+def _derivative(field: torch.Tensor, dim: int) -> torch.Tensor:
+    """d field / d axis (unit spacing): central differences inside, one-sided at the edges."""
+    if field.shape[dim] < 2:
+        return torch.zeros_like(field)
+    return torch.gradient(field, dim=dim, edge_order=1)[0]
+
+
+def jacobian_determinant(flow: torch.Tensor) -> torch.Tensor:
+    """``det(I + grad flow)`` at every voxel, ``(B, X, Y, Z)``: the Jacobian of ``p -> p + flow(p)``.
+
+    Central differences in voxel units (one-sided on the outer faces, 0 along an axis of one
+    voxel). ``> 0`` everywhere means no folding; ``< 1`` is local compression of the sampled source.
+    """
+    _check_flow(flow)
+    # J[i][j] = delta_ij + d flow_i / d x_j
+    grads = [_derivative(flow, dim) for dim in (2, 3, 4)]  # grads[j][:, i] = d flow_i / d x_j
+    J = [[grads[j][:, i] + (1.0 if i == j else 0.0) for j in range(3)] for i in range(3)]
+    return (
+        J[0][0] * (J[1][1] * J[2][2] - J[1][2] * J[2][1])
+        - J[0][1] * (J[1][0] * J[2][2] - J[1][2] * J[2][0])
+        + J[0][2] * (J[1][0] * J[2][1] - J[1][1] * J[2][0])
+    )
+
+
+def resize(flow: torch.Tensor, shape: Sequence[int], align_corners: bool = False) -> torch.Tensor:
+    """A flow resampled (trilinearly) onto a grid of ``shape`` covering the same field of view,
+    its vectors rescaled into the new grid's voxel units.
+
+    ``align_corners=False`` (default): the two grids share their outer voxel *edges* (the usual
+    meaning of resampling a volume to another size: a 182-voxel 1 mm axis and a 91-voxel 2 mm axis
+    span the same extent), so component ``c`` is scaled by the size ratio ``new_c / old_c``.
+    ``align_corners=True``: the grids share their first and last voxel *centres*, so the ratio is
+    ``(new_c - 1) / (old_c - 1)``. Use whichever matches how the images were resampled. An axis of
+    one voxel falls back to the size ratio.
+    """
+    _check_flow(flow)
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3:
+        raise ValueError(f"resize: a 3-D shape is needed, got {shape}")
+    old = flow.shape[2:]
+    if tuple(old) == shape:
+        return flow
+    ratios = []
+    for n_old, n_new in zip(old, shape):
+        if align_corners and n_old > 1 and n_new > 1:
+            ratios.append((n_new - 1) / (n_old - 1))
+        else:
+            ratios.append(n_new / n_old)
+    out = F.interpolate(flow, size=shape, mode="trilinear", align_corners=align_corners)
+    return out * torch.tensor(ratios, device=flow.device, dtype=flow.dtype).view(1, 3, 1, 1, 1)

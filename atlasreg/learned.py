@@ -1,0 +1,229 @@
+"""What every learned (network) backend shares: the working grid, the affine pre-alignment, model
+files, inference and instance optimisation. A plugin supplies only its network and loss terms.
+
+Learned backends see affinely pre-aligned pairs on a fixed working grid: an axis-aligned grid of
+``spacing`` mm and ``shape`` voxels centred on the fixed image's brain. The core's ``affine``
+backend maps fixed to moving world first; the network's field u (on the working grid) is then
+composed with it into one Transform on the fixed image's own grid: T(x) = A · (x + u(x)).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import AtlasregError
+from .plugin_api import Backend, Option
+from .registry import get_backend
+from .spatial import apply_matrix, voxel_grid
+from .transform import Transform
+from .volume import Volume, zscore
+
+MODEL_FORMAT = 1
+
+
+def working_grid(fixed: Volume, spacing: float, shape: tuple[int, int, int]) -> Volume:
+    """An axis-aligned RAS grid (empty Volume) of ``shape`` voxels at ``spacing`` mm centred on the
+    intensity-weighted centre of ``fixed``'s non-zero voxels (its brain, once skull-stripped)."""
+    mask = fixed.array > 0
+    centre_voxel = np.array(ndimage.center_of_mass(mask)) if mask.any() else (np.array(fixed.shape) - 1) / 2.0
+    centre = fixed.affine[:3, :3] @ centre_voxel + fixed.affine[:3, 3]
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = centre - spacing * (np.array(shape) - 1) / 2.0
+    return Volume(np.zeros(shape, np.float32), affine)
+
+
+@dataclass(frozen=True)
+class AlignedPair:
+    """A moving/fixed pair on one working grid, intensities z-scored; ``matrix`` = the affine stage."""
+
+    moving: np.ndarray
+    fixed: np.ndarray
+    grid: Volume
+    matrix: np.ndarray
+    moving_labels: np.ndarray | None = None
+
+
+def align_pair(
+    moving: Volume,
+    fixed: Volume,
+    spacing: float,
+    shape: tuple[int, int, int],
+    moving_labels: Volume | None = None,
+    matrix: np.ndarray | None = None,
+) -> AlignedPair:
+    """Affine stage (unless ``matrix`` is given), then both images resampled onto the working grid."""
+    grid = working_grid(fixed, spacing, shape)
+    if matrix is None:
+        matrix = get_backend("affine").register(moving, fixed, **get_backend("affine").resolve_options({})).matrix
+    on_grid = Transform.from_matrix(grid, matrix)
+    fixed_w = Transform.identity(grid).warp(fixed)
+    moving_w = on_grid.warp(moving)
+    labels_w = on_grid.warp_labels(moving_labels).array if moving_labels is not None else None
+    return AlignedPair(zscore(moving_w).array, zscore(fixed_w).array, grid, matrix, labels_w)
+
+
+def transform_from_flow(flow_voxels: np.ndarray, pair: AlignedPair, fixed: Volume) -> Transform:
+    """The network's flow (3, X, Y, Z, working-grid voxels) composed with the affine stage, on ``fixed``'s grid."""
+    spacing = pair.grid.affine[0, 0]
+    field_w = np.moveaxis(flow_voxels, 0, -1).astype(np.float32) * spacing  # axis-aligned RAS grid: voxels -> mm
+    points = apply_matrix(np.linalg.inv(pair.grid.affine) @ fixed.affine, voxel_grid(fixed.shape))
+    coords = np.moveaxis(points, -1, 0)
+    field = np.stack(
+        [ndimage.map_coordinates(field_w[..., c], coords, order=1, mode="nearest") for c in range(3)], axis=-1
+    )
+    return Transform.from_field(fixed, field, pair.matrix)
+
+
+def pick_device(name: str) -> str:
+    """``auto`` -> cuda when a GPU is visible, else cpu; an explicit cuda without a GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AtlasregError("device cuda requested but no CUDA GPU is visible")
+    if name not in ("cpu", "cuda"):
+        raise AtlasregError(f"device {name!r}: choose auto, cpu or cuda")
+    return name
+
+
+def save_model(path: str | os.PathLike, backend: str, config: Mapping[str, Any], network, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write weights + full config + atlasreg version as plain tensors and primitives (no pickled code)."""
+    import torch
+
+    from . import __version__
+    from .io import atomic_path
+
+    path = Path(path)
+    state = {
+        "format": MODEL_FORMAT,
+        "backend": backend,
+        "atlasreg_version": __version__,
+        "config": dict(config),
+        "weights": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        **(extra or {}),
+    }
+    if not path.parent.is_dir():
+        raise AtlasregError(f"{path.parent}: output folder does not exist")
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_model_file(path: str | os.PathLike) -> dict:
+    """Read a model file with ``weights_only=True``: a file holding pickled objects is refused."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise AtlasregError(f"{path}: no such model file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsupported = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
+        if unsupported:
+            raise AtlasregError(f"{path}: refused: the file holds pickled Python objects, not plain weights ({unsupported[0]})") from None
+        raise AtlasregError(f"{path}: not an atlasreg model file") from None
+    except Exception as exc:
+        raise AtlasregError(f"{path}: not an atlasreg model file ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT or "weights" not in state:
+        raise AtlasregError(f"{path}: not an atlasreg model file")
+    return state
+
+
+class LearnedBackend(Backend):
+    """A network backend. Subclasses set ``default_config`` and implement ``build_network`` and ``loss_terms``."""
+
+    kind = "learned"
+    devices = ("cpu", "cuda")
+    requires = ("torch",)
+    options = {
+        "model": Option("", "model file written by `atlasreg train` (required)"),
+        "device": Option("auto", "where the network runs", ("auto", "cpu", "cuda")),
+        "optimize_steps": Option(0, "instance optimisation: fine-tune on the pair at hand for N steps first"),
+        "optimize_lr": Option(1e-4, "learning rate of instance optimisation"),
+    }
+    default_config: ClassVar[dict[str, Any]] = {}
+    #: loss term names, in the order they are reported
+    loss_names: ClassVar[tuple[str, ...]] = ()
+
+    def build_network(self, config: Mapping[str, Any]):
+        """The untrained torch module for ``config``."""
+        raise NotImplementedError
+
+    def loss_terms(self, network, moving, fixed, config: Mapping[str, Any], sample: bool) -> tuple[Any, dict[str, Any]]:
+        """(flow in voxels (B, 3, X, Y, Z), unweighted loss terms) for a batch; ``sample`` draws z in training."""
+        raise NotImplementedError
+
+    def predict_flow(self, network, moving, fixed, config: Mapping[str, Any]):
+        """Deterministic flow (the mean transformation) for inference."""
+        import torch
+
+        with torch.no_grad():
+            return self.loss_terms(network, moving, fixed, config, sample=False)[0]
+
+    # --- shared machinery -------------------------------------------------------------------
+    def config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Default config with ``overrides``; unknown keys are refused."""
+        merged = copy.deepcopy(self.default_config)
+        for key, value in (overrides or {}).items():
+            if key not in merged:
+                raise AtlasregError(f"{self.name}: unknown config key {key!r} (known: {', '.join(sorted(merged))})")
+            merged[key] = value
+        return merged
+
+    def total_loss(self, terms: Mapping[str, Any], config: Mapping[str, Any]):
+        """Weighted sum of the enabled terms (``config['losses']``, weights ``config['weights']``)."""
+        enabled = [name for name in config["losses"] if name in terms]
+        if not enabled:
+            raise AtlasregError(f"{self.name}: no loss term enabled (choose from {', '.join(self.loss_names)})")
+        return sum(config["weights"][name] * terms[name] for name in enabled)
+
+    def load_network(self, path: str | os.PathLike, device: str):
+        state = load_model_file(path)
+        if state["backend"] != self.name:
+            raise AtlasregError(f"{path}: a {state['backend']} model, not a {self.name} model")
+        config = self.config(state["config"])
+        network = self.build_network(config)
+        network.load_state_dict(state["weights"])
+        return network.to(device).eval(), config
+
+    def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
+        import torch
+
+        if not options["model"]:
+            raise AtlasregError(f"{self.name}: a model file is needed: -O model=MODEL.pt (train one with `atlasreg train -b {self.name}`)")
+        device = pick_device(options["device"])
+        network, config = self.load_network(options["model"], device)
+        pair = align_pair(moving, fixed, config["spacing"], tuple(config["shape"]))
+        moving_t = torch.from_numpy(pair.moving)[None, None].to(device)
+        fixed_t = torch.from_numpy(pair.fixed)[None, None].to(device)
+        if options["optimize_steps"] > 0:
+            network = self.optimize(network, moving_t, fixed_t, config, options["optimize_steps"], options["optimize_lr"])
+        flow = self.predict_flow(network, moving_t, fixed_t, config)
+        return transform_from_flow(flow[0].cpu().numpy(), pair, fixed)
+
+    def optimize(self, network, moving, fixed, config: Mapping[str, Any], steps: int, lr: float):
+        """Instance optimisation: a copy of the network fine-tuned on this one pair (unsupervised loss)."""
+        import torch
+
+        tuned = copy.deepcopy(network).train()
+        for module in tuned.modules():  # keep normalisation statistics from training
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            _, terms = self.loss_terms(tuned, moving, fixed, config, sample=False)
+            self.total_loss(terms, config).backward()
+            optimizer.step()
+        return tuned.eval()

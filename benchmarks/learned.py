@@ -1,0 +1,99 @@
+"""Learned backends on held-out shared-map subjects: Dice vs affine, with and without instance
+optimisation, and inference time (network + warp, no file I/O) next to ANTs in the same run.
+
+    python benchmarks/learned.py --model contrastive=benchmarks/work/contrastive.pt \
+        --model voxelmorph=benchmarks/work/voxelmorph.pt [--targets 8,9,10] [--atlas 1] \
+        [--optimize-steps 20] [-o benchmarks/results/learned.md]
+
+Images come from benchmarks/shared_maps.py (2 mm, skull-stripped, synthesized), the same as
+`atlasreg train` saw for subjects 02-07 via `python benchmarks/shared_maps.py benchmarks/work/data 1 ... 10`.
+Peak memory is the process's peak RSS (torch, data and all) at the end of the run.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+from statistics import mean
+
+import click
+import torch
+
+import atlasreg
+from atlasreg.learned import align_pair, pick_device, transform_from_flow
+from atlasreg.registry import get_backend
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import header  # noqa: E402
+from shared_maps import subject  # noqa: E402
+
+
+@click.command()
+@click.option("--model", "models", multiple=True, required=True, metavar="NAME=PATH")
+@click.option("--targets", default="8,9,10", show_default=True)
+@click.option("--atlas", default=1, show_default=True)
+@click.option("--optimize-steps", default=20, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("-o", "--output", default=None)
+def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int, device: str, output: str | None) -> None:
+    torch.set_num_threads(2)
+    device = pick_device(device)
+    atlas_img, atlas_lab = subject(atlas)
+    numbers = [int(n) for n in targets.split(",")]
+    rows: dict[str, list[tuple[float, float]]] = {}
+    infer_seconds: dict[str, list[float]] = {}
+    for n in numbers:
+        target_img, target_lab = subject(n)
+        start = time.perf_counter()
+        affine = atlasreg.register(atlas_img, target_img, backend="affine")
+        rows.setdefault("affine", []).append((_dice(affine, atlas_lab, target_lab), time.perf_counter() - start))
+        start = time.perf_counter()
+        ants = atlasreg.register(atlas_img, target_img, backend="ants", preset="fast")
+        rows.setdefault("ants fast", []).append((_dice(ants, atlas_lab, target_lab), time.perf_counter() - start))
+        for spec in models:
+            name, path = spec.split("=", 1)
+            backend = get_backend(name)
+            network, config = backend.load_network(path, device)
+            pair = align_pair(atlas_img, target_img, config["spacing"], tuple(config["shape"]), matrix=affine.matrix)
+            moving = torch.from_numpy(pair.moving)[None, None].to(device)
+            fixed = torch.from_numpy(pair.fixed)[None, None].to(device)
+            for steps in (0, optimize_steps) if optimize_steps else (0,):
+                start = time.perf_counter()
+                net = backend.optimize(network, moving, fixed, config, steps, 1e-4) if steps else network
+                flow = backend.predict_flow(net, moving, fixed, config)
+                transform = transform_from_flow(flow[0].cpu().numpy(), pair, target_img)
+                warped = transform.warp_labels(atlas_lab)
+                seconds = time.perf_counter() - start
+                label = f"{name}" + (f" + {steps} optimisation steps" if steps else "")
+                score = atlasreg.evaluate(warped, target_lab, "aseg")["mean_dice"]
+                rows.setdefault(label, []).append((score, seconds))
+                if not steps:
+                    infer_seconds.setdefault(name, []).append(seconds)
+                print(f"{atlas:02d}->{n:02d} {label:<40} Dice {score:.3f} {seconds:6.2f} s", file=sys.stderr)
+    base = mean(d for d, _ in rows["affine"])
+    ants_s = mean(s for _, s in rows["ants fast"])
+    command = "python benchmarks/learned.py " + " ".join(sys.argv[1:])
+    lines = [header(command), f"- device: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads", "",
+             f"Atlas {atlas:02d} → targets {', '.join(f'{n:02d}' for n in numbers)} (held out), mean Dice over the 28 aseg structures.",
+             "Seconds: affine and ANTs = whole registration; learned rows = network (+ instance optimisation) + warp of the atlas labels, "
+             "after the affine stage (add the affine row's seconds for the whole pipeline).", "",
+             "| method | mean Dice | Δ vs affine | s / pair | × ANTs fast time |", "|---|---|---|---|---|"]
+    for label, values in rows.items():
+        d, s = mean(v[0] for v in values), mean(v[1] for v in values)
+        lines.append(f"| {label} | {d:.3f} | {d - base:+.3f} | {s:.2f} | {s / ants_s:.2f} |")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    lines += ["", f"Peak RSS of the whole benchmark process: {peak:.2f} GiB."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if output:
+        Path(output).write_text(text)
+
+
+def _dice(transform, atlas_labels, target_labels) -> float:
+    return atlasreg.evaluate(transform.warp_labels(atlas_labels), target_labels, "aseg")["mean_dice"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The learned-backend machinery: model files, training loop, inference, loss switches."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import atlasreg  # noqa: E402
+from atlasreg import AtlasregError  # noqa: E402
+from atlasreg.learned import align_pair, load_model_file, save_model  # noqa: E402
+from atlasreg.registry import get_backend  # noqa: E402
+from atlasreg.train import TrainSettings, train  # noqa: E402
+
+TINY = {"shape": [32, 32, 32], "crop": [32, 32, 32]}
+TINY_NETS = {
+    "contrastive": {**TINY, "enc_channels": [4, 8, 8, 8], "dec_channels": [8, 8, 8, 4], "proj_dim": 8},
+    "voxelmorph": {**TINY, "enc_channels": [4, 8, 8, 8], "dec_channels": [8, 8, 8, 8, 8, 4, 4]},
+}
+
+
+@pytest.fixture
+def files(tmp_path, pair):
+    moving, moving_labels, fixed, fixed_labels = pair
+    names = dict(atlas=moving, atlas_seg=moving_labels, subject=fixed, subject_seg=fixed_labels)
+    return {name: atlasreg.save(volume, tmp_path / f"{name}.nii.gz") for name, volume in names.items()}
+
+
+def test_learned_backends_are_listed_on_cpu():
+    infos = {info.name: info for info in atlasreg.backends()}
+    for name in ("contrastive", "voxelmorph"):
+        assert infos[name].available, infos[name].reason
+        assert infos[name].kind == "learned" and "cpu" in infos[name].devices
+
+
+def test_model_file_with_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "backend": "voxelmorph", "weights": {}, "config": {}, "payload": TrainSettings([], tmp_path)}, path)
+    with pytest.raises(AtlasregError, match="refused"):
+        load_model_file(path)
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(AtlasregError, match="not an atlasreg model"):
+        load_model_file(tmp_path / "junk.pt")
+
+
+@pytest.mark.parametrize("name", ["contrastive", "voxelmorph"])
+def test_save_load_round_trip_reproduces_outputs_exactly(tmp_path, name, pair):
+    backend = get_backend(name)
+    config = backend.config(TINY_NETS[name])
+    torch.manual_seed(0)
+    network = backend.build_network(config).eval()
+    moving, fixed = torch.randn(1, 1, 32, 32, 32), torch.randn(1, 1, 32, 32, 32)
+    before = backend.predict_flow(network, moving, fixed, config)
+    path = save_model(tmp_path / "m.pt", name, config, network)
+    loaded, loaded_config = backend.load_network(path, "cpu")
+    assert loaded_config == config
+    assert torch.equal(backend.predict_flow(loaded, moving, fixed, config), before)
+
+
+def test_switching_a_loss_off_removes_it_from_the_gradient():
+    backend = get_backend("contrastive")
+    config = backend.config(TINY_NETS["contrastive"])
+    torch.manual_seed(0)
+    network = backend.build_network(config).train()
+    moving, fixed = torch.randn(2, 1, 32, 32, 32), torch.randn(2, 1, 32, 32, 32)
+
+    def grads(losses):
+        network.zero_grad()
+        _, terms = backend.loss_terms(network, moving, fixed, config, sample=False)
+        backend.total_loss(terms, {**config, "losses": losses}).backward()
+        return {n: (p.grad.abs().sum().item() if p.grad is not None else 0.0) for n, p in network.named_parameters()}
+
+    head = [n for n in grads(["contrast"]) if "proj" in n]
+    assert head, "the projection head's parameters should be named *proj*"
+    with_contrast = grads(["recon", "smooth", "contrast"])
+    without = grads(["recon", "smooth"])
+    assert all(with_contrast[n] > 0 for n in head)
+    assert all(without[n] == 0 for n in head)  # only the contrastive term reaches the projection head
+    with pytest.raises(AtlasregError, match="no loss term"):
+        backend.total_loss({"recon": torch.tensor(1.0)}, {**config, "losses": []})
+
+
+def test_train_resume_and_register(tmp_path, files, pair):
+    settings = TrainSettings(
+        images=[files["subject"]],
+        atlas=(files["atlas"], files["atlas_seg"]),
+        output=tmp_path / "vm.pt",
+        iterations=2,
+        batch_size=1,
+        progress=False,
+        val_images=[files["subject"]],
+        val_labels=[files["subject_seg"]],
+        val_protocol="labels",
+        config=TINY_NETS["voxelmorph"],
+    )
+    train("voxelmorph", settings)
+    state = load_model_file(tmp_path / "vm.pt")
+    assert state["step"] == 2 and state["config"]["shape"] == [32, 32, 32]
+    records = [json.loads(line) for line in (tmp_path / "vm.pt.log.jsonl").read_text().splitlines()]
+    assert {"sim", "smooth", "loss"} <= set(records[0]) and any("val_mean_dice" in r for r in records)
+    assert list((tmp_path / "vm.pt.cache").glob("*.npz"))  # affine stage cached
+    settings.iterations, settings.resume = 3, tmp_path / "vm.pt"
+    train("voxelmorph", settings)
+    assert load_model_file(tmp_path / "vm.pt")["step"] == 3
+    moving, moving_labels, fixed, _ = pair
+    transform = atlasreg.register(moving, fixed, backend="voxelmorph", model=str(tmp_path / "vm.pt"), device="cpu", optimize_steps=1)
+    assert transform.shape == fixed.shape and transform.field is not None
+    assert set(np.unique(transform.warp_labels(moving_labels).array)) <= set(np.unique(moving_labels.array))
+
+
+def test_learned_register_needs_a_model(pair):
+    moving, _, fixed, _ = pair
+    with pytest.raises(AtlasregError, match="model file is needed"):
+        atlasreg.register(moving, fixed, backend="contrastive")
+
+
+def test_aligned_pair_is_on_the_working_grid(pair):
+    moving, moving_labels, fixed, _ = pair
+    aligned = align_pair(moving, fixed, 2.0, (32, 32, 32), moving_labels, matrix=np.eye(4))
+    assert aligned.moving.shape == aligned.fixed.shape == (32, 32, 32)
+    assert abs(aligned.fixed[aligned.fixed != 0].mean()) < 1e-4  # z-scored over the brain
+    assert set(np.unique(aligned.moving_labels)) <= set(np.unique(moving_labels.array))
