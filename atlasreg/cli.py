@@ -32,6 +32,16 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     return options
 
 
+def _backend_options(opts: tuple[str, ...], model: str | None, optimize_steps: int | None) -> dict[str, Any]:
+    """-O pairs plus the learned-backend shortcuts --model and --optimize-steps."""
+    options: dict[str, Any] = _parse_options(opts)
+    if model:
+        options["model"] = model
+    if optimize_steps is not None:
+        options["optimize_steps"] = optimize_steps
+    return options
+
+
 def _check_output(path: str) -> Path:
     """Refuse an output path we could not write before any long work starts."""
     out = Path(path)
@@ -102,11 +112,14 @@ def options(name: str) -> None:
 @click.option("-o", "--output", required=True, help="Warped moving image, on FIXED's grid (.nii.gz).")
 @click.option("--transform-out", help="Also write the transform as an ITK-convention NIfTI displacement field.")
 @click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable; `atlasreg options NAME` lists them).")
-def register(moving: str, fixed: str, backend: str, output: str, transform_out: str | None, opts: tuple[str, ...]) -> None:
+@click.option("--model", help="Model file for a learned backend (same as -O model=PATH).")
+@click.option("--optimize-steps", type=int, help="Learned backends: fine-tune on this pair for N steps first (instance optimisation).")
+def register(moving: str, fixed: str, backend: str, output: str, transform_out: str | None, opts: tuple[str, ...],
+             model: str | None, optimize_steps: int | None) -> None:
     """Register MOVING to FIXED and write MOVING resampled onto FIXED's grid."""
     out = _check_output(output)
     field_out = _check_output(transform_out) if transform_out else None
-    transform = register_pair(moving, fixed, backend=backend, **_parse_options(opts))
+    transform = register_pair(moving, fixed, backend=backend, **_backend_options(opts, model, optimize_steps))
     from .pipeline import as_image
 
     warped = transform.warp(as_image(moving))
@@ -125,8 +138,10 @@ def register(moving: str, fixed: str, backend: str, output: str, transform_out: 
 @click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable; `atlasreg options NAME` lists them).")
 @click.option("-F", "--fusion-option", "fusion_opts", multiple=True, metavar="KEY=VALUE", help="Fusion option (repeatable).")
 @click.option("--label-interp", type=click.Choice(LABEL_INTERPOLATIONS), default="nearest", show_default=True, help="How atlas labels are resampled.")
+@click.option("--model", help="Model file for a learned backend (same as -O model=PATH).")
+@click.option("--optimize-steps", type=int, help="Learned backends: fine-tune on this pair for N steps first (instance optimisation).")
 @click.option("--builtin-atlas", help=f"Use this built-in atlas (see `atlasreg atlases`); the default when no -a is given: {DEFAULT_ATLAS}.")
-def segment(target: str, atlases: tuple, backend: str, fusion: str, output: str, opts: tuple, fusion_opts: tuple, label_interp: str, builtin_atlas: str | None) -> None:
+def segment(target: str, atlases: tuple, backend: str, fusion: str, output: str, opts: tuple, fusion_opts: tuple, label_interp: str, model: str | None, optimize_steps: int | None, builtin_atlas: str | None) -> None:
     """Label TARGET by registering each atlas to it and fusing their warped labels.
 
     Without -a, the built-in atlas (MNI152 template with Desikan-Killiany labels, skull-stripped:
@@ -147,7 +162,7 @@ def segment(target: str, atlases: tuple, backend: str, fusion: str, output: str,
         list(atlases) if atlases else None,
         backend=backend,
         fusion=fusion,
-        backend_options=_parse_options(opts),
+        backend_options=_backend_options(opts, model, optimize_steps),
         fusion_options=_parse_options(fusion_opts),
         label_interp=label_interp,
         progress=True,

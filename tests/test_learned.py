@@ -121,3 +121,30 @@ def test_aligned_pair_is_on_the_working_grid(pair):
     assert aligned.moving.shape == aligned.fixed.shape == (32, 32, 32)
     assert abs(aligned.fixed[aligned.fixed != 0].mean()) < 1e-4  # z-scored over the brain
     assert set(np.unique(aligned.moving_labels)) <= set(np.unique(moving_labels.array))
+
+
+def test_cli_train_then_segment_with_model(tmp_path, files, capsys):
+    from atlasreg.cli import main
+
+    def run(*args):
+        try:
+            main([str(a) for a in args])
+            return 0
+        except SystemExit as exc:
+            return exc.code
+
+    model = tmp_path / "c.pt"
+    tiny = TINY_NETS["contrastive"]
+    code = run("train", "-b", "contrastive", "--images", files["subject"], "--atlas", files["atlas"], files["atlas_seg"],
+               "--iterations", 1, "--batch-size", 1, "--shape", "32,32,32", "--crop", "32,32,32", "--losses", "recon,smooth",
+               "--weight", "smooth=0.5", "-C", f"enc_channels={json.dumps(tiny['enc_channels'])}",
+               "-C", f"dec_channels={json.dumps(tiny['dec_channels'])}", "-C", "proj_dim=8", "-o", model)
+    assert code == 0, capsys.readouterr().err
+    config = load_model_file(model)["config"]
+    assert config["losses"] == ["recon", "smooth"] and config["weights"]["smooth"] == 0.5 and config["weights"]["contrast"] == 0.01
+    out = tmp_path / "seg.nii.gz"
+    code = run("segment", files["subject"], "-a", files["atlas"], files["atlas_seg"], "-b", "contrastive", "--model", model, "-o", out)
+    assert code == 0, capsys.readouterr().err
+    assert atlasreg.load(out, labels=True).same_grid(atlasreg.load(files["subject"]))
+    code = run("segment", files["subject"], "-a", files["atlas"], files["atlas_seg"], "-b", "affine", "--model", model, "-o", tmp_path / "x.nii.gz")
+    assert code == 1 and "unknown option model" in capsys.readouterr().err
