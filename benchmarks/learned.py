@@ -23,6 +23,7 @@ import torch
 
 import atlasreg
 from atlasreg.learned import align_pair, pick_device, transform_from_flow
+from atlasreg.metrics import folding_percent
 from atlasreg.registry import get_backend
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -43,7 +44,7 @@ def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int,
     atlas_img, atlas_lab = subject(atlas)
     numbers = [int(n) for n in targets.split(",")]
     rows: dict[str, list[tuple[float, float]]] = {}
-    infer_seconds: dict[str, list[float]] = {}
+    folding: dict[str, list[float]] = {}
     for n in numbers:
         target_img, target_lab = subject(n)
         start = time.perf_counter()
@@ -69,8 +70,7 @@ def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int,
                 label = f"{name}" + (f" + {steps} optimisation steps" if steps else "")
                 score = atlasreg.evaluate(warped, target_lab, "aseg")["mean_dice"]
                 rows.setdefault(label, []).append((score, seconds))
-                if not steps:
-                    infer_seconds.setdefault(name, []).append(seconds)
+                folding.setdefault(label, []).append(folding_percent(transform.jacobian_determinant(), target_lab.array > 0))
                 print(f"{atlas:02d}->{n:02d} {label:<40} Dice {score:.3f} {seconds:6.2f} s", file=sys.stderr)
     base = mean(d for d, _ in rows["affine"])
     ants_s = mean(s for _, s in rows["ants fast"])
@@ -79,10 +79,11 @@ def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int,
              f"Atlas {atlas:02d} → targets {', '.join(f'{n:02d}' for n in numbers)} (held out), mean Dice over the 28 aseg structures.",
              "Seconds: affine and ANTs = whole registration; learned rows = network (+ instance optimisation) + warp of the atlas labels, "
              "after the affine stage (add the affine row's seconds for the whole pipeline).", "",
-             "| method | mean Dice | Δ vs affine | s / pair | × ANTs fast time |", "|---|---|---|---|---|"]
+             "| method | mean Dice | Δ vs affine | s / pair | × ANTs fast time | % folding (brain) |", "|---|---|---|---|---|---|"]
     for label, values in rows.items():
         d, s = mean(v[0] for v in values), mean(v[1] for v in values)
-        lines.append(f"| {label} | {d:.3f} | {d - base:+.3f} | {s:.2f} | {s / ants_s:.2f} |")
+        fold = f"{mean(folding[label]):.3f}" if label in folding else "–"
+        lines.append(f"| {label} | {d:.3f} | {d - base:+.3f} | {s:.2f} | {s / ants_s:.2f} | {fold} |")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     lines += ["", f"Peak RSS of the whole benchmark process: {peak:.2f} GiB."]
     text = "\n".join(lines) + "\n"
