@@ -148,3 +148,24 @@ def test_cli_train_then_segment_with_model(tmp_path, files, capsys):
     assert atlasreg.load(out, labels=True).same_grid(atlasreg.load(files["subject"]))
     code = run("segment", files["subject"], "-a", files["atlas"], files["atlas_seg"], "-b", "affine", "--model", model, "-o", tmp_path / "x.nii.gz")
     assert code == 1 and "unknown option model" in capsys.readouterr().err
+
+
+def test_train_on_random_subject_pairs_without_atlas(tmp_path, files):
+    settings = TrainSettings(
+        images=[files["subject"], files["atlas"]],
+        output=tmp_path / "pairs.pt",
+        iterations=2,
+        batch_size=2,
+        progress=False,
+        config=TINY_NETS["contrastive"],
+    )
+    train("contrastive", settings)
+    records = [json.loads(line) for line in (tmp_path / "pairs.pt.log.jsonl").read_text().splitlines()]
+    assert [r["pairs"] for r in records if "loss" in r] == [2, 2]
+    assert all(np.isfinite(r["contrast"]) for r in records if "loss" in r)
+    with pytest.raises(AtlasregError, match="needs --atlas"):
+        train("contrastive", TrainSettings(images=[files["subject"], files["atlas"]], output=tmp_path / "v.pt", iterations=1,
+                                           progress=False, val_images=[files["subject"]], val_labels=[files["subject_seg"]],
+                                           config=TINY_NETS["contrastive"]))
+    with pytest.raises(AtlasregError, match="does not learn"):
+        train("affine", settings)
