@@ -294,13 +294,14 @@ def _ints(text: str | None) -> list[int] | None:
 @click.option("--val-labels", multiple=True, metavar="GLOB", help="Validation label maps, in the same order as --val-images.")
 @click.option("--val-protocol", type=click.Choice(sorted(PROTOCOLS)), default="aseg", show_default=True)
 @click.option("--log", help="JSON-lines log of every loss term  [default: MODEL.pt.log.jsonl]")
+@click.option("--cache-dir", help="Where affine pre-alignments are cached (share it between models)  [default: MODEL.pt.cache]")
 def train(backend: str, images: tuple, atlas: tuple | None, output: str, spacing: float | None, shape: str | None, crop: str | None,
           epochs: int, iterations: int, max_minutes: float, batch_size: int, lr: float, lr_step: int, lr_gamma: float,
           losses: str | None, weights: tuple, config_pairs: tuple, seed: int, device: str, resume: str | None,
-          val_images: tuple, val_labels: tuple, val_protocol: str, log: str | None) -> None:
+          val_images: tuple, val_labels: tuple, val_protocol: str, log: str | None, cache_dir: str | None) -> None:
     """Train a learned registration backend on unlabelled images (unsupervised).
 
-    Images are affinely pre-aligned once (cached beside the model), then the network is trained
+    Images are affinely pre-aligned once (cached by content, beside the model unless --cache-dir), then the network is trained
     with the backend's loss on augmented pairs (flip, rotation < 10 degrees, crop).
 
     \b
@@ -333,7 +334,7 @@ def train(backend: str, images: tuple, atlas: tuple | None, output: str, spacing
         lr_step=lr_step, lr_gamma=lr_gamma, seed=seed, device=device, resume=Path(resume) if resume else None,
         val_images=_glob_paths(val_images, "--val-images") if val_images else [],
         val_labels=_glob_paths(val_labels, "--val-labels") if val_labels else [],
-        val_protocol=val_protocol, log=Path(log) if log else None, config=config,
+        val_protocol=val_protocol, log=Path(log) if log else None, cache_dir=Path(cache_dir) if cache_dir else None, config=config,
     )
     click.echo(f"wrote {run_training(backend, settings)}", err=True)
 

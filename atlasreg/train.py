@@ -2,7 +2,8 @@
 
 Pairs: with an atlas, atlas -> each subject (what segmentation needs); without, random pairs of
 subjects, all first affinely aligned to the first subject. The affine stage runs once per subject
-and its result is cached on disk, so epochs (and resumed runs) never recompute it. Augmentation as
+and its matrix is cached on disk (keyed by file contents), so epochs, resumed runs and other models
+trained on the same images never recompute it. Augmentation as
 in the paper, applied to both images of a pair alike: random flip along y, rotation < 10°, random
 crop. Every loss term of every step goes to a JSON-lines log; the model file is rewritten after
 each epoch, with the optimiser state, so ``--resume`` continues where a run stopped.
@@ -55,14 +56,13 @@ class TrainSettings:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def _cache_key(*parts: Any) -> str:
-    text = json.dumps([str(p) if isinstance(p, Path) else p for p in parts], sort_keys=True, default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-def _file_id(path: Path) -> list:
-    stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+def _content_hash(path: Path) -> str:
+    """SHA-1 of a file's bytes: the cache follows the data, not its path (copies and moves still hit)."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def aligned(
@@ -71,33 +71,25 @@ def aligned(
     spacing: float,
     shape: tuple[int, int, int],
     cache_dir: Path,
-    moving_labels: Path | None = None,
     identity: bool = False,
 ) -> AlignedPair:
-    """``align_pair`` of two files, read from / written to ``cache_dir`` (npz) when possible."""
-    key = _cache_key(_file_id(moving_path), _file_id(fixed_path), moving_labels and _file_id(moving_labels), spacing, shape, identity)
-    cached = cache_dir / f"{key}.npz"
-    if cached.exists():
-        data = np.load(cached)
-        grid = Volume(np.zeros(shape, np.float32), data["grid_affine"])
-        labels = data["moving_labels"] if "moving_labels" in data else None
-        return AlignedPair(data["moving"], data["fixed"], grid, data["matrix"], labels)
-    moving = as_image(moving_path)
-    pair = align_pair(
-        moving,
-        as_image(fixed_path),
-        spacing,
-        shape,
-        as_labels(moving_labels) if moving_labels else None,
-        np.eye(4) if identity else None,
-    )
-    arrays = dict(moving=pair.moving, fixed=pair.fixed, grid_affine=pair.grid.affine, matrix=pair.matrix)
-    if pair.moving_labels is not None:
-        arrays["moving_labels"] = pair.moving_labels
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(cached)
+    """``align_pair`` of two files; the affine stage's matrix is read from / written to ``cache_dir``.
+
+    Only the matrix is cached (a few bytes per pair, keyed by both files' contents): it is the slow
+    part; resampling onto the working grid takes a fraction of a second and is redone each run.
+    """
+    matrix = np.eye(4) if identity else None
+    if matrix is None:
+        key = hashlib.sha1(f"{_content_hash(moving_path)}:{_content_hash(fixed_path)}".encode()).hexdigest()[:20]
+        cached = cache_dir / f"affine-{key}.json"
+        if cached.exists():
+            matrix = np.array(json.loads(cached.read_text())["matrix"], dtype=float)
+    pair = align_pair(as_image(moving_path), as_image(fixed_path), spacing, shape, matrix=matrix)
+    if matrix is None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"moving": str(moving_path), "fixed": str(fixed_path), "matrix": pair.matrix.tolist()}))
+        tmp.replace(cached)
     return pair
 
 

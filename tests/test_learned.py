@@ -1,6 +1,7 @@
 """The learned-backend machinery: model files, training loop, inference, loss switches."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -99,7 +100,7 @@ def test_train_resume_and_register(tmp_path, files, pair):
     assert state["step"] == 2 and state["config"]["shape"] == [32, 32, 32]
     records = [json.loads(line) for line in (tmp_path / "vm.pt.log.jsonl").read_text().splitlines()]
     assert {"sim", "smooth", "loss"} <= set(records[0]) and any("val_mean_dice" in r for r in records)
-    assert list((tmp_path / "vm.pt.cache").glob("*.npz"))  # affine stage cached
+    assert len(list((tmp_path / "vm.pt.cache").glob("affine-*.json"))) == 1  # one pair (training = validation here), cached once
     settings.iterations, settings.resume = 3, tmp_path / "vm.pt"
     train("voxelmorph", settings)
     assert load_model_file(tmp_path / "vm.pt")["step"] == 3
@@ -107,6 +108,26 @@ def test_train_resume_and_register(tmp_path, files, pair):
     transform = atlasreg.register(moving, fixed, backend="voxelmorph", model=str(tmp_path / "vm.pt"), device="cpu", optimize_steps=1)
     assert transform.shape == fixed.shape and transform.field is not None
     assert set(np.unique(transform.warp_labels(moving_labels).array)) <= set(np.unique(moving_labels.array))
+
+
+def test_affine_cache_follows_file_contents(tmp_path, files, monkeypatch):
+    """Copied images hit the cache: the affine stage does not run again."""
+    from atlasreg import train as train_module
+
+    cache = tmp_path / "cache"
+    first = train_module.aligned(files["atlas"], files["subject"], 2.0, (32, 32, 32), cache)
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for key in ("atlas", "subject"):
+        shutil.copy(files[key], copies / files[key].name)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("affine stage recomputed")
+
+    monkeypatch.setattr(train_module, "align_pair", lambda *a, matrix=None, **k: refuse() if matrix is None else align_pair(*a, matrix=matrix, **k))
+    again = train_module.aligned(copies / files["atlas"].name, copies / files["subject"].name, 2.0, (32, 32, 32), cache)
+    np.testing.assert_array_equal(first.matrix, again.matrix)
+    np.testing.assert_array_equal(first.moving, again.moving)
 
 
 def test_learned_register_needs_a_model(pair):
