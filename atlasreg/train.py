@@ -56,6 +56,10 @@ class TrainSettings:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+#: part of every cache key: bump when the affine stage's algorithm changes, so old matrices are not reused
+AFFINE_STAGE_VERSION = 2  # 2: rigid stage before the affine one
+
+
 def _content_hash(path: Path) -> str:
     """SHA-1 of a file's bytes: the cache follows the data, not its path (copies and moves still hit)."""
     digest = hashlib.sha1()
@@ -80,7 +84,8 @@ def aligned(
     """
     matrix = np.eye(4) if identity else None
     if matrix is None:
-        key = hashlib.sha1(f"{_content_hash(moving_path)}:{_content_hash(fixed_path)}".encode()).hexdigest()[:20]
+        stage = f"{AFFINE_STAGE_VERSION}:{sorted(get_backend('affine').resolve_options({}).items())}"
+        key = hashlib.sha1(f"{stage}:{_content_hash(moving_path)}:{_content_hash(fixed_path)}".encode()).hexdigest()[:20]
         cached = cache_dir / f"affine-{key}.json"
         if cached.exists():
             matrix = np.array(json.loads(cached.read_text())["matrix"], dtype=float)

@@ -12,7 +12,7 @@ from atlasreg.volume import Volume
 
 class AffineBackend(Backend):
     name = "affine"
-    description = "12-parameter affine, Mattes mutual information, multi-resolution (SimpleITK)"
+    description = "rigid then 12-parameter affine, Mattes mutual information, multi-resolution (SimpleITK)"
     requires = ("SimpleITK",)
     options = {
         "iterations": Option(100, "optimizer iterations per resolution level"),

@@ -20,28 +20,38 @@ def register_affine(
     """Affine map of fixed points into moving space (LPS), Mattes mutual information.
 
     Starts from the centres of mass (moments) so large offsets between native-space heads are
-    recovered, then refines rigid-to-affine jointly with parameter scales estimated by ITK.
+    recovered, then a rigid stage, then the full affine from the rigid result (as
+    antsRegistrationSyN does): going straight to 12 parameters let shear and scale absorb a
+    rotation on some native-space pairs (Dice 0.34 instead of 0.53 on one shared-map pair).
     """
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
-    initial = sitk.CenteredTransformInitializer(
-        fixed, moving, sitk.AffineTransform(3), sitk.CenteredTransformInitializerFilter.MOMENTS
+
+    def optimise(transform: sitk.Transform) -> sitk.Transform:
+        method = sitk.ImageRegistrationMethod()
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+        method.SetMetricSamplingStrategy(method.RANDOM)
+        method.SetMetricSamplingPercentage(sampling, seed)
+        method.SetInterpolator(sitk.sitkLinear)
+        method.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=1.0, minStep=1e-4, numberOfIterations=iterations, gradientMagnitudeTolerance=1e-6
+        )
+        method.SetOptimizerScalesFromPhysicalShift()
+        method.SetShrinkFactorsPerLevel(list(shrink_factors))
+        method.SetSmoothingSigmasPerLevel(list(smoothing_mm))
+        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        method.SetInitialTransform(transform, inPlace=True)
+        method.Execute(fixed, moving)
+        return transform
+
+    rigid = optimise(
+        sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS)
     )
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(sampling, seed)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-4, numberOfIterations=iterations, gradientMagnitudeTolerance=1e-6
-    )
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel(list(shrink_factors))
-    method.SetSmoothingSigmasPerLevel(list(smoothing_mm))
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    method.SetInitialTransform(initial, inPlace=True)
-    method.Execute(fixed, moving)
-    return initial
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(rigid.GetCenter())
+    affine.SetMatrix(rigid.GetMatrix())
+    affine.SetTranslation(rigid.GetTranslation())
+    return optimise(affine)
 
 
 def affine_to_ras(transform: sitk.AffineTransform) -> np.ndarray:
