@@ -40,10 +40,10 @@ DATA = HERE / "work" / "data"
 
 #: name -> (backend, config overrides); the four contrastive rows are the paper's Table 3
 VARIANTS: dict[str, tuple[str, dict]] = {
+    "all": ("contrastive", {"losses": ["recon", "smooth", "contrast"]}),
     "recon": ("contrastive", {"losses": ["recon"]}),
     "recon+smooth": ("contrastive", {"losses": ["recon", "smooth"]}),
     "recon+contrast": ("contrastive", {"losses": ["recon", "contrast"]}),
-    "all": ("contrastive", {"losses": ["recon", "smooth", "contrast"]}),
     "all-kl-eq6": ("contrastive", {"losses": ["recon", "smooth", "contrast"], "smooth": "paper"}),
     "voxelmorph": ("voxelmorph", {}),
 }
@@ -66,6 +66,7 @@ def data(n: int, kind: str) -> Path:
 
 @click.command()
 @click.option("--steps", default=300, show_default=True, help="Optimiser steps per model.")
+@click.option("--budget-seconds", default=0.0, help="Instead of --steps: train the first variant this long, then every other for as many steps as it made.")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--device", default="auto", show_default=True)
@@ -74,7 +75,7 @@ def data(n: int, kind: str) -> Path:
 @click.option("--work", default=str(HERE / "work" / "ablation"), show_default=True)
 @click.option("--evaluate-only", is_flag=True, help="Score the models already in --work.")
 @click.option("-o", "--output", default=None, help="Markdown table (also written as JSON beside it).")
-def main(steps: int, batch_size: int, lr: float, device: str, variants: str, targets: str, work: str,
+def main(steps: int, budget_seconds: float, batch_size: int, lr: float, device: str, variants: str, targets: str, work: str,
          evaluate_only: bool, output: str | None) -> None:
     device = pick_device(device)
     work_dir = Path(work)
@@ -91,12 +92,15 @@ def main(steps: int, batch_size: int, lr: float, device: str, variants: str, tar
             model.unlink(missing_ok=True)
             log = work_dir / f"{name}.pt.log.jsonl"
             log.unlink(missing_ok=True)
-            settings = TrainSettings(images=images, atlas=atlas, output=model, iterations=steps, batch_size=batch_size, lr=lr,
+            by_time = budget_seconds > 0 and not trained
+            settings = TrainSettings(images=images, atlas=atlas, output=model, iterations=10**9 if by_time else steps,
+                                     max_minutes=budget_seconds / 60 if by_time else 0.0, batch_size=batch_size, lr=lr,
                                      lr_step=10**6, seed=0, device=device, cache_dir=cache, progress=False, config=config)
             start = time.perf_counter()
             train(backend, settings)
-            print(f"{name}: trained {steps} steps in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+            print(f"{name}: trained in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         trained[name] = _training_record(work_dir / f"{name}.pt.log.jsonl")
+        steps = trained[name]["steps"] if budget_seconds > 0 and len(trained) == 1 else steps
     scores = evaluate(names, work_dir, atlas, [int(n) for n in targets.split(",")], cache, device)
     command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
     result = {"command": command, "device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
