@@ -241,6 +241,76 @@ def demo(output_dir: str, backends: str | None, targets: int, spacing: float) ->
     click.echo(f"wrote {Path(output_dir) / 'demo.png'}, results.md and results.json ({results['total_seconds']:.0f} s)", err=True)
 
 
+@cli.command()
+@click.option("-b", "--backend", "specs", multiple=True, required=True, metavar="NAME[:KEY=VALUE...]",
+              help="Methods to compare, comma-separated or repeated; a backend at other settings: ants:preset=fast.")
+@click.option("-a", "--atlas", nargs=2, metavar="IMAGE LABELS", help="The atlas registered to every target.")
+@click.option("--targets", metavar="GLOB", help="Target images (quote the pattern).")
+@click.option("--truth", metavar="GLOB", help="Their manual label maps; wildcards must match the same subject ids.")
+@click.option("--dataset", nargs=2, metavar="KIND ROOT", help="Targets from a dataset instead: lpba40, mindboggle101, oasis or csv.")
+@click.option("--split", help="With --dataset: which split to use as targets  [default: test if it has one, else all]")
+@click.option("--atlas-id", help="With --dataset: use this subject as the atlas (instead of -a).")
+@click.option("--model", "models", multiple=True, metavar="NAME=MODEL.pt", help="Model file of a learned backend (repeatable).")
+@click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), help="Scoring protocol  [default: the dataset's, else aseg]")
+@click.option("-o", "--output", required=True, help="Report folder: results.csv, summary.md, figures (resumes if it exists).")
+def compare(specs: tuple[str, ...], atlas: tuple | None, targets: str | None, truth: str | None, dataset: tuple | None,
+            split: str | None, atlas_id: str | None, models: tuple[str, ...], protocol: str | None, output: str) -> None:
+    """Run several registration methods on the same atlas -> target pairs and score them alike.
+
+    Writes REPORT_DIR/results.csv (one row per method x target x structure: Dice, HD95, folding,
+    seconds, peak memory), summary.md (the paper's table layout, with a Wilcoxon test against the
+    best method), dice_boxplot.png, overlays.png and deformation.png. Finished pairs are kept:
+    run the same command again to resume; a method failing on a pair is recorded, not fatal.
+
+    \b
+    Example:
+      atlasreg compare -b affine,simpleitk,ants:preset=fast,ants:preset=quality,contrastive \\
+          --model contrastive=contrastive.pt -a atlas_t1.nii.gz atlas_seg.nii.gz \\
+          --targets 'data/*_t1.nii.gz' --truth 'data/*_seg.nii.gz' -o report
+    """
+    from .compare import Target, parse_methods, run_compare
+    from .datasets import from_globs, open_dataset
+    from .report import write_report
+
+    if dataset and (targets or truth):
+        raise AtlasregError("give --dataset or --targets/--truth, not both")
+    if dataset:
+        data = open_dataset(dataset[0], dataset[1])
+        pool = data.split(split) if split else data.split("test") if "test" in data.splits else data.subjects
+        protocol = protocol or data.protocol
+        if atlas_id:
+            if atlas:
+                raise AtlasregError("give -a or --atlas-id, not both")
+            chosen = data.subject(atlas_id)
+            if chosen.labels is None:
+                raise AtlasregError(f"atlas subject {atlas_id} has no label map")
+            atlas = (str(chosen.image), str(chosen.labels))
+    else:
+        if not (targets and truth):
+            raise AtlasregError("give --targets and --truth (or --dataset KIND ROOT)")
+        if atlas_id:
+            raise AtlasregError("--atlas-id needs --dataset")
+        pool = from_globs(targets, truth).subjects
+    if not atlas:
+        raise AtlasregError("give the atlas: -a IMAGE LABELS (or --atlas-id with --dataset)")
+    atlas_paths = (Path(atlas[0]), Path(atlas[1]))
+    chosen_targets = [Target(s.id, s.image, s.labels) for s in pool
+                      if s.labels is not None and Path(s.image).resolve() != atlas_paths[0].resolve()]
+    if not chosen_targets:
+        raise AtlasregError("no target with a label map to score against")
+    methods = parse_methods(specs, _parse_options(models))
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise AtlasregError(f"{out}: exists and is not a folder")
+    if not out.parent.is_dir():
+        raise AtlasregError(f"{out.parent}: output folder does not exist")
+    protocol = protocol or "aseg"
+    run_compare(methods, atlas_paths, chosen_targets, protocol, out)
+    for path in write_report(out, methods, atlas_paths, chosen_targets, protocol):
+        click.echo(f"wrote {path}", err=True)
+    click.echo((out / "summary.md").read_text())
+
+
 def _glob_paths(patterns: tuple[str, ...], what: str) -> list[Path]:
     """Files matching each glob pattern (or literal path), in sorted order; none matching is an error."""
     import glob

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from .atlases import DONORS, dk_protocol, donor_labels, to_tissue
 from .errors import AtlasregError
+from .figures import overlay_figure
 from .io import atomic_path
 from .metrics import dice, region_dice
 from .pipeline import segment
@@ -122,7 +123,8 @@ def run_demo(
     results["total_seconds"] = time.perf_counter() - started
 
     first = subjects[names[1]]
-    write_figure(out / "demo.png", first[0], first[1], predictions, title=f"atlas: donor {ATLAS_DONOR}; target: donor {names[1]}")
+    overlay_figure(out / "demo.png", first[0], first[1], predictions, title=f"atlas: donor {ATLAS_DONOR}; target: donor {names[1]}",
+                   truth_name="ground truth (DK)")
     _write_text(out / "results.json", json.dumps(_json_safe(results), indent=2))
     _write_text(out / "results.md", format_table(results) + "\n")
     return results
@@ -172,51 +174,3 @@ def format_table(results: dict[str, Any]) -> str:
     lines.append("| seconds per target | " + " | ".join(f"{results['backends'][b]['seconds_per_target']:.1f}" for b in backends) + " |")
     lines += ["", "Cortical DK parcels are a ribbon one or two voxels thick at 2 mm: compare methods, not absolute values."]
     return "\n".join(lines)
-
-
-def _label_colours(max_label: int) -> np.ndarray:
-    """A fixed RGBA colour per label value (label 0 transparent), the same in every panel."""
-    colours = np.full((max_label + 1, 4), 0.5)  # alpha 0.5: the image shows through
-    colours[:, :3] = np.random.default_rng(3).uniform(0.15, 1.0, (max_label + 1, 3))
-    colours[0] = 0.0
-    return colours
-
-
-def write_figure(path: Path, image: Volume, truth: Volume, predictions: dict[str, Volume], title: str = "") -> Path:
-    """PNG: the target image, then the truth and each prediction overlaid, on the same three orthogonal slices.
-
-    Volumes are RAS on one isotropic grid, so rows of the array plot as sagittal, coronal and
-    axial views without resampling.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    centre = np.round(np.argwhere(truth.array > 0).mean(axis=0)).astype(int)
-    sagittal = min(centre[0] + max(1, truth.shape[0] // 8), truth.shape[0] - 1)  # off the midline, through a hemisphere
-    cuts = (
-        ("axial", lambda a: a[:, :, centre[2]].T),
-        ("coronal", lambda a: a[:, centre[1], :].T),
-        ("sagittal", lambda a: a[sagittal, :, :].T),
-    )
-    rows = [("target image", None), ("ground truth (DK)", truth), *predictions.items()]
-    colours = _label_colours(max(int(v.array.max()) for _, v in rows[1:] if v is not None))
-    vmax = float(np.percentile(image.array, 99.5))
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
-    for (name, labels), row in zip(rows, axes):
-        for (view, cut), ax in zip(cuts, row):
-            ax.imshow(cut(image.array), cmap="gray", origin="lower", vmin=0, vmax=vmax)
-            if labels is not None:
-                ax.imshow(colours[cut(labels.array)], origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if name == rows[0][0]:
-                ax.set_title(view)
-        row[0].set_ylabel(name)
-    fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path

@@ -80,7 +80,7 @@ def main(steps: int, budget_seconds: float, batch_size: int, lr: float, device: 
     device = pick_device(device)
     work_dir = Path(work)
     work_dir.mkdir(parents=True, exist_ok=True)
-    cache = work_dir.parent / "affine-cache"
+    cache = HERE / "work" / "affine-cache"  # shared with benchmarks/inference.py
     names = [v.strip() for v in variants.split(",")]
     atlas = (data(1, "t1"), data(1, "seg"))
     images = [data(n, "t1") for n in range(2, 8)]

@@ -1,0 +1,249 @@
+"""Head-to-head comparison (``atlasreg compare``): several backends, or one backend at several
+settings, register the same atlas to the same targets and are scored by the same evaluators.
+
+Every finished (method, target) pair is written to ``results.csv`` at once, so an interrupted
+comparison resumes where it stopped; a method that fails on a pair is recorded as failed there and
+the others go on. The predicted label maps are kept under ``segmentations/`` and, for the first
+target, a picture of each deformation under ``deformations/``, so the report (see
+:mod:`atlasreg.report`) can be redrawn from the folder alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from .errors import AtlasregError
+from .figures import deformation_views, grid_image
+from .io import atomic_path, save
+from .metrics import evaluate, folding_percent
+from .pipeline import as_image, as_labels
+from .registry import get_backend
+from .transform import Transform
+from .volume import Volume
+
+COLUMNS = ("method", "target", "kind", "structure", "dice", "hd95_mm", "folding_percent", "seconds", "peak_rss_mb",
+           "peak_gpu_mb", "status", "error")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison: a backend at given options, named by its spec (e.g. ``ants:preset=quality``)."""
+
+    label: str
+    backend: str
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class Target:
+    id: str
+    image: Path
+    truth: Path
+
+
+def parse_methods(specs: Sequence[str], models: Mapping[str, str] | None = None) -> list[Method]:
+    """``NAME[:KEY=VALUE[:KEY=VALUE...]]`` specs (each may also be a comma-separated list).
+
+    A comma followed by a digit continues a list value (``ants:iterations=40,20,0,affine`` is two
+    methods), since no backend name starts with one. ``models`` maps a learned backend's name to its model file (``--model NAME=PATH``); options
+    are checked against what each backend declares before anything runs.
+    """
+    methods: list[Method] = []
+    pieces = [s.strip() for s in re.split(r",(?!\s*\d)", ",".join(specs))]
+    for spec in pieces:
+        if not spec:
+            continue
+        name, *pairs = spec.split(":")
+        options: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                raise AtlasregError(f"method {spec!r}: options are KEY=VALUE after a colon, e.g. ants:preset=quality")
+            options[key.strip()] = value.strip()
+        backend = get_backend(name)
+        if models and name in models and "model" not in options:
+            options["model"] = models[name]
+        backend.resolve_options(options)
+        if any(m.label == spec for m in methods):
+            raise AtlasregError(f"method {spec!r} given twice")
+        methods.append(Method(spec, name, options))
+    if not methods:
+        raise AtlasregError("no method to compare: give -b NAME[,NAME...]")
+    unused = set(models or {}) - {m.backend for m in methods}
+    if unused:
+        raise AtlasregError(f"--model given for {', '.join(sorted(unused))}, which is not compared")
+    return methods
+
+
+def _safe(label: str) -> str:
+    """A method label as a file name."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
+
+
+class PeakMemory:
+    """Peak resident memory of this process while the block runs (sampled every 10 ms, Linux
+    /proc; elsewhere the process's lifetime peak), plus torch's peak GPU allocation if a GPU was used."""
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak_rss_mb = self._rss_mb()
+        self.peak_gpu_mb = math.nan
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        torch = _torch_if_cuda()
+        if torch:
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_rss_mb = max(self.peak_rss_mb, self._rss_mb())
+        torch = _torch_if_cuda()
+        if torch:
+            self.peak_gpu_mb = torch.cuda.max_memory_allocated() / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak_rss_mb = max(self.peak_rss_mb, self._rss_mb())
+
+    @staticmethod
+    def _rss_mb() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                import os
+
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except OSError:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _torch_if_cuda():
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized() else None
+
+
+def read_results(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and set(rows[0]) != set(COLUMNS):
+        raise AtlasregError(f"{path}: not an atlasreg compare results file (columns differ); use another output folder")
+    return rows
+
+
+def _write_results(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None or not math.isfinite(value) else f"{value:.6g}"
+
+
+def score_rows(method: Method, target: Target, scores: dict, pair: dict[str, float]) -> list[dict[str, Any]]:
+    """results.csv rows of one finished pair: the mean, then each region, then each label."""
+    common = {"method": method.label, "target": target.id, "status": "ok", "error": "",
+              **{key: _number(value) for key, value in pair.items()}}
+    rows = [{**common, "kind": "mean", "structure": "mean", "dice": _number(scores["mean_dice"]),
+             "hd95_mm": _number(scores.get("mean_hd95"))}]
+    for region, value in scores["region_dice"].items():
+        rows.append({**common, "kind": "region", "structure": region, "dice": _number(value), "hd95_mm": ""})
+    for label, value in scores["dice"].items():
+        rows.append({**common, "kind": "label", "structure": label, "dice": _number(value),
+                     "hd95_mm": _number(scores.get("hd95", {}).get(label))})
+    return rows
+
+
+def run_compare(
+    methods: Sequence[Method],
+    atlas: tuple[Path, Path],
+    targets: Sequence[Target],
+    protocol: str,
+    out_dir: Path,
+    progress: bool = True,
+) -> Path:
+    """Run every method on every target not already in ``out_dir/results.csv``; returns that file."""
+    if not targets:
+        raise AtlasregError("no targets to compare on")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "results.csv"
+    rows: list[dict[str, Any]] = read_results(results_path)
+    done = {(r["method"], r["target"]) for r in rows}
+    atlas_image, atlas_labels = as_image(atlas[0], "atlas image"), as_labels(atlas[1], "atlas labels")
+    if not atlas_image.same_grid(atlas_labels):
+        raise AtlasregError("atlas image and label map are on different grids (shape or affine differ)")
+    todo = [(t, m) for t in targets for m in methods if (m.label, t.id) not in done]
+    bar = tqdm(total=len(todo), desc="compare", unit="pair", disable=not progress)
+    for target, group in _by_target(todo):
+        image, truth = as_image(target.image, f"target {target.id}"), as_labels(target.truth, f"truth {target.id}")
+        if not image.same_grid(truth):
+            raise AtlasregError(f"target {target.id}: image and truth are on different grids")
+        for method in group:
+            bar.set_description(f"{method.label} -> {target.id}")
+            rows.extend(_run_one(method, target, atlas_image, atlas_labels, image, truth, protocol, out_dir,
+                                 figure=target.id == targets[0].id))
+            _write_results(results_path, rows)
+            bar.update(1)
+    bar.close()
+    return results_path
+
+
+def _by_target(todo: list[tuple[Target, Method]]) -> Iterator[tuple[Target, list[Method]]]:
+    order: dict[str, tuple[Target, list[Method]]] = {}
+    for target, method in todo:
+        order.setdefault(target.id, (target, []))[1].append(method)
+    yield from order.values()
+
+
+def _run_one(method: Method, target: Target, atlas_image: Volume, atlas_labels: Volume, image: Volume, truth: Volume,
+             protocol: str, out_dir: Path, figure: bool) -> list[dict[str, Any]]:
+    backend = get_backend(method.backend)
+    try:
+        with PeakMemory() as memory:
+            start = time.perf_counter()
+            transform = backend.register(atlas_image, image, **backend.resolve_options(method.options))
+            seconds = time.perf_counter() - start
+        warped = transform.warp_labels(atlas_labels)
+        scores = evaluate(warped, truth, protocol, surface_distance=True)
+        folding = folding_percent(transform.jacobian_determinant(), truth.array > 0)
+    except Exception as exc:  # a failing method costs its own pair, never the comparison
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        return [{**dict.fromkeys(COLUMNS, ""), "method": method.label, "target": target.id, "kind": "mean",
+                 "structure": "mean", "status": "failed", "error": message}]
+    segmentation = out_dir / "segmentations" / _safe(method.label) / f"{target.id}.nii.gz"
+    segmentation.parent.mkdir(parents=True, exist_ok=True)
+    save(warped, segmentation)
+    if figure:
+        _save_deformation(out_dir / "deformations" / f"{_safe(method.label)}.npz", transform, truth)
+    pair = {"folding_percent": folding, "seconds": seconds, "peak_rss_mb": memory.peak_rss_mb, "peak_gpu_mb": memory.peak_gpu_mb}
+    return score_rows(method, target, scores, pair)
+
+
+def _save_deformation(path: Path, transform: Transform, truth: Volume) -> None:
+    """The non-linear part of ``transform`` drawn as a warped grid, three slices (for the report)."""
+    grid = Volume(grid_image(truth.shape), truth.affine)
+    nonlinear = Transform.from_field(truth, transform.field) if transform.field is not None else Transform.identity(truth)
+    views = deformation_views(nonlinear.warp(grid).array, truth.array)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with tmp.open("wb") as f:
+            np.savez_compressed(f, *views)

@@ -1,0 +1,135 @@
+"""PNG figures shared by the demo and `atlasreg compare`: label overlays on three orthogonal
+slices (the paper's Figure 2), warped grids of each deformation (Figure 3's last column), and
+Dice box plots. Volumes are assumed RAS on one isotropic grid, so array rows plot as views
+without resampling. Matplotlib runs headless (Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .io import atomic_path
+from .volume import Volume
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    _pyplot().close(fig)
+    return path
+
+
+def label_colours(max_label: int) -> np.ndarray:
+    """A fixed RGBA colour per label value (label 0 transparent), the same in every panel."""
+    colours = np.full((max_label + 1, 4), 0.5)  # alpha 0.5: the image shows through
+    colours[:, :3] = np.random.default_rng(3).uniform(0.15, 1.0, (max_label + 1, 3))
+    colours[0] = 0.0
+    return colours
+
+
+def _cuts(truth: np.ndarray):
+    """Axial, coronal and sagittal slices through the labelled region (sagittal off the midline)."""
+    centre = np.round(np.argwhere(truth > 0).mean(axis=0)).astype(int) if truth.any() else np.array(truth.shape) // 2
+    sagittal = min(centre[0] + max(1, truth.shape[0] // 8), truth.shape[0] - 1)
+    return (
+        ("axial", lambda a: a[:, :, centre[2]].T),
+        ("coronal", lambda a: a[:, centre[1], :].T),
+        ("sagittal", lambda a: a[sagittal, :, :].T),
+    )
+
+
+def overlay_figure(
+    path: Path, image: Volume, truth: Volume, predictions: Mapping[str, Volume], title: str = "", truth_name: str = "ground truth"
+) -> Path:
+    """The target image, then the truth and each prediction overlaid, on the same three slices."""
+    plt = _pyplot()
+    cuts = _cuts(truth.array)
+    rows = [("target image", None), (truth_name, truth), *predictions.items()]
+    colours = label_colours(max(int(v.array.max()) for _, v in rows[1:] if v is not None))
+    vmax = float(np.percentile(image.array, 99.5))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
+    for (name, labels), row in zip(rows, axes):
+        for (view, cut), ax in zip(cuts, row):
+            ax.imshow(cut(image.array), cmap="gray", origin="lower", vmin=0, vmax=vmax)
+            if labels is not None:
+                ax.imshow(colours[cut(labels.array)], origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if name == rows[0][0]:
+                ax.set_title(view)
+        row[0].set_ylabel(name)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def grid_image(shape: Sequence[int], every: int = 4) -> np.ndarray:
+    """A 3-D pattern of grid planes every ``every`` voxels: warped, it draws the deformation."""
+    pattern = np.zeros(tuple(shape), np.float32)
+    for axis in range(3):
+        index = [slice(None)] * 3
+        index[axis] = slice(0, None, every)
+        pattern[tuple(index)] = 1.0
+    return pattern
+
+
+def deformation_views(warped_grid: np.ndarray, truth: np.ndarray) -> list[np.ndarray]:
+    """The three slices of a warped grid that ``deformation_figure`` shows (kept small on disk)."""
+    return [cut(warped_grid) for _, cut in _cuts(truth)]
+
+
+def deformation_figure(path: Path, views: Mapping[str, Sequence[np.ndarray]], title: str = "") -> Path:
+    """One row per method: its non-linear deformation drawn as a warped grid, three views."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(views), 3, figsize=(9, 3 * len(views)), squeeze=False)
+    for (name, slices), row in zip(views.items(), axes):
+        for view, data, ax in zip(("axial", "coronal", "sagittal"), slices, row):
+            ax.imshow(data, cmap="gray_r", origin="lower", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row is axes[0]:
+                ax.set_title(view)
+        row[0].set_ylabel(name)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def dice_boxplot(path: Path, scores: Mapping[str, Mapping[str, Sequence[float]]], title: str = "") -> Path:
+    """Grouped box plots: ``scores[group][method]`` = Dice over targets; one colour per method."""
+    plt = _pyplot()
+    groups = list(scores)
+    methods = list(dict.fromkeys(m for group in scores.values() for m in group))
+    width = 0.8 / max(1, len(methods))
+    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(groups) * max(2, len(methods))), 4.5))
+    for k, method in enumerate(methods):
+        data = [[v for v in scores[g].get(method, []) if np.isfinite(v)] for g in groups]
+        positions = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(groups))]
+        kept = [(p, d) for p, d in zip(positions, data) if d]
+        if not kept:
+            continue
+        box = ax.boxplot([d for _, d in kept], positions=[p for p, _ in kept], widths=width * 0.9, patch_artist=True,
+                         showfliers=False, manage_ticks=False)
+        for patch in box["boxes"]:
+            patch.set_facecolor(colours(k % 10))
+        ax.plot([], [], color=colours(k % 10), linewidth=8, label=method)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=45, ha="right")
+    ax.set_ylabel("Dice")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,138 @@
+"""`atlasreg compare`: results, report files, resume, a failing method, bad input."""
+
+import csv
+
+import numpy as np
+import pytest
+
+import atlasreg
+from atlasreg import AtlasregError
+from atlasreg.cli import main
+from atlasreg.compare import Target, parse_methods, run_compare
+from atlasreg.registry import get_backend
+from atlasreg.report import write_report
+from atlasreg.volume import Volume
+
+from conftest import blob_labels, image_from_labels
+
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+@pytest.fixture
+def study(tmp_path):
+    """An atlas and three targets (shifted blobs) with their truths, as files; labels 1-4."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name, shift, seed in (("atlas", (0, 0, 0), 0), ("s1", (2, -1, 1), 1), ("s2", (-1, 2, 0), 2), ("s3", (1, 1, -2), 3)):
+        labels = blob_labels(shift=shift)
+        atlasreg.save(Volume(image_from_labels(labels, seed), AFFINE), folder / f"{name}_t1.nii.gz")
+        atlasreg.save(Volume(labels, AFFINE), folder / f"{name}_seg.nii.gz")
+    atlas = (folder / "atlas_t1.nii.gz", folder / "atlas_seg.nii.gz")
+    targets = [Target(n, folder / f"{n}_t1.nii.gz", folder / f"{n}_seg.nii.gz") for n in ("s1", "s2", "s3")]
+    return atlas, targets
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_parse_methods_specs_and_models():
+    methods = parse_methods(["affine,ants:preset=fast", "ants:preset=quality:iterations=10,5,affine:sampling=0.1"], {})
+    assert [m.label for m in methods] == ["affine", "ants:preset=fast", "ants:preset=quality:iterations=10,5", "affine:sampling=0.1"]
+    assert methods[1].backend == "ants" and methods[1].options == {"preset": "fast"}
+    assert parse_methods(["voxelmorph"], {"voxelmorph": "vm.pt"})[0].options == {"model": "vm.pt"}
+    with pytest.raises(AtlasregError, match="unknown backend"):
+        parse_methods(["nope"], {})
+    with pytest.raises(AtlasregError, match="given twice"):
+        parse_methods(["affine,affine"], {})
+    with pytest.raises(AtlasregError, match="not compared"):
+        parse_methods(["affine"], {"contrastive": "c.pt"})
+    with pytest.raises(AtlasregError, match="KEY=VALUE"):
+        parse_methods(["ants:fast"], {})
+
+
+def test_compare_writes_every_file_resumes_and_survives_a_failing_method(study, tmp_path, monkeypatch):
+    atlas, targets = study
+    out = tmp_path / "report"
+    methods = parse_methods(["affine,affine:iterations=5"], {})
+    calls = []
+    backend_class = type(get_backend("affine"))
+    original = backend_class.register
+
+    def flaky(self, moving, fixed, **options):  # the 5-iteration setting fails on the second target only
+        calls.append(options["iterations"])
+        if options["iterations"] == 5 and calls.count(5) == 2:
+            raise RuntimeError("solver diverged")
+        return original(self, moving, fixed, **options)
+
+    monkeypatch.setattr(backend_class, "register", flaky)
+    run_compare(methods, atlas, targets[:2], "labels", out, progress=False)
+    assert len(calls) == 4
+    rows = _rows(out / "results.csv")
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert [(r["method"], r["target"]) for r in failed] == [("affine:iterations=5", "s2")]
+    assert "solver diverged" in failed[0]["error"]
+    means = [r for r in rows if r["kind"] == "mean" and r["status"] == "ok"]
+    assert len(means) == 3
+    for row in means:
+        assert 0.5 < float(row["dice"]) <= 1 and float(row["seconds"]) > 0 and float(row["peak_rss_mb"]) > 0
+        assert float(row["folding_percent"]) == 0 and float(row["hd95_mm"]) >= 0
+    labels = [r for r in rows if r["kind"] == "label" and r["method"] == "affine" and r["target"] == "s1"]
+    assert sorted(r["structure"] for r in labels) == ["1", "2", "3", "4"]
+
+    # resume with a third target: only its two pairs run; finished and failed pairs are kept
+    run_compare(methods, atlas, targets, "labels", out, progress=False)
+    assert len(calls) == 6
+    rows = _rows(out / "results.csv")
+    assert sorted({(r["method"], r["target"]) for r in rows}) == sorted(
+        (m.label, t.id) for m in methods for t in targets
+    )
+    written = write_report(out, methods, atlas, targets, "labels")
+    assert {p.name for p in written} == {"summary.md", "dice_boxplot.png", "overlays.png", "deformation.png"}
+    for path in written:
+        assert path.stat().st_size > 0
+    assert (out / "dice_boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (out / "summary.md").read_text()
+    assert "| affine |" in summary and "| affine:iterations=5 |" in summary and "Wilcoxon" in summary
+    assert "affine:iterations=5 failed on: s2" in summary
+    assert (out / "segmentations" / "affine" / "s3.nii.gz").exists()
+
+
+def test_summary_bolds_the_best_and_tests_against_it(study, tmp_path):
+    from atlasreg.report import collect, summary_markdown
+
+    rows = []
+    for method, scores in (("good", [0.9, 0.8, 0.85]), ("bad", [0.5, 0.4, 0.45])):
+        for target, d in zip(("a", "b", "c"), scores):
+            rows.append({"method": method, "target": target, "kind": "mean", "structure": "mean", "dice": str(d), "status": "ok",
+                         "seconds": "2", "folding_percent": "0", "peak_rss_mb": "100", "peak_gpu_mb": ""})
+            rows.append({"method": method, "target": target, "kind": "region", "structure": "frontal", "dice": str(d), "status": "ok"})
+    text = summary_markdown(collect(rows, ["good", "bad"]), "lpba40", "atlas.nii.gz", 3)
+    good = next(line for line in text.splitlines() if line.startswith("| good |"))
+    bad = next(line for line in text.splitlines() if line.startswith("| bad |"))
+    assert "**0.850 ± 0.041**" in good and "**" not in bad.split("|")[1:9][0]
+    assert "| bad | -0.400 | 3 | 0.25 |" in text  # all three targets worse: the smallest p for n = 3
+
+
+def test_compare_cli_end_to_end_and_errors(study, tmp_path, capsys):
+    atlas, _ = study
+    data = atlas[0].parent
+    out = tmp_path / "cli-report"
+    args = ["compare", "-b", "affine", "-a", str(atlas[0]), str(atlas[1]), "--targets", str(data / "s*_t1.nii.gz"),
+            "--truth", str(data / "s*_seg.nii.gz"), "--protocol", "labels", "-o", str(out)]
+    main(args)
+    captured = capsys.readouterr()
+    assert "| affine |" in captured.out
+    assert {r["target"] for r in _rows(out / "results.csv")} == {"1", "2", "3"}
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "-b", "nope", "-a", str(atlas[0]), str(atlas[1]), "--targets", str(data / "s*_t1.nii.gz"),
+              "--truth", str(data / "s*_seg.nii.gz"), "-o", str(tmp_path / "x")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("atlasreg: error: unknown backend 'nope'") and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):
+        main(["compare", "-b", "affine", "-a", str(atlas[0]), str(atlas[1]), "-o", str(tmp_path / "y")])
+    assert "--targets and --truth" in capsys.readouterr().err
