@@ -21,7 +21,6 @@ from scipy import ndimage
 from .errors import AtlasregError
 from .plugin_api import Backend, Option
 from .registry import get_backend
-from .spatial import apply_matrix, voxel_grid
 from .transform import Transform
 from .volume import Volume, zscore
 
@@ -69,16 +68,29 @@ def align_pair(
     return AlignedPair(zscore(moving_w).array, zscore(fixed_w).array, grid, matrix, labels_w)
 
 
-def transform_from_flow(flow_voxels: np.ndarray, pair: AlignedPair, fixed: Volume) -> Transform:
-    """The network's flow (3, X, Y, Z, working-grid voxels) composed with the affine stage, on ``fixed``'s grid."""
-    spacing = pair.grid.affine[0, 0]
-    field_w = np.moveaxis(flow_voxels, 0, -1).astype(np.float32) * spacing  # axis-aligned RAS grid: voxels -> mm
-    points = apply_matrix(np.linalg.inv(pair.grid.affine) @ fixed.affine, voxel_grid(fixed.shape))
-    coords = np.moveaxis(points, -1, 0)
-    field = np.stack(
-        [ndimage.map_coordinates(field_w[..., c], coords, order=1, mode="nearest") for c in range(3)], axis=-1
-    )
-    return Transform.from_field(fixed, field, pair.matrix)
+def transform_from_flow(flow_voxels, pair: AlignedPair, fixed: Volume) -> Transform:
+    """The network's flow (3, X, Y, Z, working-grid voxels; NumPy or a torch tensor on any device)
+    composed with the affine stage, on ``fixed``'s grid.
+
+    The field is resampled onto ``fixed``'s grid with torch (linear, border values beyond the
+    working grid), on the flow's own device: on a GPU this step costs milliseconds, not seconds.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    flow = torch.as_tensor(flow_voxels).float()
+    spacing = float(pair.grid.affine[0, 0])  # axis-aligned RAS grid: voxels -> mm
+    to_working = torch.as_tensor(np.linalg.inv(pair.grid.affine) @ fixed.affine, dtype=torch.float32, device=flow.device)
+    axes = [torch.arange(n, dtype=torch.float32, device=flow.device) for n in fixed.shape]
+    i, j, k = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
+    working = flow.shape[1:]
+    normalised = []
+    for c in (2, 1, 0):  # grid_sample wants (z, y, x) order, each in [-1, 1] across the working grid
+        coord = to_working[c, 0] * i + to_working[c, 1] * j + to_working[c, 2] * k + to_working[c, 3]
+        normalised.append(coord * (2.0 / (working[c] - 1)) - 1.0)
+    grid = torch.stack(normalised, dim=-1)[None]
+    field = F.grid_sample(flow[None] * spacing, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+    return Transform.from_field(fixed, field.permute(1, 2, 3, 0).cpu().numpy(), pair.matrix)
 
 
 def pick_device(name: str) -> str:
@@ -210,7 +222,7 @@ class LearnedBackend(Backend):
         if options["optimize_steps"] > 0:
             network = self.optimize(network, moving_t, fixed_t, config, options["optimize_steps"], options["optimize_lr"])
         flow = self.predict_flow(network, moving_t, fixed_t, config)
-        return transform_from_flow(flow[0].cpu().numpy(), pair, fixed)
+        return transform_from_flow(flow[0], pair, fixed)
 
     def optimize(self, network, moving, fixed, config: Mapping[str, Any], steps: int, lr: float):
         """Instance optimisation: a copy of the network fine-tuned on this one pair (unsupervised loss)."""

@@ -289,7 +289,7 @@ def validate(
         moving = torch.from_numpy(case.pair.moving)[None, None].to(device)
         fixed = torch.from_numpy(case.pair.fixed)[None, None].to(device)
         flow = backend.predict_flow(network, moving, fixed, config)
-        transform = transform_from_flow(flow[0].cpu().numpy(), case.pair, case.target)
+        transform = transform_from_flow(flow[0], case.pair, case.target)
         scores.append(evaluate(transform.warp_labels(case.atlas_labels), case.truth, protocol)["mean_dice"])
     network.train()
     return float(np.mean(scores))

@@ -139,7 +139,7 @@ def evaluate(names: list[str], work_dir: Path, atlas: tuple[Path, Path], targets
             moving = torch.from_numpy(pair.moving)[None, None].to(device)
             fixed = torch.from_numpy(pair.fixed)[None, None].to(device)
             flow = backend.predict_flow(network, moving, fixed, config)
-            transform = transform_from_flow(flow[0].cpu().numpy(), pair, target)
+            transform = transform_from_flow(flow[0], pair, target)
             dice = atlasreg.evaluate(transform.warp_labels(atlas_labels), truth, "aseg")["mean_dice"]
             scores.setdefault(name, {})[str(n)] = dice
             print(f"01->{n:02d} {name:<16} Dice {dice:.3f}", file=sys.stderr)

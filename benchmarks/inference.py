@@ -7,8 +7,9 @@ also how far its output is from the CPU's for the same model and pair.
 
 Pair: atlas subject01 -> subject08 (benchmarks/work/data, 2 mm), after the cached affine stage;
 "1 mm" is the same target resampled to 1 mm (linear), so the network sees the same working grid
-and only the last steps (field onto the target grid, label warp) grow. Times are medians of
---repeats runs after one warm-up; file I/O and the affine stage are excluded (the affine stage is
+and only the last steps (field onto the target grid, label warp) grow. The field is resampled onto the target grid on the
+device (torch), the label warp runs on the CPU (NumPy). Times are medians of --repeats runs after
+one warm-up; file I/O and the affine stage are excluded (the affine stage is
 timed once, on CPU, for reference). Peak memory: process peak RSS; on a GPU also torch's peak
 allocation.
 """
@@ -83,7 +84,7 @@ def main(models: tuple[str, ...], device: str, repeats: int, threads: int, outpu
         flow_np = flow[0].cpu().numpy()
         row = {"backend": name, "network_s": net_s, "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
         for resolution, (target, truth) in targets.items():
-            field_s, transform = timed(lambda: transform_from_flow(flow_np, pair, target), "cpu", repeats)
+            field_s, transform = timed(lambda: transform_from_flow(flow[0], pair, target), device, repeats)
             warp_s, warped = timed(lambda: transform.warp_labels(atlas_labels), "cpu", repeats)
             row[resolution] = {"shape": list(target.shape), "field_s": field_s, "warp_s": warp_s, "total_s": net_s + field_s + warp_s,
                                "dice": atlasreg.evaluate(warped, truth, "aseg")["mean_dice"]}
@@ -120,8 +121,8 @@ def main(models: tuple[str, ...], device: str, repeats: int, threads: int, outpu
 def report(result: dict, head: str) -> str:
     where = result["gpu"] or f"cpu ({result['threads']} torch threads)"
     lines = [head, f"- device: {where}, torch {result['torch']}", "",
-             "Atlas 01 -> target 08; medians of repeated runs after a warm-up; no file I/O. The network runs on the "
-             "device; the field onto the target grid and the label warp run on the CPU (NumPy/SciPy).", "",
+             "Atlas 01 -> target 08; medians of repeated runs after a warm-up; no file I/O. The network and the field onto the "
+             "target grid run on the device (torch); the label warp runs on the CPU (NumPy/SciPy).", "",
              "| backend | target grid | network s | field s | label warp s | total s | mean Dice (aseg) |", "|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         for resolution in ("2 mm", "1 mm"):

@@ -64,7 +64,7 @@ def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int,
                 start = time.perf_counter()
                 net = backend.optimize(network, moving, fixed, config, steps, 1e-4) if steps else network
                 flow = backend.predict_flow(net, moving, fixed, config)
-                transform = transform_from_flow(flow[0].cpu().numpy(), pair, target_img)
+                transform = transform_from_flow(flow[0], pair, target_img)
                 warped = transform.warp_labels(atlas_lab)
                 seconds = time.perf_counter() - start
                 label = f"{name}" + (f" + {steps} optimisation steps" if steps else "")

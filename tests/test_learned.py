@@ -190,3 +190,22 @@ def test_train_on_random_subject_pairs_without_atlas(tmp_path, files):
                                            config=TINY_NETS["contrastive"]))
     with pytest.raises(AtlasregError, match="does not learn"):
         train("affine", settings)
+
+
+def test_transform_from_flow_resamples_the_field_like_linear_interpolation(pair):
+    """The torch resampling of the network's field onto an oblique target grid = SciPy's linear one."""
+    from scipy import ndimage
+
+    from atlasreg.learned import AlignedPair, transform_from_flow, working_grid
+    from atlasreg.spatial import apply_matrix, voxel_grid
+
+    _, _, fixed, _ = pair
+    grid = working_grid(fixed, 2.0, (24, 28, 20))
+    flow = ndimage.gaussian_filter(np.random.default_rng(0).normal(0, 2, (3, 24, 28, 20)), (0, 2, 2, 2)).astype(np.float32)
+    matrix = np.eye(4)
+    matrix[:3, 3] = [1.0, -2.0, 0.5]
+    transform = transform_from_flow(torch.from_numpy(flow), AlignedPair(None, None, grid, matrix), fixed)
+    coords = np.moveaxis(apply_matrix(np.linalg.inv(grid.affine) @ fixed.affine, voxel_grid(fixed.shape)), -1, 0)
+    expected = np.stack([ndimage.map_coordinates(flow[c] * 2.0, coords, order=1, mode="nearest") for c in range(3)], -1)
+    np.testing.assert_allclose(transform.field, expected, atol=1e-4)
+    np.testing.assert_array_equal(transform.matrix, matrix)
