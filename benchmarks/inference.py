@@ -59,9 +59,10 @@ def timed(fn, device: str, repeats: int):
 @click.option("--model", "models", multiple=True, required=True, metavar="NAME=PATH")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--repeats", default=5, show_default=True)
+@click.option("--optimize-steps", default=20, show_default=True, help="Also time instance optimisation of this many steps (0: skip).")
 @click.option("--threads", default=0, help="torch CPU threads (0: torch's default).")
 @click.option("-o", "--output", default=None, help="Markdown table (also written as JSON beside it).")
-def main(models: tuple[str, ...], device: str, repeats: int, threads: int, output: str | None) -> None:
+def main(models: tuple[str, ...], device: str, repeats: int, optimize_steps: int, threads: int, output: str | None) -> None:
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(device)
@@ -82,7 +83,10 @@ def main(models: tuple[str, ...], device: str, repeats: int, threads: int, outpu
             torch.cuda.reset_peak_memory_stats()
         net_s, flow = timed(lambda: backend.predict_flow(network, moving, fixed, config), device, repeats)
         flow_np = flow[0].cpu().numpy()
-        row = {"backend": name, "network_s": net_s, "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
+        optimize_s = None
+        if optimize_steps:
+            optimize_s, _ = timed(lambda: backend.optimize(network, moving, fixed, config, optimize_steps, 1e-4), device, 1)
+        row = {"optimize_steps": optimize_steps, "optimize_s": optimize_s, "backend": name, "network_s": net_s, "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
         for resolution, (target, truth) in targets.items():
             field_s, transform = timed(lambda: transform_from_flow(flow[0], pair, target), device, repeats)
             warp_s, warped = timed(lambda: transform.warp_labels(atlas_labels), "cpu", repeats)
@@ -131,6 +135,10 @@ def report(result: dict, head: str) -> str:
                          f"{r['warp_s']:.3f} | {r['total_s']:.2f} | {r['dice']:.3f} |")
     affine = f"{result['affine_s']:.1f} s" if result["affine_s"] is not None else "not measured (SimpleITK not installed here)"
     lines += ["", f"Affine stage (CPU, SimpleITK, once): {affine}. Peak RSS of the process: {result['peak_rss_gib']:.2f} GiB."]
+    for row in result["rows"]:
+        if row.get("optimize_s") is not None:
+            lines.append(f"- {row['backend']}: instance optimisation, {row['optimize_steps']} steps: {row['optimize_s']:.2f} s "
+                         f"({row['optimize_s'] / row['optimize_steps']:.3f} s per step).")
     gpu_rows = [row for row in result["rows"] if row.get("gpu_peak_gib") is not None]
     for row in gpu_rows:
         g = row["gpu_vs_cpu"]
