@@ -242,7 +242,7 @@ def _save_deformation(path: Path, transform: Transform, truth: Volume) -> None:
     """The non-linear part of ``transform`` drawn as a warped grid, three slices (for the report)."""
     grid = Volume(grid_image(truth.shape), truth.affine)
     nonlinear = Transform.from_field(truth, transform.field) if transform.field is not None else Transform.identity(truth)
-    views = deformation_views(nonlinear.warp(grid).array, truth.array)
+    views = deformation_views(nonlinear.warp(grid), truth)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with tmp.open("wb") as f:

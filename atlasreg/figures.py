@@ -1,7 +1,8 @@
 """PNG figures shared by the demo and `atlasreg compare`: label overlays on three orthogonal
 slices (the paper's Figure 2), warped grids of each deformation (Figure 3's last column), and
-Dice box plots. Volumes are assumed RAS on one isotropic grid, so array rows plot as views
-without resampling. Matplotlib runs headless (Agg)."""
+Dice box plots. Volumes are turned to RAS voxel order first (axis flips and swaps only, no
+resampling), so array slices plot as axial, coronal and sagittal views. Matplotlib runs
+headless (Agg)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .io import atomic_path
+from .spatial import reorient
 from .volume import Volume
 
 
@@ -54,8 +56,9 @@ def overlay_figure(
 ) -> Path:
     """The target image, then the truth and each prediction overlaid, on the same three slices."""
     plt = _pyplot()
+    image, truth = reorient(image), reorient(truth)
     cuts = _cuts(truth.array)
-    rows = [("target image", None), (truth_name, truth), *predictions.items()]
+    rows = [("target image", None), (truth_name, truth), *((name, reorient(v)) for name, v in predictions.items())]
     colours = label_colours(max(int(v.array.max()) for _, v in rows[1:] if v is not None))
     vmax = float(np.percentile(image.array, 99.5))
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
@@ -70,11 +73,11 @@ def overlay_figure(
                 ax.set_title(view)
         row[0].set_ylabel(name)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))  # room for the title above the view names
     return _save(fig, path)
 
 
-def grid_image(shape: Sequence[int], every: int = 4) -> np.ndarray:
+def grid_image(shape: Sequence[int], every: int = 6) -> np.ndarray:
     """A 3-D pattern of grid planes every ``every`` voxels: warped, it draws the deformation."""
     pattern = np.zeros(tuple(shape), np.float32)
     for axis in range(3):
@@ -84,9 +87,10 @@ def grid_image(shape: Sequence[int], every: int = 4) -> np.ndarray:
     return pattern
 
 
-def deformation_views(warped_grid: np.ndarray, truth: np.ndarray) -> list[np.ndarray]:
+def deformation_views(warped_grid: Volume, truth: Volume) -> list[np.ndarray]:
     """The three slices of a warped grid that ``deformation_figure`` shows (kept small on disk)."""
-    return [cut(warped_grid) for _, cut in _cuts(truth)]
+    grid = reorient(warped_grid).array
+    return [cut(grid) for _, cut in _cuts(reorient(truth).array)]
 
 
 def deformation_figure(path: Path, views: Mapping[str, Sequence[np.ndarray]], title: str = "") -> Path:
@@ -102,7 +106,7 @@ def deformation_figure(path: Path, views: Mapping[str, Sequence[np.ndarray]], ti
                 ax.set_title(view)
         row[0].set_ylabel(name)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))  # room for the title above the view names
     return _save(fig, path)
 
 
@@ -113,7 +117,7 @@ def dice_boxplot(path: Path, scores: Mapping[str, Mapping[str, Sequence[float]]]
     methods = list(dict.fromkeys(m for group in scores.values() for m in group))
     width = 0.8 / max(1, len(methods))
     colours = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(groups) * max(2, len(methods))), 4.5))
+    fig, ax = plt.subplots(figsize=(min(18.0, 4.0 + 0.25 * len(groups) * max(2, len(methods))), 5.0))
     for k, method in enumerate(methods):
         data = [[v for v in scores[g].get(method, []) if np.isfinite(v)] for g in groups]
         positions = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(groups))]
@@ -129,7 +133,8 @@ def dice_boxplot(path: Path, scores: Mapping[str, Mapping[str, Sequence[float]]]
     ax.set_xticklabels(groups, rotation=45, ha="right")
     ax.set_ylabel("Dice")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", alpha=0.3)
     ax.set_title(title)
     fig.tight_layout()
     return _save(fig, path)
