@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -121,8 +123,6 @@ class PeakMemory:
     def _rss_mb() -> float:
         try:
             with open("/proc/self/statm") as f:
-                import os
-
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
         except OSError:
             import resource
@@ -131,8 +131,6 @@ class PeakMemory:
 
 
 def _torch_if_cuda():
-    import sys
-
     torch = sys.modules.get("torch")
     return torch if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
