@@ -150,6 +150,22 @@ def test_scaling_and_squaring_of_smooth_velocity_is_diffeomorphic():
     assert jacobian_determinant(integrate(rough, 7)).min() < 0
 
 
+def test_integrating_on_a_coarser_grid_matches_the_full_grid():
+    coarse_velocity = _smooth_velocity(12, amplitude=0.75)  # coarse-grid voxel units
+    velocity = resize(coarse_velocity, (23, 23, 23), align_corners=True)  # as a decoder's upsampled output
+    # exact: the coarse grid of 23 voxels is 12 voxels, so integration reruns on the velocity's own grid
+    expected = resize(integrate(coarse_velocity, 7), (23, 23, 23), align_corners=True)
+    assert torch.allclose(integrate(velocity, 7, downsize=2), expected, atol=1e-10)
+    # and within 6 % of the largest displacement of integrating on the fine grid itself (a smooth field)
+    fine = integrate(velocity, 7)
+    inner = (slice(None), slice(None), *(slice(3, -3),) * 3)
+    assert (integrate(velocity, 7, downsize=2) - fine)[inner].abs().max() < 0.06 * fine.abs().max()
+    assert fine.abs().max() > 1.4
+    assert torch.equal(integrate(velocity, 0, downsize=2), velocity)
+    with pytest.raises(ValueError):
+        integrate(velocity, 7, downsize=0)
+
+
 def test_exp_of_minus_v_inverts_exp_of_v():
     velocity = _smooth_velocity(24, amplitude=2.0)
     roundtrip = compose(integrate(velocity), integrate(-velocity))

@@ -21,6 +21,7 @@ class ContrastiveBackend(LearnedBackend):
         "dec_channels": [64, 32, 32, 32, 16],
         "proj_dim": 64,
         "int_steps": 7,
+        "int_downsize": 2,  # scaling and squaring on the half-resolution grid (the decoder's output grid)
         "losses": ["recon", "smooth", "contrast"],
         "weights": {"recon": 1.0, "smooth": 1.0, "contrast": 0.01},
         "smooth": "laplacian",  # "laplacian" (smooth precision prior) or "paper" (eq. 6 as printed)
@@ -37,6 +38,7 @@ class ContrastiveBackend(LearnedBackend):
             dec_channels=tuple(config["dec_channels"]),
             proj_dim=int(config["proj_dim"]),
             int_steps=int(config["int_steps"]),
+            int_downsize=int(config["int_downsize"]),
         )
 
     def loss_terms(self, network, moving, fixed, config: Mapping[str, Any], sample: bool):

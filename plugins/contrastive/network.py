@@ -164,11 +164,13 @@ class ContrastiveRegNet(nn.Module):
         dec_channels: Sequence[int] = (64, 32, 32, 32, 16),
         proj_dim: int = 64,
         int_steps: int = 7,
+        int_downsize: int = 2,
         convs_per_level: int = 2,
         proj_hidden: int | None = None,
     ):
         super().__init__()
         self.int_steps = int(int_steps)
+        self.int_downsize = int(int_downsize)
         self.encoder = Encoder(in_channels, enc_channels, convs_per_level)
         self.projection = ProjectionHead(self.encoder.channels[-1], proj_dim, proj_hidden)
         self.decoder = Decoder(self.encoder.channels, dec_channels)
@@ -207,5 +209,6 @@ class ContrastiveRegNet(nn.Module):
         return mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
 
     def flow(self, velocity: torch.Tensor) -> torch.Tensor:
-        """Displacement (voxels) of exp(velocity): scaling and squaring with ``int_steps`` steps."""
-        return integrate(velocity, self.int_steps)
+        """Displacement (voxels) of exp(velocity): scaling and squaring with ``int_steps`` steps, on a
+        grid ``int_downsize`` times coarser (the decoder's own output grid at the default 2)."""
+        return integrate(velocity, self.int_steps, self.int_downsize)

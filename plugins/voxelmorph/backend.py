@@ -20,6 +20,7 @@ class VoxelMorphBackend(LearnedBackend):
         "enc_channels": [16, 32, 32, 32],
         "dec_channels": [32, 32, 32, 32, 32, 16, 16],
         "int_steps": 7,
+        "int_downsize": 2,  # scaling and squaring on the half-resolution grid (the decoder's output grid)
         "losses": ["sim", "smooth"],
         "weights": {"sim": 1.0, "smooth": 1.0},
         "similarity": "ncc",  # "ncc" (local, window 9) or "mse"
@@ -30,7 +31,8 @@ class VoxelMorphBackend(LearnedBackend):
         from .network import VoxelMorphNet
 
         return VoxelMorphNet(
-            enc=tuple(config["enc_channels"]), dec=tuple(config["dec_channels"]), int_steps=int(config["int_steps"])
+            enc=tuple(config["enc_channels"]), dec=tuple(config["dec_channels"]), int_steps=int(config["int_steps"]),
+            int_downsize=int(config["int_downsize"]),
         )
 
     def loss_terms(self, network, moving, fixed, config: Mapping[str, Any], sample: bool):

@@ -58,6 +58,7 @@ class VoxelMorphNet(nn.Module):
         enc: Sequence[int] = (16, 32, 32, 32),
         dec: Sequence[int] = (32, 32, 32, 32, 32, 16, 16),
         int_steps: int = 7,
+        int_downsize: int = 2,
         in_channels: int = 1,
         full_size: bool = False,
     ):
@@ -69,6 +70,7 @@ class VoxelMorphNet(nn.Module):
         if len(dec) < len(enc) + (2 if full_size else 0):
             raise ValueError(f"VoxelMorphNet: dec needs at least {len(enc) + (2 if full_size else 0)} entries, got {len(dec)}")
         self.int_steps = int(int_steps)
+        self.int_downsize = int(int_downsize)
         self.full_size = bool(full_size)
         self.encoder = nn.ModuleList()
         cin = 2 * in_channels
@@ -120,5 +122,6 @@ class VoxelMorphNet(nn.Module):
         return {"velocity": velocity}
 
     def flow(self, velocity: torch.Tensor) -> torch.Tensor:
-        """Displacement (voxels) of exp(velocity): scaling and squaring with ``int_steps`` steps."""
-        return integrate(velocity, self.int_steps)
+        """Displacement (voxels) of exp(velocity): scaling and squaring with ``int_steps`` steps, on a
+        grid ``int_downsize`` times coarser (the decoder's own output grid at the default 2)."""
+        return integrate(velocity, self.int_steps, self.int_downsize)
