@@ -3,7 +3,7 @@ optimisation, and inference time (network + warp, no file I/O) next to ANTs in t
 
     python benchmarks/learned.py --model contrastive=benchmarks/work/contrastive.pt \
         --model voxelmorph=benchmarks/work/voxelmorph.pt [--targets 8,9,10] [--atlas 1] \
-        [--optimize-steps 20] [-o benchmarks/results/learned.md]
+        [--optimize-steps 20] [--optimize-lr 1e-3] [-o benchmarks/results/learned.md]
 
 Images come from benchmarks/shared_maps.py (2 mm, skull-stripped, synthesized), the same as
 `atlasreg train` saw for subjects 02-07 via `python benchmarks/shared_maps.py benchmarks/work/data 1 ... 10`.
@@ -36,9 +36,11 @@ from shared_maps import subject  # noqa: E402
 @click.option("--targets", default="8,9,10", show_default=True)
 @click.option("--atlas", default=1, show_default=True)
 @click.option("--optimize-steps", default=20, show_default=True)
+@click.option("--optimize-lr", default=None, type=float, help="Instance optimisation learning rate (default: the backends' own).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("-o", "--output", default=None)
-def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int, device: str, output: str | None) -> None:
+def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int, optimize_lr: float | None, device: str,
+         output: str | None) -> None:
     torch.set_num_threads(2)
     device = pick_device(device)
     atlas_img, atlas_lab = subject(atlas)
@@ -62,12 +64,13 @@ def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int,
             fixed = torch.from_numpy(pair.fixed)[None, None].to(device)
             for steps in (0, optimize_steps) if optimize_steps else (0,):
                 start = time.perf_counter()
-                net = backend.optimize(network, moving, fixed, config, steps, 1e-4) if steps else network
+                lr = optimize_lr or backend.options["optimize_lr"].default
+                net = backend.optimize(network, moving, fixed, config, steps, lr) if steps else network
                 flow = backend.predict_flow(net, moving, fixed, config)
                 transform = transform_from_flow(flow[0], pair, target_img)
                 warped = transform.warp_labels(atlas_lab)
                 seconds = time.perf_counter() - start
-                label = f"{name}" + (f" + {steps} optimisation steps" if steps else "")
+                label = f"{name}" + (f" + {steps} optimisation steps (lr {lr:g})" if steps else "")
                 score = atlasreg.evaluate(warped, target_lab, "aseg")["mean_dice"]
                 rows.setdefault(label, []).append((score, seconds))
                 folding.setdefault(label, []).append(folding_percent(transform.jacobian_determinant(), target_lab.array > 0))
