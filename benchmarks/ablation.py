@@ -46,6 +46,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "recon+contrast": ("contrastive", {"losses": ["recon", "contrast"]}),
     "all-kl-eq6": ("contrastive", {"losses": ["recon", "smooth", "contrast"], "smooth": "paper"}),
     "voxelmorph": ("voxelmorph", {}),
+    "all-sigma0.05": ("contrastive", {"image_sigma": 0.05}),  # sensitivity of the default model to sigma of eq. 4/7
+    "all-sigma0.15": ("contrastive", {"image_sigma": 0.15}),
 }
 LABELS = {
     "recon": "contrastive, L_recon",
@@ -54,6 +56,8 @@ LABELS = {
     "all": "contrastive, L_recon + L_smooth + L_contrast (default)",
     "all-kl-eq6": "contrastive, all three, L_smooth = eq. 6 as printed",
     "voxelmorph": "voxelmorph baseline (NCC + gradient)",
+    "all-sigma0.05": "contrastive, all three, image sigma 0.05 (default 0.1)",
+    "all-sigma0.15": "contrastive, all three, image sigma 0.15 (default 0.1)",
 }
 
 
@@ -70,7 +74,7 @@ def data(n: int, kind: str) -> Path:
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--variants", default=",".join(VARIANTS), show_default=True)
+@click.option("--variants", default="all,recon,recon+smooth,recon+contrast,all-kl-eq6,voxelmorph", show_default=True)
 @click.option("--targets", default="8,9,10", show_default=True)
 @click.option("--work", default=str(HERE / "work" / "ablation"), show_default=True)
 @click.option("--evaluate-only", is_flag=True, help="Score the models already in --work.")
