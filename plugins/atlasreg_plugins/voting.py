@@ -1,19 +1,16 @@
-"""Voting label fusion (numpy/scipy only): plain majority and locally weighted voting.
-
-Both accumulate one label at a time into running best-score / best-label arrays, so memory
-stays a few volumes whatever the number of labels (no (n_labels, X, Y, Z) stack). Labels are
-visited in ascending order and only a strictly higher score replaces the current best, so ties
-go to the smallest label and the result never holds a label no atlas gave.
-"""
+"""Voting label fusion (numpy/scipy only): plain majority and locally weighted voting, both on
+the core's ``atlasreg.fusion.vote`` (one label at a time: memory stays a few volumes; ties go to
+the smallest label)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from atlasreg.errors import AtlasregError
+from atlasreg.fusion import majority_vote, validate_inputs, vote
 from atlasreg.hookspecs import hookimpl
 from atlasreg.plugin_api import Fusion, Option
 from atlasreg.volume import Volume
@@ -65,7 +62,7 @@ class MajorityVote(Fusion):
 
     def fuse(self, target: Volume, images: Sequence[Volume], labels: Sequence[Volume], **options: Any) -> Volume:
         validate_inputs(target, images, labels)
-        return Volume(_vote(labels, lambda _index, has_label: has_label), target.affine)
+        return Volume(majority_vote(labels), target.affine)
 
 
 class WeightedVote(Fusion):
@@ -102,7 +99,7 @@ class WeightedVote(Fusion):
             weights = np.exp(-(distances - distances.min(axis=0)) / scale)
         else:  # every atlas image equals the target: nothing to prefer
             weights = np.ones_like(distances)
-        return Volume(_vote(labels, lambda index, has_label: weights[index] * has_label), target.affine)
+        return Volume(vote(labels, lambda index, has_label: weights[index] * has_label), target.affine)
 
 
 def _zscore(array: np.ndarray) -> np.ndarray:
