@@ -89,6 +89,7 @@ def test_weighted_vote_follows_the_atlas_whose_image_matches():
     truth = np.zeros((20, 20, 20), dtype=np.int32)
     truth[5:15, 5:15, 5:15] = 1
     truth[8:12, 8:12, 8:12] = 2  # the disputed region
+    truth[5:15, 5:15, 5:7] = 5  # a second tissue in every image, as in any scan (z-scores use the foreground's spread)
     wrong = np.where(truth == 2, 1, truth)  # two atlases call it 1, with images to match
     target = image_of(truth, rng)
     good = Volume(target.array.copy(), AFFINE)
