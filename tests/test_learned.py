@@ -1,6 +1,8 @@
 """The learned-backend machinery: model files, training loop, inference, loss switches."""
 
 import json
+import os
+import time
 import shutil
 
 import numpy as np
@@ -212,3 +214,32 @@ def test_transform_from_flow_resamples_the_field_like_linear_interpolation(pair)
     expected = np.stack([ndimage.map_coordinates(flow[c] * 2.0, coords, order=1, mode="nearest") for c in range(3)], -1)
     np.testing.assert_allclose(transform.field, expected, atol=1e-4)
     np.testing.assert_array_equal(transform.matrix, matrix)
+
+
+@pytest.mark.parametrize("name", ["contrastive", "voxelmorph"])
+def test_segment_loads_the_model_once_and_inference_computes_no_loss(tmp_path, name, pair, monkeypatch):
+    import atlasreg.learned as learned
+
+    backend = get_backend(name)
+    config = backend.config(TINY_NETS[name])
+    path = save_model(tmp_path / "m.pt", name, config, backend.build_network(config))
+    reads = []
+    real_load = learned.load_model_file
+    monkeypatch.setattr(learned, "load_model_file", lambda p: reads.append(p) or real_load(p))
+
+    def no_loss(*args, **kwargs):
+        raise AssertionError("inference computed a loss term")
+
+    monkeypatch.setattr(type(backend), "loss_terms", no_loss)
+    moving, moving_labels, fixed, _ = pair
+    options = {"model": str(path), "device": "cpu"}
+    atlasreg.segment(fixed, [(moving, moving_labels)] * 3, backend=name, backend_options=options)
+    assert len(reads) == 1
+    path.write_bytes(path.read_bytes())  # a rewritten file (new mtime) is read again
+    os.utime(path, ns=(time.time_ns() + 10**9,) * 2)
+    atlasreg.segment(fixed, [(moving, moving_labels)], backend=name, backend_options=options)
+    assert len(reads) == 2
+
+
+def test_registry_builds_each_method_once():
+    assert get_backend("affine") is get_backend("affine")
