@@ -492,9 +492,9 @@ def preprocess(
 ) -> Volume:
     """The paper's preprocessing: RAS orientation, isotropic ``spacing`` mm, optional crop/pad, z-score.
 
-    Label maps are resampled by nearest neighbour and never rescaled. Images are z-scored over
-    their non-zero voxels on the output grid; zero voxels (background of skull-stripped scans,
-    padding) stay 0, so the brain mask survives. Use ``shape=MNI_2MM_SHAPE`` for MNI data at 2 mm.
+    Label maps are resampled by nearest neighbour and never rescaled. Images are z-scored with
+    their foreground's statistics on the output grid (``atlasreg.volume.zscore``). Use
+    ``shape=MNI_2MM_SHAPE`` for MNI data at 2 mm.
     """
     if shape is not None:
         shape = tuple(shape)

@@ -25,7 +25,7 @@ from .atlases import DONORS, dk_protocol, donor_labels, to_tissue
 from .errors import AtlasregError
 from .figures import overlay_figure
 from .io import atomic_path
-from .metrics import dice, region_dice
+from .metrics import dice, finite_mean, region_dice
 from .pipeline import segment
 from .registry import backend_infos
 from .spatial import crop_to_foreground, reorient, resample_to_spacing
@@ -50,9 +50,8 @@ def score(pred: Volume, truth: Volume) -> dict[str, Any]:
     """Mean Dice over the truth's DK labels, and Dice per lobe / subcortical structure."""
     protocol = dk_protocol()
     per_label = dice(pred.array, truth.array, protocol.labels_for(truth.array))
-    finite = [v for v in per_label.values() if math.isfinite(v)]
     return {
-        "mean_dice": float(np.mean(finite)) if finite else math.nan,
+        "mean_dice": finite_mean(per_label.values()),
         "region_dice": region_dice(pred.array, truth.array, protocol.regions),
     }
 
@@ -133,14 +132,9 @@ def run_demo(
 def _summarise(summary: dict[str, Any]) -> None:
     """Averages over targets: mean Dice, Dice per region, seconds per target."""
     entries = list(summary["per_target"].values())
-    summary["mean_dice"] = _nanmean([e["mean_dice"] for e in entries])
+    summary["mean_dice"] = finite_mean([e["mean_dice"] for e in entries])
     summary["seconds_per_target"] = float(np.mean([e["seconds"] for e in entries]))
-    summary["region_dice"] = {r: _nanmean([e["region_dice"][r] for e in entries]) for r in entries[0]["region_dice"]}
-
-
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
+    summary["region_dice"] = {r: finite_mean([e["region_dice"][r] for e in entries]) for r in entries[0]["region_dice"]}
 
 
 def _json_safe(value: Any) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -152,8 +153,23 @@ def load_model_file(path: str | os.PathLike) -> dict:
     return state
 
 
+@lru_cache(maxsize=4)
+def _cached_network(backend: "LearnedBackend", path: str, device: str, mtime_ns: int, size: int):
+    """One loaded network per (backend, model file version, device): ``segment`` with N atlases
+    reads and builds the model once, not N times. Callers never modify it (instance optimisation
+    fine-tunes a copy)."""
+    state = load_model_file(path)
+    if state["backend"] != backend.name:
+        raise AtlasregError(f"{path}: a {state['backend']} model, not a {backend.name} model")
+    config = backend.config(state["config"])
+    network = backend.build_network(config)
+    network.load_state_dict(state["weights"])
+    return network.to(device).eval(), config
+
+
 class LearnedBackend(Backend):
-    """A network backend. Subclasses set ``default_config`` and implement ``build_network`` and ``loss_terms``."""
+    """A network backend. Subclasses set ``default_config`` and implement ``build_network``,
+    ``mean_flow`` and ``loss_terms``."""
 
     kind = "learned"
     devices = ("cpu", "cuda")
@@ -176,12 +192,16 @@ class LearnedBackend(Backend):
         """(flow in voxels (B, 3, X, Y, Z), unweighted loss terms) for a batch; ``sample`` draws z in training."""
         raise NotImplementedError
 
+    def mean_flow(self, network, moving, fixed, config: Mapping[str, Any]):
+        """The deterministic flow in voxels (B, 3, X, Y, Z) (the mean transformation), no loss terms."""
+        raise NotImplementedError
+
     def predict_flow(self, network, moving, fixed, config: Mapping[str, Any]):
-        """Deterministic flow (the mean transformation) for inference."""
+        """``mean_flow`` without gradients: inference computes only the flow."""
         import torch
 
         with torch.no_grad():
-            return self.loss_terms(network, moving, fixed, config, sample=False)[0]
+            return self.mean_flow(network, moving, fixed, config)
 
     # --- shared machinery -------------------------------------------------------------------
     def config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -201,13 +221,12 @@ class LearnedBackend(Backend):
         return sum(config["weights"][name] * terms[name] for name in enabled)
 
     def load_network(self, path: str | os.PathLike, device: str):
-        state = load_model_file(path)
-        if state["backend"] != self.name:
-            raise AtlasregError(f"{path}: a {state['backend']} model, not a {self.name} model")
-        config = self.config(state["config"])
-        network = self.build_network(config)
-        network.load_state_dict(state["weights"])
-        return network.to(device).eval(), config
+        """(network in eval mode on ``device``, config) from a model file; cached while the file is unchanged."""
+        path = Path(path)
+        if not path.is_file():
+            raise AtlasregError(f"{path}: no such model file")
+        stat = path.stat()
+        return _cached_network(self, str(path.resolve()), device, stat.st_mtime_ns, stat.st_size)
 
     def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
         import torch

@@ -160,7 +160,8 @@ def folding_percent(jacobian_det: np.ndarray, mask: np.ndarray | None = None) ->
     return 100.0 * float(np.count_nonzero(det <= 0)) / det.size
 
 
-def _finite_mean(values: Iterable[float]) -> float:
+def finite_mean(values: Iterable[float]) -> float:
+    """Mean of the finite values (NaN: a label absent from both maps; inf: no surface), NaN if none."""
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if finite else math.nan
 
@@ -193,12 +194,12 @@ def evaluate(pred: Volume, truth: Volume, protocol: str = "aseg", surface_distan
     result: dict = {
         "protocol": chosen.name,
         "mean_over": chosen.mean_over,
-        "mean_dice": _json_number(_finite_mean(headline.values())),
+        "mean_dice": _json_number(finite_mean(headline.values())),
         "dice": {str(k): _json_number(v) for k, v in label_dice.items()},
         "region_dice": {k: _json_number(v) for k, v in regions_dice.items()},
     }
     if surface_distance:
         distances = hd95(pred.array, truth.array, labels, truth.spacing)
         result["hd95"] = {str(k): _json_number(v) for k, v in distances.items()}
-        result["mean_hd95"] = _json_number(_finite_mean(distances.values()))
+        result["mean_hd95"] = _json_number(finite_mean(distances.values()))
     return result

@@ -42,7 +42,10 @@ class MethodInfo:
 
 
 class Registry:
-    """The loaded plugins, their backends and fusion methods, and the plugins that failed to load."""
+    """The loaded plugins, their backends and fusion methods, and the plugins that failed to load.
+
+    Each plugin's hooks are called once, here: every ``get_backend`` reuses the same instances.
+    """
 
     def __init__(self) -> None:
         self.manager = pluggy.PluginManager("atlasreg")
@@ -55,6 +58,8 @@ class Registry:
                 self.manager.register(ep.load(), name=ep.name)
             except Exception as exc:  # a broken third-party plugin must not break atlasreg
                 self.failed[ep.name] = f"plugin failed to load: {type(exc).__name__}: {exc}"
+        self._backends = self._collect(self.manager.hook.atlasreg_backends, Backend)
+        self._fusions = self._collect(self.manager.hook.atlasreg_fusions, Fusion)
 
     def _collect(self, hook, base: type) -> dict[str, tuple[Method, str]]:
         found: dict[str, tuple[Method, str]] = {}
@@ -70,10 +75,12 @@ class Registry:
         return found
 
     def backends(self) -> dict[str, tuple[Method, str]]:
-        return self._collect(self.manager.hook.atlasreg_backends, Backend)
+        """Backend name -> (instance, plugin name)."""
+        return self._backends
 
     def fusions(self) -> dict[str, tuple[Method, str]]:
-        return self._collect(self.manager.hook.atlasreg_fusions, Fusion)
+        """Fusion name -> (instance, plugin name)."""
+        return self._fusions
 
 
 @lru_cache(maxsize=1)

@@ -15,6 +15,7 @@ import numpy as np
 from .compare import Method, Target, _safe, read_results
 from .figures import deformation_figure, dice_boxplot, overlay_figure
 from .io import atomic_path, load
+from .metrics import finite_mean
 from .protocols import get_protocol
 
 
@@ -23,10 +24,9 @@ def _float(text: str) -> float:
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard deviation of the finite values (NaN, NaN if none)."""
     finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan
-    return float(np.mean(finite)), float(np.std(finite))
+    return finite_mean(finite), float(np.std(finite)) if finite else math.nan
 
 
 def collect(rows: list[dict[str, str]], methods: Sequence[str]) -> dict:

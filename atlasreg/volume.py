@@ -80,15 +80,33 @@ def label_map(array: np.ndarray, affine: np.ndarray) -> Volume:
     return Volume(array, affine)
 
 
+def foreground(array: np.ndarray) -> np.ndarray:
+    """The head or brain: voxels above the Otsu threshold, enclosed holes (dark ventricles) filled.
+
+    Otsu, not ``!= 0``: on an image with a noisy background (a raw scan, a synthesized image whose
+    noise is clipped at 0) most non-zero voxels can be background (84 % on a synthesized 1 mm
+    T1 of shared subject01). On a skull-stripped scan (background exactly 0) the threshold falls
+    between 0 and the tissue.
+    """
+    from scipy.ndimage import binary_fill_holes
+    from skimage.filters import threshold_otsu
+
+    return binary_fill_holes(array > threshold_otsu(array))
+
+
 def zscore(volume: Volume) -> Volume:
-    """Intensities standardised over the non-zero (brain) voxels; background stays 0 (the paper's normalisation)."""
-    mask = volume.array != 0
-    if not mask.any():
-        raise AtlasregError("cannot z-score an all-zero image")
-    values = volume.array[mask].astype(np.float64)
+    """Every voxel rescaled by the mean and standard deviation of the image's ``foreground``.
+
+    The one z-score of atlasreg (learned backends' inputs, dataset preprocessing, weighted
+    voting). Only the statistics come from the foreground: the same linear map applies to every
+    voxel, so no tissue is masked away (a mask that dropped dark CSF would erase its contrast);
+    a background of exactly 0 maps to one constant value.
+    """
+    array = volume.array
+    if array.min() == array.max():
+        raise AtlasregError("image is empty (all zero)" if not array.any() else "cannot z-score an image of constant intensity")
+    values = array[foreground(array)].astype(np.float64)
     std = values.std()
     if std == 0:
-        raise AtlasregError("cannot z-score: every non-zero voxel has the same intensity")
-    array = np.zeros(volume.shape, dtype=np.float32)
-    array[mask] = (values - values.mean()) / std
-    return volume.with_array(array)
+        raise AtlasregError("cannot z-score: every foreground voxel has the same intensity")
+    return volume.with_array(((array - values.mean()) / std).astype(np.float32))

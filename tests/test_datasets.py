@@ -25,7 +25,7 @@ from atlasreg.datasets import (
     open_dataset,
     preprocess,
 )
-from atlasreg.volume import Volume
+from atlasreg.volume import Volume, foreground, image, zscore
 
 SHAPE = (4, 5, 6)
 IMAGE = np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE) + 1
@@ -342,10 +342,24 @@ def test_preprocess_reorients_resamples_and_zscores_images():
     assert nib.aff2axcodes(out.affine) == ("R", "A", "S")
     np.testing.assert_allclose(out.spacing, [2.0, 2.0, 2.0])
     assert out.shape == (6, 5, 7)
-    mask = raw.array != 0
+    mask = foreground(raw.array)
     assert raw.array[mask].mean() > 50  # unnormalised without zscore
     assert abs(out.array[mask].mean()) < 1e-5 and abs(out.array[mask].std() - 1) < 1e-5
-    assert np.all(out.array[~mask] == 0)
+    assert len(np.unique(out.array[raw.array == 0])) == 1  # one linear map: the zero background stays uniform
+
+
+def test_zscore_statistics_ignore_a_noisy_background():
+    """A bright cube in clipped noise: counting non-zero noise as brain would shift the cube's mean."""
+    rng = np.random.default_rng(0)
+    array = np.clip(rng.normal(0.0, 3.0, (24, 24, 24)), 0, None).astype(np.float32)
+    array[6:18, 6:18, 6:18] = rng.normal(100.0, 10.0, (12, 12, 12))
+    array[10:14, 10:14, 10:14] = 20.0  # a dark 'ventricle' inside: part of the foreground
+    cube = np.zeros(array.shape, bool)
+    cube[6:18, 6:18, 6:18] = True
+    assert np.array_equal(foreground(array), cube)
+    out = zscore(image(array, np.eye(4))).array
+    assert abs(out[cube].mean()) < 1e-4 and abs(out[cube].std() - 1) < 1e-4
+    assert (array != 0).sum() > 1.5 * cube.sum()  # the non-zero rule would have counted background
 
 
 def test_preprocess_labels_stay_integer_and_crop_pad_to_shape():
@@ -358,7 +372,7 @@ def test_preprocess_labels_stay_integer_and_crop_pad_to_shape():
 
 
 def test_preprocess_refuses_what_it_cannot_do():
-    with pytest.raises(AtlasregError, match="all-zero"):
+    with pytest.raises(AtlasregError, match="all zero"):
         preprocess(Volume(np.zeros((4, 4, 4), np.float32), np.eye(4)))
     with pytest.raises(AtlasregError, match="three positive integers"):
         preprocess(Volume(brain(), np.eye(4)), shape=(4, 4))

@@ -89,6 +89,7 @@ def test_weighted_vote_follows_the_atlas_whose_image_matches():
     truth = np.zeros((20, 20, 20), dtype=np.int32)
     truth[5:15, 5:15, 5:15] = 1
     truth[8:12, 8:12, 8:12] = 2  # the disputed region
+    truth[5:15, 5:15, 5:7] = 5  # a second tissue in every image, as in any scan (z-scores use the foreground's spread)
     wrong = np.where(truth == 2, 1, truth)  # two atlases call it 1, with images to match
     target = image_of(truth, rng)
     good = Volume(target.array.copy(), AFFINE)
@@ -188,3 +189,37 @@ def test_bad_inputs_raise(method: Fusion):
         method.fuse(target, [image, image], [label, cropped], **options)
     with pytest.raises(AtlasregError, match="not an integer label map"):
         method.fuse(target, [image, image], [label, image], **options)
+
+
+def test_compact_renumbering_round_trips_sparse_labels():
+    from atlasreg.fusion import from_compact, label_union, to_compact
+
+    labels = [labels_of(np.array([[[0, 2035, 17]]])), labels_of(np.array([[[17, 4, 0]]]))]
+    values = label_union(labels)
+    compact = [to_compact(values, volume) for volume in labels]
+    assert compact[0].is_labels and compact[0].array.tolist() == [[[1, 4, 3]]] and compact[1].array.tolist() == [[[3, 2, 1]]]
+    for volume, dense in zip(labels, compact):
+        np.testing.assert_array_equal(from_compact(values, dense.array), volume.array)
+
+
+def test_plugins_never_import_each_other():
+    """A plugin module may import the core and its own package, never another first-party plugin."""
+    import ast
+    from pathlib import Path
+
+    import atlasreg_plugins
+
+    root = Path(atlasreg_plugins.__file__).parent
+    plugins = {path.stem for path in root.iterdir() if path.suffix == ".py" or (path / "__init__.py").exists()}
+    plugins -= {"__init__", "itk_space"}  # itk_space: shared ITK coordinate helpers, not a plugin
+    for path in root.rglob("*.py"):
+        own = path.relative_to(root).parts[0].removesuffix(".py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: resolve against the file's package
+                    package = list(path.relative_to(root).parent.parts)[: len(path.relative_to(root).parent.parts) - node.level + 1]
+                    target = (package + (node.module or "").split("."))[0] if package or node.module else ""
+                else:
+                    parts = (node.module or "").split(".")
+                    target = parts[1] if parts[0] == "atlasreg_plugins" and len(parts) > 1 else ""
+                assert target in ("", own) or target not in plugins, f"{path.name} imports plugin {target}"

@@ -11,7 +11,7 @@ from scipy import ndimage
 from scipy.spatial.distance import cdist
 
 from atlasreg.errors import AtlasregError
-from atlasreg.metrics import dice, evaluate, folding_percent, hd95, region_dice
+from atlasreg.metrics import dice, evaluate, finite_mean, folding_percent, hd95, region_dice
 from atlasreg.protocols import PROTOCOLS, get_protocol
 from atlasreg.volume import label_map
 
@@ -281,3 +281,8 @@ def test_evaluate_refuses_different_grids_and_images():
         evaluate(truth.with_array(truth.array.astype(np.float32)), truth)
     with pytest.raises(AtlasregError, match="unknown protocol"):
         evaluate(truth, truth, "nope")
+
+
+def test_finite_mean_skips_nan_and_inf():
+    assert finite_mean([1.0, math.nan, 3.0, math.inf]) == 2.0
+    assert math.isnan(finite_mean([math.nan, -math.inf])) and math.isnan(finite_mean([]))

@@ -1,58 +1,19 @@
-"""Voting label fusion (numpy/scipy only): plain majority and locally weighted voting.
-
-Both accumulate one label at a time into running best-score / best-label arrays, so memory
-stays a few volumes whatever the number of labels (no (n_labels, X, Y, Z) stack). Labels are
-visited in ascending order and only a strictly higher score replaces the current best, so ties
-go to the smallest label and the result never holds a label no atlas gave.
-"""
+"""Voting label fusion (numpy/scipy only): plain majority and locally weighted voting, both on
+the core's ``atlasreg.fusion.vote`` (one label at a time: memory stays a few volumes; ties go to
+the smallest label)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from atlasreg.errors import AtlasregError
+from atlasreg.fusion import majority_vote, validate_inputs, vote
 from atlasreg.hookspecs import hookimpl
 from atlasreg.plugin_api import Fusion, Option
-from atlasreg.volume import Volume
-
-
-def validate_inputs(target: Volume, images: Sequence[Volume], labels: Sequence[Volume]) -> None:
-    """Raise AtlasregError unless there is at least one atlas, as many images as label maps,
-    integer label maps, and every input on the target's grid."""
-    if not labels:
-        raise AtlasregError("label fusion needs at least one atlas")
-    if len(images) != len(labels):
-        raise AtlasregError(f"label fusion got {len(images)} atlas images but {len(labels)} label maps")
-    for kind, volumes in (("image", images), ("label map", labels)):
-        for index, volume in enumerate(volumes):
-            if not volume.same_grid(target):
-                raise AtlasregError(f"atlas {kind} {index} is not on the target grid (warp it onto the target first)")
-    for index, volume in enumerate(labels):
-        if not volume.is_labels:
-            raise AtlasregError(f"atlas label map {index} is not an integer label map")
-
-
-def label_union(labels: Sequence[Volume]) -> np.ndarray:
-    """Sorted label values (background 0 included when present) found in any of ``labels``."""
-    return np.unique(np.concatenate([np.unique(volume.array) for volume in labels]))
-
-
-def _vote(labels: Sequence[Volume], score: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
-    """Per voxel, the label with the highest summed ``score(atlas_index, atlas_has_label)``; ties → smallest."""
-    shape = labels[0].shape
-    best_score = np.full(shape, -np.inf, dtype=np.float32)
-    best_label = np.zeros(shape, dtype=np.int32)
-    for value in label_union(labels):
-        total = np.zeros(shape, dtype=np.float32)
-        for index, volume in enumerate(labels):
-            total += score(index, volume.array == value)
-        better = total > best_score
-        best_score[better] = total[better]
-        best_label[better] = value
-    return best_label
+from atlasreg.volume import Volume, zscore
 
 
 class MajorityVote(Fusion):
@@ -65,14 +26,14 @@ class MajorityVote(Fusion):
 
     def fuse(self, target: Volume, images: Sequence[Volume], labels: Sequence[Volume], **options: Any) -> Volume:
         validate_inputs(target, images, labels)
-        return Volume(_vote(labels, lambda _index, has_label: has_label), target.affine)
+        return Volume(majority_vote(labels), target.affine)
 
 
 class WeightedVote(Fusion):
     """Locally weighted voting: an atlas counts more where its image looks like the target's.
 
-    Intensities are z-scored per image; d_i = Gaussian-smoothed (I_i - T)^2 (``sigma_mm``) is the
-    local mean squared difference of atlas i, and its vote weighs
+    Intensities are z-scored per image (``atlasreg.volume.zscore``); d_i = Gaussian-smoothed
+    (I_i - T)^2 (``sigma_mm``) is the local mean squared difference of atlas i, and its vote weighs
     w_i = exp(-(d_i - min_j d_j) / (h * mean(d))), mean over atlases and voxels. Subtracting the
     per-voxel minimum only rescales all votes at a voxel (same winner) but keeps the best atlas at
     weight 1, so no voxel loses every vote to underflow. Smaller ``h`` trusts the best-matching
@@ -93,23 +54,16 @@ class WeightedVote(Fusion):
         if sigma_mm < 0 or h <= 0:
             raise AtlasregError(f"weighted: need sigma_mm >= 0 and h > 0 (got sigma_mm={sigma_mm}, h={h})")
         sigma_vox = sigma_mm / target.spacing
-        reference = _zscore(target.array)
+        reference = zscore(target).array
         distances = np.stack(
-            [gaussian_filter((_zscore(volume.array) - reference) ** 2, sigma_vox) for volume in images]
+            [gaussian_filter((zscore(volume).array - reference) ** 2, sigma_vox) for volume in images]
         )
         scale = h * float(distances.mean())
         if scale > 0:
             weights = np.exp(-(distances - distances.min(axis=0)) / scale)
         else:  # every atlas image equals the target: nothing to prefer
             weights = np.ones_like(distances)
-        return Volume(_vote(labels, lambda index, has_label: weights[index] * has_label), target.affine)
-
-
-def _zscore(array: np.ndarray) -> np.ndarray:
-    """Zero mean, unit standard deviation (a constant image just gets its mean removed)."""
-    array = array.astype(np.float32)
-    std = float(array.std())
-    return (array - array.mean()) / (std if std > 0 else 1.0)
+        return Volume(vote(labels, lambda index, has_label: weights[index] * has_label), target.affine)
 
 
 @hookimpl

@@ -14,10 +14,9 @@ import numpy as np
 from scipy.ndimage import binary_dilation
 
 from atlasreg.errors import AtlasregError
+from atlasreg.fusion import from_compact, label_union, to_compact, validate_inputs
 from atlasreg.plugin_api import Fusion, Option
 from atlasreg.volume import Volume
-
-from ..voting import label_union, validate_inputs
 
 
 class JointLabelFusion(Fusion):
@@ -58,9 +57,6 @@ class JointLabelFusion(Fusion):
         if options["mask_dilation"]:
             mask = binary_dilation(mask, iterations=options["mask_dilation"])
         values = label_union(labels)
-        renumbered = [
-            to_ants(volume.with_array(np.searchsorted(values, volume.array).astype(np.int32) + 1)) for volume in labels
-        ]
         with tempfile.TemporaryDirectory(prefix="atlasreg-jlf-") as scratch:
             result = ants.joint_label_fusion(
                 to_ants(target),
@@ -68,7 +64,7 @@ class JointLabelFusion(Fusion):
                 [to_ants(volume) for volume in images],
                 beta=options["beta"],
                 rad=options["radius"],
-                label_list=renumbered,
+                label_list=[to_ants(to_compact(values, volume)) for volume in labels],
                 rho=options["rho"],
                 usecor=options["similarity"] == "correlation",
                 r_search=options["search_radius"],
@@ -76,5 +72,4 @@ class JointLabelFusion(Fusion):
                 output_prefix=os.path.join(scratch, "jlf_"),  # posterior maps land here, not in /tmp
             )
         index = from_ants(result["segmentation"], labels=True).array
-        fused = np.where(mask, values[np.clip(index - 1, 0, len(values) - 1)], 0)
-        return Volume(fused.astype(np.int32), target.affine)
+        return Volume(np.where(mask, from_compact(values, index), 0).astype(np.int32), target.affine)

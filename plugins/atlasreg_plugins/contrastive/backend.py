@@ -41,6 +41,9 @@ class ContrastiveBackend(LearnedBackend):
             int_downsize=int(config["int_downsize"]),
         )
 
+    def mean_flow(self, network, moving, fixed, config: Mapping[str, Any]):
+        return network.flow(network(moving, fixed)["mean"])
+
     def loss_terms(self, network, moving, fixed, config: Mapping[str, Any], sample: bool):
         from atlasreg.flow import warp
 

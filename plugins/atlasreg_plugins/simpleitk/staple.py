@@ -11,10 +11,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from atlasreg.errors import AtlasregError
+from atlasreg.fusion import from_compact, label_union, majority_vote, to_compact, validate_inputs
 from atlasreg.plugin_api import Fusion, Option
 from atlasreg.volume import Volume
-
-from ..voting import MajorityVote, label_union, validate_inputs
 
 
 class Staple(Fusion):
@@ -47,13 +46,9 @@ class Staple(Fusion):
         staple.SetLabelForUndecidedPixels(undecided)
         staple.SetMaximumNumberOfIterations(options["max_iterations"])
         staple.SetTerminationUpdateThreshold(options["tolerance"])
-        compact = [
-            to_sitk(volume.with_array(np.searchsorted(values, volume.array).astype(np.int32) + 1)) for volume in labels
-        ]
-        index = from_sitk(staple.Execute(compact), labels=True).array
-        fused = values[np.clip(index - 1, 0, len(values) - 1)]
+        index = from_sitk(staple.Execute([to_sitk(to_compact(values, volume)) for volume in labels]), labels=True).array
+        fused = from_compact(values, index)
         undecided_voxels = index == undecided
         if undecided_voxels.any():
-            majority = MajorityVote().fuse(target, images, labels).array
-            fused[undecided_voxels] = majority[undecided_voxels]
-        return Volume(fused.astype(np.int32), target.affine)
+            fused[undecided_voxels] = majority_vote(labels)[undecided_voxels]
+        return Volume(fused, target.affine)

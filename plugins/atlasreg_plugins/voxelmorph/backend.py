@@ -35,12 +35,15 @@ class VoxelMorphBackend(LearnedBackend):
             int_downsize=int(config["int_downsize"]),
         )
 
+    def mean_flow(self, network, moving, fixed, config: Mapping[str, Any]):
+        return network.flow(network(moving, fixed)["velocity"])
+
     def loss_terms(self, network, moving, fixed, config: Mapping[str, Any], sample: bool):
         from atlasreg.flow import warp
 
         from . import losses
 
-        flow = network.flow(network(moving, fixed)["velocity"])
+        flow = self.mean_flow(network, moving, fixed, config)
         warped = warp(moving, flow)
         if config["similarity"] == "mse":
             sim = losses.mse(fixed, warped)

@@ -1,10 +1,12 @@
-"""The ``affine`` backend: affine-only registration (SimpleITK), the baseline every deformable method must beat."""
+"""The ``affine`` backend: affine-only registration (SimpleITK), the baseline every deformable method must beat.
+
+It is the ``simpleitk`` plugin's affine stage on its own, so it lives in (and is registered by) that plugin.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from atlasreg.hookspecs import hookimpl
 from atlasreg.plugin_api import Backend, Option
 from atlasreg.transform import Transform
 from atlasreg.volume import Volume
@@ -22,8 +24,8 @@ class AffineBackend(Backend):
     }
 
     def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
-        from .simpleitk.affine_stage import affine_to_ras, register_affine
-        from .simpleitk.convert import to_sitk
+        from .affine_stage import affine_to_ras, register_affine
+        from .convert import to_sitk
 
         levels = options["shrink_factors"]
         affine = register_affine(
@@ -37,7 +39,3 @@ class AffineBackend(Backend):
         )
         return Transform.from_matrix(fixed, affine_to_ras(affine))
 
-
-@hookimpl
-def atlasreg_backends():
-    return [AffineBackend()]
