@@ -58,8 +58,8 @@ def pair(affine):
     moving_labels = blob_labels()
     fixed_labels = blob_labels(shift=(2, -1, 1))
     return (
-        Volume(image_from_labels(moving_labels, 1), affine),
-        Volume(moving_labels, affine),
-        Volume(image_from_labels(fixed_labels, 2), affine),
-        Volume(fixed_labels, affine),
+        Volume(image_from_labels(moving_labels, 1), affine, is_labels=False),
+        Volume(moving_labels, affine, is_labels=True),
+        Volume(image_from_labels(fixed_labels, 2), affine, is_labels=False),
+        Volume(fixed_labels, affine, is_labels=True),
     )

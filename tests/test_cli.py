@@ -93,7 +93,7 @@ def _bad_inputs(tmp_path, files):
     empty = tmp_path / "empty.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros(data.shape, np.int16), nib.load(files["fix"]).affine), empty)
     other_grid = tmp_path / "other_grid.nii.gz"
-    atlasreg.save(Volume(np.ones((8, 8, 8), np.int32), np.eye(4)), other_grid)
+    atlasreg.save(Volume(np.ones((8, 8, 8), np.int32), np.eye(4), is_labels=True), other_grid)
     seg = lambda target, image, labels, *extra: ["segment", target, "-a", image, labels, "-b", "affine", *extra]  # noqa: E731
     return {
         "missing": (seg(tmp_path / "nope.nii.gz", files["mov"], files["mov_seg"]), "no such file"),

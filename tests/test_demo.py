@@ -79,7 +79,7 @@ def label_file(tmp_path, affine):
     labels[labels == 1] = 3
     labels[labels == 4] = 17
     labels[0, 0, 0] = 120  # non-brain
-    return atlasreg.save(Volume(labels, affine), tmp_path / "labels.nii.gz")
+    return atlasreg.save(Volume(labels, affine, is_labels=True), tmp_path / "labels.nii.gz")
 
 
 def test_synth_is_deterministic_and_keeps_the_affine(capsys, tmp_path, label_file, affine):
@@ -101,6 +101,6 @@ def test_synth_options_and_errors(capsys, tmp_path, label_file):
     assert not np.array_equal(atlasreg.load(stripped).array, atlasreg.load(kept).array)
     code, _, err = run(capsys, "synth", label_file, "-o", tmp_path / "x.png")
     assert code == 1 and "must end in .nii" in err
-    image = atlasreg.save(Volume(np.full((4, 4, 4), 0.5, np.float32), np.eye(4)), tmp_path / "img.nii.gz")
+    image = atlasreg.save(Volume(np.full((4, 4, 4), 0.5, np.float32), np.eye(4), is_labels=False), tmp_path / "img.nii.gz")
     code, _, err = run(capsys, "synth", image, "-o", tmp_path / "y.nii.gz")
     assert code == 1 and "label map" in err

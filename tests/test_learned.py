@@ -109,7 +109,9 @@ def test_train_resume_and_register(tmp_path, files, pair):
     train("voxelmorph", settings)
     assert load_model_file(tmp_path / "vm.pt")["step"] == 3
     moving, moving_labels, fixed, _ = pair
-    transform = atlasreg.register(moving, fixed, backend="voxelmorph", model=str(tmp_path / "vm.pt"), device="cpu", optimize_steps=1)
+    transform = atlasreg.register(
+        moving, fixed, backend="voxelmorph", options={"model": str(tmp_path / "vm.pt"), "device": "cpu", "optimize_steps": 1}
+    )
     assert transform.shape == fixed.shape and transform.field is not None
     assert set(np.unique(transform.warp_labels(moving_labels).array)) <= set(np.unique(moving_labels.array))
 

@@ -71,7 +71,7 @@ def test_entry_point_plugin_is_discovered_and_used(extra_plugins, pair):
     moving, _, fixed, _ = pair
     infos = {info.name: info for info in atlasreg.backends()}
     assert infos["shift"].available and infos["shift"].plugin == "shift"
-    transform = atlasreg.register(moving, fixed, backend="shift", mm=3.0)
+    transform = atlasreg.register(moving, fixed, backend="shift", options={"mm": 3.0})
     assert transform.matrix[0, 3] == 3.0
 
 
