@@ -119,7 +119,7 @@ def register(moving: str, fixed: str, backend: str, output: str, transform_out: 
     """Register MOVING to FIXED and write MOVING resampled onto FIXED's grid."""
     out = _check_output(output)
     field_out = _check_output(transform_out) if transform_out else None
-    transform = register_pair(moving, fixed, backend=backend, **_backend_options(opts, model, optimize_steps))
+    transform = register_pair(moving, fixed, backend=backend, options=_backend_options(opts, model, optimize_steps))
     from .pipeline import as_image
 
     warped = transform.warp(as_image(moving))

@@ -238,7 +238,7 @@ def _run_one(method: Method, target: Target, atlas_image: Volume, atlas_labels: 
 
 def _save_deformation(path: Path, transform: Transform, truth: Volume) -> None:
     """The non-linear part of ``transform`` drawn as a warped grid, three slices (for the report)."""
-    grid = Volume(grid_image(truth.shape), truth.affine)
+    grid = Volume(grid_image(truth.shape), truth.affine, is_labels=False)
     nonlinear = Transform.from_field(truth, transform.field) if transform.field is not None else Transform.identity(truth)
     views = deformation_views(nonlinear.warp(grid), truth)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,17 +36,23 @@ def load(path: str | os.PathLike, labels: bool = False) -> Volume:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise AtlasregError(f"{path}: not a readable NIfTI file ({exc})") from None
+    return from_array(data, img.affine, labels, str(path))
+
+
+def from_array(data: np.ndarray, affine: np.ndarray, labels: bool = False, what: str = "volume") -> Volume:
+    """An in-memory array and affine (or a nibabel image's) checked as ``load`` checks a file:
+    a trailing axis of length 1 dropped, 3-D, then an image or, with ``labels=True``, a label map."""
+    data = np.asanyarray(data)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise AtlasregError(f"{path}: expected a 3-D volume, got shape {data.shape}")
-    affine = img.affine
+        raise AtlasregError(f"{what}: expected a 3-D volume, got shape {data.shape}")
     try:
         if labels:
             return label_map(data, affine)
         return image(data, affine)
     except AtlasregError as exc:
-        raise AtlasregError(f"{path}: {exc}") from None
+        raise AtlasregError(f"{what}: {exc}") from None
 
 
 @contextmanager

@@ -36,7 +36,7 @@ def working_grid(fixed: Volume, spacing: float, shape: tuple[int, int, int]) -> 
     centre = fixed.affine[:3, :3] @ centre_voxel + fixed.affine[:3, 3]
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = centre - spacing * (np.array(shape) - 1) / 2.0
-    return Volume(np.zeros(shape, np.float32), affine)
+    return Volume(np.zeros(shape, np.float32), affine, is_labels=False)
 
 
 @dataclass(frozen=True)

@@ -7,38 +7,59 @@ from typing import Any, Iterable, Mapping, Sequence, Tuple, Union
 
 from tqdm import tqdm
 
+import nibabel as nib
+import numpy as np
+
 from .errors import AtlasregError
-from .io import load
+from .io import from_array, load
 from .registry import get_backend, get_fusion
 from .transform import Transform
 from .volume import Volume
 
-ImageLike = Union[Volume, str, os.PathLike]
+#: a Volume, a NIfTI path, a nibabel image, or an (array, affine) pair
+ImageLike = Union[Volume, str, os.PathLike, nib.spatialimages.SpatialImage, Tuple[np.ndarray, np.ndarray]]
 Atlas = Tuple[ImageLike, ImageLike]
 
 
+def _as_volume(value: ImageLike, labels: bool, what: str) -> Volume:
+    if isinstance(value, Volume):
+        return value
+    if isinstance(value, nib.spatialimages.SpatialImage):
+        return from_array(np.asanyarray(value.dataobj), value.affine, labels, what)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray):
+        return from_array(value[0], np.asarray(value[1]), labels, what)
+    if isinstance(value, (str, os.PathLike)):
+        return load(value, labels=labels)
+    raise AtlasregError(f"{what}: expected a path, a Volume, a nibabel image or (array, affine), got {type(value).__name__}")
+
+
 def as_image(value: ImageLike, what: str = "image") -> Volume:
-    """A float intensity Volume from a Volume or a NIfTI path."""
-    volume = value if isinstance(value, Volume) else load(value)
+    """An intensity-image Volume from any ``ImageLike``."""
+    volume = _as_volume(value, False, what)
     if volume.is_labels:
-        raise AtlasregError(f"{what}: expected an intensity image, got an integer label map")
+        raise AtlasregError(f"{what}: expected an intensity image, got a label map")
     return volume
 
 
 def as_labels(value: ImageLike, what: str = "label map") -> Volume:
-    """An integer label Volume from a Volume or a NIfTI path."""
-    volume = value if isinstance(value, Volume) else load(value, labels=True)
+    """A label-map Volume from any ``ImageLike``."""
+    volume = _as_volume(value, True, what)
     if not volume.is_labels:
-        raise AtlasregError(f"{what}: expected an integer label map")
+        raise AtlasregError(f"{what}: expected a label map, got an intensity image")
     if not volume.array.any():
         raise AtlasregError(f"{what}: label map is empty (no non-zero label)")
     return volume
 
 
-def register(moving: ImageLike, fixed: ImageLike, backend: str = "ants", **options: Any) -> Transform:
-    """Register ``moving`` to ``fixed``; the Transform lives on ``fixed``'s grid and pulls ``moving`` onto it."""
+def register(
+    moving: ImageLike, fixed: ImageLike, backend: str = "ants", options: Mapping[str, Any] | None = None
+) -> Transform:
+    """Register ``moving`` to ``fixed``; the Transform lives on ``fixed``'s grid and pulls ``moving`` onto it.
+
+    ``options``: the backend's options (``atlasreg options BACKEND``), as ``segment``'s ``backend_options``.
+    """
     method = get_backend(backend)
-    resolved = method.resolve_options(options)
+    resolved = method.resolve_options(options or {})
     fixed_v, moving_v = as_image(fixed, "fixed image"), as_image(moving, "moving image")
     transform = method.register(moving_v, fixed_v, **resolved)
     if transform.shape != fixed_v.shape:

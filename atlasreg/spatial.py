@@ -63,7 +63,7 @@ def resample(volume: Volume, shape: tuple[int, int, int], affine: np.ndarray, la
     """``volume`` on another grid (same world positions)."""
     matrix = np.linalg.inv(volume.affine) @ affine
     coords = apply_matrix(matrix, voxel_grid(shape))
-    return Volume(sample(volume, coords, label_interp), affine)
+    return Volume(sample(volume, coords, label_interp), affine, is_labels=volume.is_labels)
 
 
 def resample_to_spacing(volume: Volume, spacing: float, label_interp: str = "nearest") -> Volume:
@@ -87,7 +87,7 @@ def reorient(volume: Volume, axcodes: str = "RAS") -> Volume:
     transform = nib.orientations.ornt_transform(current, target)
     array = nib.orientations.apply_orientation(volume.array, transform)
     affine = volume.affine @ nib.orientations.inv_ornt_aff(transform, volume.shape)
-    return Volume(np.ascontiguousarray(array), affine)
+    return Volume(np.ascontiguousarray(array), affine, is_labels=volume.is_labels)
 
 
 def crop_or_pad(volume: Volume, shape: tuple[int, int, int], center: tuple[float, float, float] | None = None) -> Volume:
@@ -108,7 +108,7 @@ def crop_or_pad(volume: Volume, shape: tuple[int, int, int], center: tuple[float
     out[tuple(dst)] = volume.array[tuple(src)]
     affine = volume.affine.copy()
     affine[:3, 3] = volume.affine[:3, :3] @ np.array(start, dtype=float) + volume.affine[:3, 3]
-    return Volume(out, affine)
+    return Volume(out, affine, is_labels=volume.is_labels)
 
 
 def crop_to_foreground(volume: Volume, margin: int = 0) -> Volume:

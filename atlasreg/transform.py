@@ -103,13 +103,13 @@ class Transform:
         """Intensity image resampled onto the fixed grid (linear; 0 outside the moving volume)."""
         if image.is_labels:
             raise AtlasregError("warp() is for intensity images; use warp_labels() for label maps")
-        return Volume(sample(image, self._moving_voxels(image)), self.grid_affine)
+        return Volume(sample(image, self._moving_voxels(image)), self.grid_affine, is_labels=False)
 
     def warp_labels(self, labels: Volume, interp: str = "nearest") -> Volume:
         """Label map resampled onto the fixed grid; ``nearest`` or ``onehot`` keep the exact label set."""
         if not labels.is_labels:
             raise AtlasregError("warp_labels() needs an integer label map")
-        return Volume(sample(labels, self._moving_voxels(labels), interp), self.grid_affine)
+        return Volume(sample(labels, self._moving_voxels(labels), interp), self.grid_affine, is_labels=True)
 
     # --- algebra ----------------------------------------------------------------------------
     def compose(self, inner: "Transform") -> "Transform":

@@ -1,12 +1,13 @@
-"""Volume: a 3-D array on a grid defined by a voxel-to-world (RAS mm) affine.
+"""Volume: a 3-D array on a grid defined by a voxel-to-world (RAS mm) affine, and whether it is
+an intensity image or a label map.
 
-Images are float32; label maps are integer. The dtype is what tells them apart, so every
+That kind is an explicit field, never guessed from the dtype (an int16 T1 is an image), so every
 operation (resampling, warping, saving) picks the right rule without being told.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,10 +18,15 @@ LABEL_DTYPE = np.int32
 
 @dataclass(frozen=True)
 class Volume:
-    """A 3-D array plus the 4x4 affine mapping voxel indices (i, j, k) to RAS millimetres."""
+    """A 3-D array plus the 4x4 affine mapping voxel indices (i, j, k) to RAS millimetres.
+
+    ``is_labels``: a label map (integer array, resampled by nearest neighbour or one-hot, saved as
+    int32) rather than an intensity image (resampled linearly, saved as float32).
+    """
 
     array: np.ndarray
     affine: np.ndarray
+    is_labels: bool = field(kw_only=True)
 
     def __post_init__(self) -> None:
         affine = np.asarray(self.affine, dtype=np.float64)
@@ -31,14 +37,12 @@ class Volume:
         object.__setattr__(self, "affine", affine)
         if self.array.ndim != 3:
             raise AtlasregError(f"expected a 3-D volume, got {self.array.ndim}-D with shape {self.array.shape}")
+        if self.is_labels and not np.issubdtype(self.array.dtype, np.integer):
+            raise AtlasregError(f"a label map needs an integer array, got {self.array.dtype}")
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.array.shape)  # type: ignore[return-value]
-
-    @property
-    def is_labels(self) -> bool:
-        return np.issubdtype(self.array.dtype, np.integer)
 
     @property
     def spacing(self) -> np.ndarray:
@@ -46,8 +50,8 @@ class Volume:
         return np.linalg.norm(self.affine[:3, :3], axis=0)
 
     def with_array(self, array: np.ndarray) -> "Volume":
-        """Same grid, new data."""
-        return Volume(array, self.affine)
+        """Same grid and kind, new data."""
+        return Volume(array, self.affine, is_labels=self.is_labels)
 
     def same_grid(self, other: "Volume", atol: float = 1e-3) -> bool:
         return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=atol)
@@ -63,7 +67,7 @@ def image(array: np.ndarray, affine: np.ndarray) -> Volume:
     array = np.asarray(array, dtype=np.float32)
     if not np.all(np.isfinite(array)):
         raise AtlasregError("image contains NaN or infinite intensities")
-    return Volume(array, affine)
+    return Volume(array, affine, is_labels=False)
 
 
 def label_map(array: np.ndarray, affine: np.ndarray) -> Volume:
@@ -77,7 +81,7 @@ def label_map(array: np.ndarray, affine: np.ndarray) -> Volume:
     array = array.astype(LABEL_DTYPE)
     if not np.any(array):
         raise AtlasregError("label map is empty (no non-zero label)")
-    return Volume(array, affine)
+    return Volume(array, affine, is_labels=True)
 
 
 def foreground(array: np.ndarray) -> np.ndarray:

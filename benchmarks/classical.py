@@ -57,7 +57,7 @@ def main(pairs: str, quality: bool, fusion_atlases: str, fusion_target: int, fus
         cells = []
         for label, name, options in backends:
             start = time.perf_counter()
-            transform = atlasreg.register(atlas_img, target_img, backend=name, **options)
+            transform = atlasreg.register(atlas_img, target_img, backend=name, options=options)
             seconds = time.perf_counter() - start
             score = atlasreg.evaluate(transform.warp_labels(atlas_lab), target_lab, "aseg")["mean_dice"]
             folding = folding_percent(transform.jacobian_determinant(), target_lab.array > 0)

@@ -53,7 +53,7 @@ def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int,
         affine = atlasreg.register(atlas_img, target_img, backend="affine")
         rows.setdefault("affine", []).append((_dice(affine, atlas_lab, target_lab), time.perf_counter() - start))
         start = time.perf_counter()
-        ants = atlasreg.register(atlas_img, target_img, backend="ants", preset="fast")
+        ants = atlasreg.register(atlas_img, target_img, backend="ants", options={"preset": "fast"})
         rows.setdefault("ants fast", []).append((_dice(ants, atlas_lab, target_lab), time.perf_counter() - start))
         for spec in models:
             name, path = spec.split("=", 1)

@@ -66,7 +66,7 @@ def measure(method: str, spacing: float, targets: list[int], models: dict[str, s
     seconds, dice = [], []
     for image, truth in loaded:
         start = time.perf_counter()
-        warped = atlasreg.register(atlas_image, image, backend=backend, **options).warp_labels(atlas_labels)
+        warped = atlasreg.register(atlas_image, image, backend=backend, options=options).warp_labels(atlas_labels)
         seconds.append(time.perf_counter() - start)
         dice.append(atlasreg.evaluate(warped, truth, "aseg")["mean_dice"])
     return {"seconds": seconds, "dice": dice, "rss_before_gib": rss_before,

@@ -1,4 +1,4 @@
-"""Shared fixtures: small synthetic volumes, and the shared real label maps when present."""
+"""Shared fixtures and helpers: small synthetic volumes, the CLI run in-process, the shared label maps' folder."""
 
 from __future__ import annotations
 
@@ -13,12 +13,17 @@ from atlasreg.volume import Volume
 LABELMAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "labelmaps"
 
 
-@pytest.fixture
-def labelmaps() -> Path:
-    """The shared real label maps; tests using them skip cleanly where they are absent."""
-    if not (LABELMAPS / "subject01.nii.gz").exists():
-        pytest.skip(f"shared label maps not found at {LABELMAPS}")
-    return LABELMAPS
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in-process on ``args`` (any objects, turned into strings); return (exit code, stdout, stderr)."""
+    from atlasreg.cli import main
+
+    try:
+        main(list(map(str, args)))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def blob_labels(shape=(32, 36, 30), seed: int = 0, shift=(0, 0, 0)) -> np.ndarray:
@@ -58,8 +63,8 @@ def pair(affine):
     moving_labels = blob_labels()
     fixed_labels = blob_labels(shift=(2, -1, 1))
     return (
-        Volume(image_from_labels(moving_labels, 1), affine),
-        Volume(moving_labels, affine),
-        Volume(image_from_labels(fixed_labels, 2), affine),
-        Volume(fixed_labels, affine),
+        Volume(image_from_labels(moving_labels, 1), affine, is_labels=False),
+        Volume(moving_labels, affine, is_labels=True),
+        Volume(image_from_labels(fixed_labels, 2), affine, is_labels=False),
+        Volume(fixed_labels, affine, is_labels=True),
     )

@@ -9,9 +9,11 @@ import pytest
 import atlasreg
 from atlasreg import atlases
 from atlasreg.atlases import WM_LEFT, WM_RIGHT, load_atlas
-from atlasreg.cli import main
 from atlasreg.errors import AtlasregError
 from atlasreg.volume import Volume
+
+from conftest import run_cli as run
+
 
 def _refuse(*args, **kwargs):
     raise AssertionError("network access attempted")
@@ -29,16 +31,6 @@ def offline(monkeypatch, cache):
     monkeypatch.setattr(socket, "socket", _refuse)
     monkeypatch.setattr(socket, "create_connection", _refuse)
     monkeypatch.setenv("ATLASREG_CACHE", str(cache))
-
-
-def run(capsys, *args):
-    try:
-        main(list(map(str, args)))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_atlases_command_lists_the_default(capsys):
@@ -83,13 +75,13 @@ def test_segment_without_atlas_uses_the_builtin(offline, capsys, tmp_path, monke
     image, labels, _ = load_atlas(spacing=8.0)
     affine = image.affine.copy()
     affine[:3, 3] += [4.0, -3.0, 2.0]
-    target = atlasreg.save(Volume(image.array, affine), tmp_path / "target.nii.gz")
+    target = atlasreg.save(Volume(image.array, affine, is_labels=False), tmp_path / "target.nii.gz")
     monkeypatch.setattr(atlasreg.atlases, "load_atlas", lambda name: load_atlas(name, spacing=8.0))  # keep the test small
     code, _, err = run(capsys, "segment", target, "-b", "affine", "-o", tmp_path / "seg.nii.gz")
     assert code == 0, err
     assert "built-in atlas mni152-dk" in err
     seg = atlasreg.load(tmp_path / "seg.nii.gz", labels=True)
-    assert seg.same_grid(Volume(image.array, affine))
+    assert seg.same_grid(Volume(image.array, affine, is_labels=False))
     assert set(seg.labels().tolist()) <= set(labels.labels().tolist())
     assert len(seg.labels()) > 40
     code, _, err = run(capsys, "segment", target, "-a", target, target, "--builtin-atlas", "mni152-dk", "-o", tmp_path / "x.nii.gz")
@@ -118,14 +110,14 @@ def test_to_tissue_fills_the_enclosed_white_matter_by_hemisphere():
     shape = (40, 20, 20)
     array = _shell(shape, (10, 10, 10), 8, 1) + _shell(shape, (30, 10, 10), 8, 42)  # lh / rh bankssts
     array[8:12, 8:12, 8:12] = 36  # left caudate inside the left shell
-    tissue = atlases.to_tissue(Volume(array.astype(np.int32), np.eye(4)))
+    tissue = atlases.to_tissue(Volume(array.astype(np.int32), np.eye(4), is_labels=True))
     assert tissue.array[10, 10, 5] == 2 and tissue.array[30, 10, 10] == 41  # enclosed, unlabelled -> WM
     assert tissue.array[10, 10, 10] == 11 and tissue.array[10, 10, 2] == 3 and tissue.array[30, 10, 2] == 42
     assert tissue.array[0, 0, 0] == 0
-    plain = atlases.to_tissue(Volume(array.astype(np.int32), np.eye(4)), fill_white_matter=False)
+    plain = atlases.to_tissue(Volume(array.astype(np.int32), np.eye(4), is_labels=True), fill_white_matter=False)
     assert plain.array[10, 10, 5] == 0
     with pytest.raises(AtlasregError, match="not a DK label map"):
-        atlases.to_tissue(Volume(np.full((4, 4, 4), 99, np.int32), np.eye(4)))
+        atlases.to_tissue(Volume(np.full((4, 4, 4), 99, np.int32), np.eye(4), is_labels=True))
 
 
 def test_donor_labels_and_dk_protocol():

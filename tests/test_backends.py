@@ -23,7 +23,7 @@ def dice_after(transform: Transform, moving_labels, fixed_labels) -> float:
 def test_backend_recovers_a_shift(pair, backend, options):
     moving, moving_labels, fixed, fixed_labels = pair
     before = dice_after(Transform.identity(fixed), moving_labels, fixed_labels)
-    transform = atlasreg.register(moving, fixed, backend=backend, **options)
+    transform = atlasreg.register(moving, fixed, backend=backend, options=options)
     assert transform.shape == fixed.shape
     np.testing.assert_allclose(transform.grid_affine, fixed.affine)
     after = dice_after(transform, moving_labels, fixed_labels)
@@ -61,7 +61,7 @@ def test_majority_of_three_atlases_is_at_least_their_mean(pair, affine):
     for k, shift in enumerate([(0, 0, 0), (1, 2, -1), (-1, 0, 2)]):
         labels = blob_labels(shift=shift, shape=(32, 36, 30))
         labels[(labels == 2) & (np.indices(labels.shape)[k] % 7 == 0)] = 1  # a different defect per atlas
-        atlases.append((atlasreg.Volume(image_from_labels(labels, k), affine), atlasreg.Volume(labels, affine)))
+        atlases.append((atlasreg.Volume(image_from_labels(labels, k), affine, is_labels=False), atlasreg.Volume(labels, affine, is_labels=True)))
     singles = [
         atlasreg.evaluate(atlasreg.segment(fixed, [a], backend="affine"), fixed_labels, "labels")["mean_dice"] for a in atlases
     ]

@@ -9,19 +9,9 @@ import numpy as np
 import pytest
 
 import atlasreg
-from atlasreg.cli import main
 from atlasreg.volume import Volume
 
-
-def run(capsys, *args):
-    """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        main(list(map(str, args)))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import run_cli as run
 
 
 @pytest.fixture
@@ -70,12 +60,28 @@ def test_segment_and_evaluate(capsys, files, tmp_path):
     assert set(result["dice"]) == {"1", "2", "3", "4"}
 
 
-def test_segment_with_three_atlases_and_fusion(capsys, files, tmp_path):
-    out = tmp_path / "seg.nii.gz"
-    atlas = ["-a", files["mov"], files["mov_seg"]]
-    code, _, err = run(capsys, "segment", files["fix"], *atlas * 3, "-b", "affine", "-O", "iterations=50", "-f", "majority", "-o", out)
-    assert code == 0, err
-    assert set(np.unique(np.asarray(nib.load(out).dataobj))) <= {0, 1, 2, 3, 4}
+def test_segment_with_three_atlases_and_fusion(capsys, files, tmp_path, affine):
+    """Two atlases call the core (label 3) label 2, and their images agree; the third atlas, whose
+    image matches the target's, says 3. Majority voting must say 2 there, weighted voting 3."""
+    labels = np.asarray(nib.load(files["mov_seg"]).dataobj)
+    image = np.asarray(nib.load(files["mov"]).dataobj)
+    merged = np.where(labels == 3, 2, labels)
+    dissenters = ["-a", files["mov"], files["mov_seg"]]
+    for index in (1, 2):
+        img = atlasreg.save(Volume(np.where(labels == 3, image[labels == 2].mean(), image).astype(np.float32), affine,
+                                   is_labels=False), tmp_path / f"img{index}.nii.gz")
+        seg = atlasreg.save(Volume(merged, affine, is_labels=True), tmp_path / f"seg{index}.nii.gz")
+        dissenters = ["-a", img, seg, *dissenters]
+    core = np.asarray(nib.load(files["fix_seg"]).dataobj) == 3
+    fused = {}
+    for fusion in ("majority", "weighted"):
+        out = tmp_path / f"{fusion}.nii.gz"
+        code, _, err = run(capsys, "segment", files["fix"], *dissenters, "-b", "affine", "-O", "iterations=50", "-f", fusion, "-o", out)
+        assert code == 0, err
+        fused[fusion] = np.asarray(nib.load(out).dataobj)
+        assert set(np.unique(fused[fusion])) <= {0, 1, 2, 3, 4}
+    assert np.mean(fused["majority"][core] == 2) > 0.9 and not np.any(fused["majority"] == 3)
+    assert np.mean(fused["weighted"][core] == 3) > 0.8
 
 
 def _bad_inputs(tmp_path, files):
@@ -93,7 +99,7 @@ def _bad_inputs(tmp_path, files):
     empty = tmp_path / "empty.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros(data.shape, np.int16), nib.load(files["fix"]).affine), empty)
     other_grid = tmp_path / "other_grid.nii.gz"
-    atlasreg.save(Volume(np.ones((8, 8, 8), np.int32), np.eye(4)), other_grid)
+    atlasreg.save(Volume(np.ones((8, 8, 8), np.int32), np.eye(4), is_labels=True), other_grid)
     seg = lambda target, image, labels, *extra: ["segment", target, "-a", image, labels, "-b", "affine", *extra]  # noqa: E731
     return {
         "missing": (seg(tmp_path / "nope.nii.gz", files["mov"], files["mov_seg"]), "no such file"),

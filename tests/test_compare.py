@@ -25,8 +25,8 @@ def study(tmp_path):
     folder.mkdir()
     for name, shift, seed in (("atlas", (0, 0, 0), 0), ("s1", (2, -1, 1), 1), ("s2", (-1, 2, 0), 2), ("s3", (1, 1, -2), 3)):
         labels = blob_labels(shift=shift)
-        atlasreg.save(Volume(image_from_labels(labels, seed), AFFINE), folder / f"{name}_t1.nii.gz")
-        atlasreg.save(Volume(labels, AFFINE), folder / f"{name}_seg.nii.gz")
+        atlasreg.save(Volume(image_from_labels(labels, seed), AFFINE, is_labels=False), folder / f"{name}_t1.nii.gz")
+        atlasreg.save(Volume(labels, AFFINE, is_labels=True), folder / f"{name}_seg.nii.gz")
     atlas = (folder / "atlas_t1.nii.gz", folder / "atlas_seg.nii.gz")
     targets = [Target(n, folder / f"{n}_t1.nii.gz", folder / f"{n}_seg.nii.gz") for n in ("s1", "s2", "s3")]
     return atlas, targets

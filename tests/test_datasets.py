@@ -336,7 +336,7 @@ LPS_1MM = np.diag([-1.0, -1.0, 1.5, 1.0])
 
 
 def test_preprocess_reorients_resamples_and_zscores_images():
-    volume = Volume(brain(), LPS_1MM)
+    volume = Volume(brain(), LPS_1MM, is_labels=False)
     raw = preprocess(volume, zscore=False)
     out = preprocess(volume)
     assert nib.aff2axcodes(out.affine) == ("R", "A", "S")
@@ -363,7 +363,7 @@ def test_zscore_statistics_ignore_a_noisy_background():
 
 
 def test_preprocess_labels_stay_integer_and_crop_pad_to_shape():
-    labels = Volume(np.where(brain() > 100, 2, np.where(brain() > 0, 1, 0)).astype(np.int32), LPS_1MM)
+    labels = Volume(np.where(brain() > 100, 2, np.where(brain() > 0, 1, 0)).astype(np.int32), LPS_1MM, is_labels=True)
     out = preprocess(labels, shape=(8, 3, 7))
     assert out.shape == (8, 3, 7) and out.array.dtype == np.int32
     assert set(np.unique(out.array)) <= {0, 1, 2} and 2 in out.array
@@ -373,6 +373,6 @@ def test_preprocess_labels_stay_integer_and_crop_pad_to_shape():
 
 def test_preprocess_refuses_what_it_cannot_do():
     with pytest.raises(AtlasregError, match="all zero"):
-        preprocess(Volume(np.zeros((4, 4, 4), np.float32), np.eye(4)))
+        preprocess(Volume(np.zeros((4, 4, 4), np.float32), np.eye(4), is_labels=False))
     with pytest.raises(AtlasregError, match="three positive integers"):
-        preprocess(Volume(brain(), np.eye(4)), shape=(4, 4))
+        preprocess(Volume(brain(), np.eye(4), is_labels=False), shape=(4, 4))

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 import atlasreg
-from atlasreg.cli import main
 from atlasreg.volume import Volume
 
-from conftest import blob_labels
+from conftest import blob_labels, run_cli as run
 
 
 def _refuse(*args, **kwargs):
@@ -21,16 +20,6 @@ def _refuse(*args, **kwargs):
 def offline(monkeypatch):
     monkeypatch.setattr(socket, "socket", _refuse)
     monkeypatch.setattr(socket, "create_connection", _refuse)
-
-
-def run(capsys, *args):
-    try:
-        main(list(map(str, args)))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_demo_writes_table_and_figure(offline, capsys, tmp_path):
@@ -55,7 +44,16 @@ def test_demo_pieces(offline):
     assert set(labels.labels().tolist()) <= set(range(1, 83))
     scored = demo.score(labels, labels)
     assert scored["mean_dice"] == 1.0 and scored["region_dice"]["putamen"] == 1.0
-    assert set(demo.available_backends()) <= set(demo.BACKEND_OPTIONS)
+
+    assert demo.available_backends() == list(demo.BACKEND_OPTIONS)  # all three run here, in table order
+
+
+def test_demo_leaves_out_an_unavailable_backend(monkeypatch):
+    from atlasreg import demo
+    from atlasreg_plugins.ants.backend import AntsBackend
+
+    monkeypatch.setattr(AntsBackend, "requires", ("no_such_module_xyz",))
+    assert "ants" in demo.BACKEND_OPTIONS and demo.available_backends() == [b for b in demo.BACKEND_OPTIONS if b != "ants"]
 
 
 def test_demo_refuses_bad_arguments(capsys, tmp_path):
@@ -71,7 +69,7 @@ def label_file(tmp_path, affine):
     labels[labels == 1] = 3
     labels[labels == 4] = 17
     labels[0, 0, 0] = 120  # non-brain
-    return atlasreg.save(Volume(labels, affine), tmp_path / "labels.nii.gz")
+    return atlasreg.save(Volume(labels, affine, is_labels=True), tmp_path / "labels.nii.gz")
 
 
 def test_synth_is_deterministic_and_keeps_the_affine(capsys, tmp_path, label_file, affine):
@@ -93,6 +91,6 @@ def test_synth_options_and_errors(capsys, tmp_path, label_file):
     assert not np.array_equal(atlasreg.load(stripped).array, atlasreg.load(kept).array)
     code, _, err = run(capsys, "synth", label_file, "-o", tmp_path / "x.png")
     assert code == 1 and "must end in .nii" in err
-    image = atlasreg.save(Volume(np.full((4, 4, 4), 0.5, np.float32), np.eye(4)), tmp_path / "img.nii.gz")
+    image = atlasreg.save(Volume(np.full((4, 4, 4), 0.5, np.float32), np.eye(4), is_labels=False), tmp_path / "img.nii.gz")
     code, _, err = run(capsys, "synth", image, "-o", tmp_path / "y.nii.gz")
     assert code == 1 and "label map" in err

@@ -15,13 +15,13 @@ INTENSITY = {0: 0.0, 1: 100.0, 2: 200.0, 5: 150.0}  # label 5 (not 3) so renumbe
 
 
 def labels_of(array: np.ndarray) -> Volume:
-    return Volume(np.asarray(array, dtype=np.int32), AFFINE)
+    return Volume(np.asarray(array, dtype=np.int32), AFFINE, is_labels=True)
 
 
 def image_of(labels: np.ndarray, rng: np.random.Generator, noise: float = 5.0) -> Volume:
     """An image whose intensity is set by the label, plus Gaussian noise."""
     array = np.vectorize(INTENSITY.get, otypes=[np.float32])(labels)
-    return Volume((array + rng.normal(0.0, noise, labels.shape)).astype(np.float32), AFFINE)
+    return Volume((array + rng.normal(0.0, noise, labels.shape)).astype(np.float32), AFFINE, is_labels=False)
 
 
 def phantom(n: int = 24) -> np.ndarray:
@@ -68,7 +68,7 @@ def test_majority_exact_with_ties_to_smallest_label():
         ]
     )
     labels = [labels_of(row.reshape(1, 1, 5)) for row in votes]
-    target = Volume(np.zeros((1, 1, 5), np.float32), AFFINE)
+    target = Volume(np.zeros((1, 1, 5), np.float32), AFFINE, is_labels=False)
     fused = run(MajorityVote(), target, [target] * 4, labels)
     # voxel 3: four-way tie -> 1; voxel 4: 7 (atlases 0, 1) ties 2 (atlases 2, 3) -> 2
     np.testing.assert_array_equal(fused.ravel(), [0, 1, 3, 1, 2])
@@ -92,7 +92,7 @@ def test_weighted_vote_follows_the_atlas_whose_image_matches():
     truth[5:15, 5:15, 5:7] = 5  # a second tissue in every image, as in any scan (z-scores use the foreground's spread)
     wrong = np.where(truth == 2, 1, truth)  # two atlases call it 1, with images to match
     target = image_of(truth, rng)
-    good = Volume(target.array.copy(), AFFINE)
+    good = Volume(target.array.copy(), AFFINE, is_labels=False)
     labels = [labels_of(truth), labels_of(wrong), labels_of(wrong)]
     images = [good, image_of(wrong, rng), image_of(wrong, rng)]
     majority = run(MajorityVote(), target, images, labels)
@@ -144,7 +144,7 @@ def test_staple_resolves_undecided_voxels_by_majority():
     # two symmetric raters: STAPLE cannot decide where they disagree; majority's tie rule picks 1
     first = labels_of(np.tile([1, 1, 2, 2], 4).reshape(1, 4, 4))
     second = labels_of(np.tile([1, 2, 1, 2], 4).reshape(1, 4, 4))
-    target = Volume(np.zeros((1, 4, 4), np.float32), AFFINE)
+    target = Volume(np.zeros((1, 4, 4), np.float32), AFFINE, is_labels=False)
     fused = run(Staple(), target, [target, target], [first, second])
     np.testing.assert_array_equal(fused, np.tile([1, 1, 1, 2], 4).reshape(1, 4, 4))
 
@@ -181,10 +181,10 @@ def test_bad_inputs_raise(method: Fusion):
         method.fuse(target, [], [], **options)
     with pytest.raises(AtlasregError, match="2 atlas images but 1 label maps"):
         method.fuse(target, [image, image], [label], **options)
-    shifted = Volume(truth.astype(np.int32), AFFINE @ np.diag([1.0, 1.0, 2.0, 1.0]))
+    shifted = Volume(truth.astype(np.int32), AFFINE @ np.diag([1.0, 1.0, 2.0, 1.0]), is_labels=True)
     with pytest.raises(AtlasregError, match="not on the target grid"):
         method.fuse(target, [image, image], [label, shifted], **options)
-    cropped = Volume(truth[:-1].astype(np.int32), AFFINE)
+    cropped = Volume(truth[:-1].astype(np.int32), AFFINE, is_labels=True)
     with pytest.raises(AtlasregError, match="not on the target grid"):
         method.fuse(target, [image, image], [label, cropped], **options)
     with pytest.raises(AtlasregError, match="not an integer label map"):

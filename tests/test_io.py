@@ -4,6 +4,7 @@ import pytest
 
 import atlasreg
 from atlasreg import AtlasregError
+from atlasreg.pipeline import as_image
 from atlasreg.spatial import crop_or_pad, reorient, resample, resample_to_spacing
 from atlasreg.volume import Volume
 
@@ -11,7 +12,7 @@ from conftest import blob_labels, image_from_labels
 
 
 def test_image_round_trip_keeps_affine_and_values(tmp_path, affine):
-    image = Volume(image_from_labels(blob_labels()), affine)
+    image = Volume(image_from_labels(blob_labels()), affine, is_labels=False)
     path = atlasreg.save(image, tmp_path / "img.nii.gz")
     back = atlasreg.load(path)
     assert back.array.dtype == np.float32
@@ -21,7 +22,7 @@ def test_image_round_trip_keeps_affine_and_values(tmp_path, affine):
 
 
 def test_labels_round_trip_as_integers(tmp_path, affine):
-    labels = Volume(blob_labels(), affine)
+    labels = Volume(blob_labels(), affine, is_labels=True)
     path = atlasreg.save(labels, tmp_path / "seg.nii")
     assert np.issubdtype(nib.load(path).get_data_dtype(), np.integer)
     back = atlasreg.load(path, labels=True)
@@ -67,18 +68,18 @@ def test_failed_write_leaves_no_file(tmp_path, affine, monkeypatch):
 
     monkeypatch.setattr(nib, "save", boom)
     with pytest.raises(OSError):
-        atlasreg.save(Volume(np.ones((3, 3, 3), np.float32), affine), tmp_path / "out.nii.gz")
+        atlasreg.save(Volume(np.ones((3, 3, 3), np.float32), affine, is_labels=False), tmp_path / "out.nii.gz")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_resample_to_same_grid_is_identity(affine):
-    image = Volume(image_from_labels(blob_labels()), affine)
+    image = Volume(image_from_labels(blob_labels()), affine, is_labels=False)
     same = resample(image, image.shape, affine)
     np.testing.assert_allclose(same.array, image.array, atol=1e-4)
 
 
 def test_resample_to_spacing_keeps_world_positions(affine):
-    labels = Volume(blob_labels(), affine)
+    labels = Volume(blob_labels(), affine, is_labels=True)
     coarse = resample_to_spacing(labels, 4.0)
     assert np.allclose(coarse.spacing, 4.0)
     assert set(np.unique(coarse.array)) <= set(np.unique(labels.array))
@@ -88,7 +89,7 @@ def test_resample_to_spacing_keeps_world_positions(affine):
 
 
 def test_reorient_to_ras_keeps_world_content(affine):
-    labels = Volume(blob_labels(), np.diag([-2.0, 2.0, -2.0, 1.0]))
+    labels = Volume(blob_labels(), np.diag([-2.0, 2.0, -2.0, 1.0]), is_labels=True)
     ras = reorient(labels, "RAS")
     assert nib.aff2axcodes(ras.affine) == ("R", "A", "S")
     back = resample(ras, labels.shape, labels.affine)
@@ -96,7 +97,7 @@ def test_reorient_to_ras_keeps_world_content(affine):
 
 
 def test_crop_or_pad_keeps_world_positions(affine):
-    labels = Volume(blob_labels(), affine)
+    labels = Volume(blob_labels(), affine, is_labels=True)
     cropped = crop_or_pad(labels, (20, 50, 16))
     assert cropped.shape == (20, 50, 16)
     back = resample(cropped, labels.shape, labels.affine)
@@ -110,7 +111,34 @@ def test_saved_files_get_ordinary_permissions(tmp_path, affine):
 
     umask = os.umask(0o022)
     try:
-        path = atlasreg.save(Volume(np.ones((3, 3, 3), np.float32), affine), tmp_path / "out.nii.gz")
+        path = atlasreg.save(Volume(np.ones((3, 3, 3), np.float32), affine, is_labels=False), tmp_path / "out.nii.gz")
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_an_integer_image_is_an_image_and_a_label_map_needs_integers(affine):
+    t1 = Volume(image_from_labels(blob_labels()).astype(np.int16), affine, is_labels=False)  # an int16 T1
+    assert not t1.is_labels and not t1.with_array(t1.array).is_labels
+    assert atlasreg.segment(t1, [(t1, Volume(blob_labels(), affine, is_labels=True))], backend="affine").is_labels
+    with pytest.raises(AtlasregError, match="integer array"):
+        Volume(np.ones((3, 3, 3), np.float32), affine, is_labels=True)
+
+
+def test_api_accepts_paths_volumes_nibabel_images_and_array_affine_pairs(tmp_path, pair):
+    moving, moving_labels, fixed, _ = pair
+    fixed_path = atlasreg.save(fixed, tmp_path / "fixed.nii.gz")
+    as_nibabel = nib.Nifti1Image(moving.array, moving.affine)
+    for like in (as_nibabel, (moving.array, moving.affine), atlasreg.save(moving, tmp_path / "moving.nii.gz")):
+        volume = as_image(like)
+        assert not volume.is_labels and np.array_equal(volume.array, moving.array)
+        np.testing.assert_allclose(volume.affine, moving.affine, atol=1e-6)
+    options = {"iterations": 5}
+    assert atlasreg.register(as_nibabel, fixed_path, backend="affine", options=options).shape == fixed.shape
+    labels_pair = (moving_labels.array, moving_labels.affine)
+    seg = atlasreg.segment(fixed_path, [(as_nibabel, labels_pair)], backend="affine", backend_options=options)
+    assert seg.is_labels and seg.same_grid(fixed)
+    with pytest.raises(AtlasregError, match="expected a path, a Volume, a nibabel image"):
+        atlasreg.register(42, fixed, backend="affine")
+    with pytest.raises(AtlasregError, match="3-D"):
+        atlasreg.register((np.zeros((4, 4)), np.eye(4)), fixed, backend="affine")

@@ -17,6 +17,7 @@ from atlasreg.registry import get_backend  # noqa: E402
 from atlasreg.train import TrainSettings, train  # noqa: E402
 from atlasreg.transform import Transform  # noqa: E402
 from atlasreg.volume import foreground  # noqa: E402
+from conftest import run_cli  # noqa: E402
 
 TINY = {"shape": [32, 32, 32], "crop": [32, 32, 32]}
 TINY_NETS = {
@@ -109,7 +110,9 @@ def test_train_resume_and_register(tmp_path, files, pair):
     train("voxelmorph", settings)
     assert load_model_file(tmp_path / "vm.pt")["step"] == 3
     moving, moving_labels, fixed, _ = pair
-    transform = atlasreg.register(moving, fixed, backend="voxelmorph", model=str(tmp_path / "vm.pt"), device="cpu", optimize_steps=1)
+    transform = atlasreg.register(
+        moving, fixed, backend="voxelmorph", options={"model": str(tmp_path / "vm.pt"), "device": "cpu", "optimize_steps": 1}
+    )
     assert transform.shape == fixed.shape and transform.field is not None
     assert set(np.unique(transform.warp_labels(moving_labels).array)) <= set(np.unique(moving_labels.array))
 
@@ -150,30 +153,25 @@ def test_aligned_pair_is_on_the_working_grid(pair):
 
 
 def test_cli_train_then_segment_with_model(tmp_path, files, capsys):
-    from atlasreg.cli import main
-
     def run(*args):
-        try:
-            main([str(a) for a in args])
-            return 0
-        except SystemExit as exc:
-            return exc.code
+        code, _, err = run_cli(capsys, *args)
+        return code, err
 
     model = tmp_path / "c.pt"
     tiny = TINY_NETS["contrastive"]
-    code = run("train", "-b", "contrastive", "--images", files["subject"], "--atlas", files["atlas"], files["atlas_seg"],
+    code, err = run("train", "-b", "contrastive", "--images", files["subject"], "--atlas", files["atlas"], files["atlas_seg"],
                "--iterations", 1, "--batch-size", 1, "--shape", "32,32,32", "--crop", "32,32,32", "--losses", "recon,smooth",
                "--weight", "smooth=0.5", "-C", f"enc_channels={json.dumps(tiny['enc_channels'])}",
                "-C", f"dec_channels={json.dumps(tiny['dec_channels'])}", "-C", "proj_dim=8", "-o", model)
-    assert code == 0, capsys.readouterr().err
+    assert code == 0, err
     config = load_model_file(model)["config"]
     assert config["losses"] == ["recon", "smooth"] and config["weights"]["smooth"] == 0.5 and config["weights"]["contrast"] == 0.01
     out = tmp_path / "seg.nii.gz"
-    code = run("segment", files["subject"], "-a", files["atlas"], files["atlas_seg"], "-b", "contrastive", "--model", model, "-o", out)
-    assert code == 0, capsys.readouterr().err
+    code, err = run("segment", files["subject"], "-a", files["atlas"], files["atlas_seg"], "-b", "contrastive", "--model", model, "-o", out)
+    assert code == 0, err
     assert atlasreg.load(out, labels=True).same_grid(atlasreg.load(files["subject"]))
-    code = run("segment", files["subject"], "-a", files["atlas"], files["atlas_seg"], "-b", "affine", "--model", model, "-o", tmp_path / "x.nii.gz")
-    assert code == 1 and "unknown option model" in capsys.readouterr().err
+    code, err = run("segment", files["subject"], "-a", files["atlas"], files["atlas_seg"], "-b", "affine", "--model", model, "-o", tmp_path / "x.nii.gz")
+    assert code == 1 and "unknown option model" in err
 
 
 def test_train_on_random_subject_pairs_without_atlas(tmp_path, files):

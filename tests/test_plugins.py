@@ -59,11 +59,12 @@ def extra_plugins(tmp_path, monkeypatch):
     sys.modules.pop("good_plugin", None)
 
 
-def test_first_party_backends_are_available():
+def test_first_party_backends_come_through_the_entry_point_group():
+    entry_points = {ep.name: ep.value for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP)}
     infos = {info.name: info for info in atlasreg.backends()}
-    for name in ("affine", "ants", "simpleitk"):
+    for name, plugin in (("affine", "simpleitk"), ("simpleitk", "simpleitk"), ("ants", "ants")):
         assert infos[name].available, infos[name].reason
-        assert infos[name].plugin != "atlasreg"  # came in through the entry-point group
+        assert infos[name].plugin == plugin and entry_points[plugin] == f"atlasreg_plugins.{plugin}"
     assert {"majority", "weighted", "staple", "jlf"} <= {info.name for info in atlasreg.fusions() if info.available}
 
 
@@ -71,7 +72,7 @@ def test_entry_point_plugin_is_discovered_and_used(extra_plugins, pair):
     moving, _, fixed, _ = pair
     infos = {info.name: info for info in atlasreg.backends()}
     assert infos["shift"].available and infos["shift"].plugin == "shift"
-    transform = atlasreg.register(moving, fixed, backend="shift", mm=3.0)
+    transform = atlasreg.register(moving, fixed, backend="shift", options={"mm": 3.0})
     assert transform.matrix[0, 3] == 3.0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -12,7 +11,8 @@ from atlasreg.errors import AtlasregError
 from atlasreg.synth import skull_strip, synthesize
 from atlasreg.volume import Volume, image, label_map
 
-LABELMAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "labelmaps"
+from conftest import LABELMAPS
+
 
 WM, CORTEX, CSF = (2, 41), (3, 42), (4, 43, 24)
 QUIET = dict(blur_mm=0.0, bias_strength=0.0, noise=0.0)  # only the Gaussian mixture

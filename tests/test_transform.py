@@ -15,8 +15,8 @@ def smooth_field(shape, amplitude, seed=0):
 
 
 def test_identity_field_is_exact(affine):
-    image = Volume(image_from_labels(blob_labels()), affine)
-    labels = Volume(blob_labels(), affine)
+    image = Volume(image_from_labels(blob_labels()), affine, is_labels=False)
+    labels = Volume(blob_labels(), affine, is_labels=True)
     identity = Transform.from_field(image, np.zeros((*image.shape, 3), np.float32))
     np.testing.assert_allclose(identity.warp(image).array, image.array, atol=1e-4)
     np.testing.assert_array_equal(identity.warp_labels(labels).array, labels.array)
@@ -24,7 +24,7 @@ def test_identity_field_is_exact(affine):
 
 def test_translation_moves_volume_by_exactly_that_many_mm():
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    labels = Volume(blob_labels(), affine)
+    labels = Volume(blob_labels(), affine, is_labels=True)
     field = np.zeros((*labels.shape, 3), np.float32)
     field[..., 0] = 6.0  # pull from 6 mm further along x: content moves 3 voxels towards -i
     warped = Transform.from_field(labels, field).warp_labels(labels).array
@@ -36,7 +36,7 @@ def test_translation_moves_volume_by_exactly_that_many_mm():
 
 
 def test_label_warping_keeps_the_label_set(affine):
-    labels = Volume(blob_labels(), affine)
+    labels = Volume(blob_labels(), affine, is_labels=True)
     transform = Transform.from_field(labels, smooth_field(labels.shape, 5.0))
     for interp in ("nearest", "onehot"):
         warped = transform.warp_labels(labels, interp)
@@ -46,15 +46,15 @@ def test_label_warping_keeps_the_label_set(affine):
 
 
 def test_warp_refuses_the_wrong_kind(affine):
-    labels = Volume(blob_labels(), affine)
+    labels = Volume(blob_labels(), affine, is_labels=True)
     with pytest.raises(AtlasregError):
         Transform.identity(labels).warp(labels)
     with pytest.raises(AtlasregError):
-        Transform.identity(labels).warp_labels(Volume(labels.array.astype(np.float32), affine))
+        Transform.identity(labels).warp_labels(Volume(labels.array.astype(np.float32), affine, is_labels=False))
 
 
 def test_compose_matches_warping_twice(affine):
-    image = Volume(image_from_labels(blob_labels()), affine)
+    image = Volume(image_from_labels(blob_labels()), affine, is_labels=False)
     inner = Transform.from_field(image, smooth_field(image.shape, 3.0, seed=1))
     outer = Transform.from_field(image, smooth_field(image.shape, 3.0, seed=2))
     once = outer.compose(inner)
@@ -69,7 +69,7 @@ def test_compose_matches_warping_twice(affine):
 
 
 def test_jacobian_determinant(affine):
-    grid = Volume(np.zeros((16, 16, 16), np.float32), affine)
+    grid = Volume(np.zeros((16, 16, 16), np.float32), affine, is_labels=False)
     scale = np.diag([1.1, 1.0, 0.9, 1.0])
     np.testing.assert_allclose(Transform.from_matrix(grid, scale).jacobian_determinant(), 0.99, rtol=1e-5)
     # a field u(x) = 0.1 * x (in world mm) has det (1.1)^3 everywhere
@@ -83,7 +83,7 @@ def test_jacobian_determinant(affine):
 
 
 def test_save_load_round_trip(tmp_path, affine):
-    image = Volume(image_from_labels(blob_labels()), affine)
+    image = Volume(image_from_labels(blob_labels()), affine, is_labels=False)
     matrix = np.eye(4)
     matrix[:3, 3] = [2.0, 0.0, -1.0]
     transform = Transform.from_field(image, smooth_field(image.shape, 4.0), matrix)
@@ -97,8 +97,8 @@ def test_saved_field_is_read_by_ants_the_same_way(tmp_path, affine):
     ants = pytest.importorskip("ants")
     from atlasreg_plugins.ants.convert import to_ants
 
-    moving = Volume(image_from_labels(blob_labels((28, 30, 26))), np.diag([-1.5, 1.8, 2.2, 1.0]))
-    fixed = Volume(np.zeros((26, 30, 24), np.float32), affine)
+    moving = Volume(image_from_labels(blob_labels((28, 30, 26))), np.diag([-1.5, 1.8, 2.2, 1.0]), is_labels=False)
+    fixed = Volume(np.zeros((26, 30, 24), np.float32), affine, is_labels=False)
     matrix = np.array([[1.02, 0.03, 0, 1.5], [0, 0.98, 0.02, -2], [0.01, 0, 1.0, 0.7], [0, 0, 0, 1]])
     transform = Transform.from_field(fixed, smooth_field(fixed.shape, 6.0), matrix)
     path = transform.save(tmp_path / "warp.nii.gz")
@@ -107,6 +107,6 @@ def test_saved_field_is_read_by_ants_the_same_way(tmp_path, affine):
 
 
 def test_field_shape_must_match_grid(affine):
-    grid = Volume(np.zeros((8, 8, 8), np.float32), affine)
+    grid = Volume(np.zeros((8, 8, 8), np.float32), affine, is_labels=False)
     with pytest.raises(AtlasregError):
         Transform.from_field(grid, np.zeros((8, 8, 7, 3), np.float32))

@@ -26,7 +26,7 @@ class MajorityVote(Fusion):
 
     def fuse(self, target: Volume, images: Sequence[Volume], labels: Sequence[Volume], **options: Any) -> Volume:
         validate_inputs(target, images, labels)
-        return Volume(majority_vote(labels), target.affine)
+        return Volume(majority_vote(labels), target.affine, is_labels=True)
 
 
 class WeightedVote(Fusion):
@@ -63,7 +63,7 @@ class WeightedVote(Fusion):
             weights = np.exp(-(distances - distances.min(axis=0)) / scale)
         else:  # every atlas image equals the target: nothing to prefer
             weights = np.ones_like(distances)
-        return Volume(vote(labels, lambda index, has_label: weights[index] * has_label), target.affine)
+        return Volume(vote(labels, lambda index, has_label: weights[index] * has_label), target.affine, is_labels=True)
 
 
 @hookimpl

@@ -21,5 +21,5 @@ def from_ants(img, labels: bool = False) -> Volume:
     affine = ras_affine(img.origin, img.spacing, img.direction)
     array = img.numpy()
     if labels:
-        return Volume(np.rint(array).astype(np.int32), affine)
-    return Volume(array.astype(np.float32), affine)
+        return Volume(np.rint(array).astype(np.int32), affine, is_labels=True)
+    return Volume(array.astype(np.float32), affine, is_labels=False)

@@ -47,7 +47,7 @@ class JointLabelFusion(Fusion):
             if options[key] < 0:
                 raise AtlasregError(f"jlf: {key} must be >= 0 (got {options[key]})")
         if len(labels) == 1:
-            return Volume(labels[0].array.astype(np.int32), target.affine)
+            return Volume(labels[0].array.astype(np.int32), target.affine, is_labels=True)
 
         import ants
 
@@ -72,4 +72,4 @@ class JointLabelFusion(Fusion):
                 output_prefix=os.path.join(scratch, "jlf_"),  # posterior maps land here, not in /tmp
             )
         index = from_ants(result["segmentation"], labels=True).array
-        return Volume(np.where(mask, from_compact(values, index), 0).astype(np.int32), target.affine)
+        return Volume(np.where(mask, from_compact(values, index), 0).astype(np.int32), target.affine, is_labels=True)

@@ -24,5 +24,5 @@ def from_sitk(img: sitk.Image, labels: bool = False) -> Volume:
     affine = ras_affine(img.GetOrigin(), img.GetSpacing(), img.GetDirection())
     array = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
     if labels:
-        return Volume(np.ascontiguousarray(array.astype(np.int32)), affine)
-    return Volume(np.ascontiguousarray(array.astype(np.float32)), affine)
+        return Volume(np.ascontiguousarray(array.astype(np.int32)), affine, is_labels=True)
+    return Volume(np.ascontiguousarray(array.astype(np.float32)), affine, is_labels=False)

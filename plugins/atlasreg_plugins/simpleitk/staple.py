@@ -51,4 +51,4 @@ class Staple(Fusion):
         undecided_voxels = index == undecided
         if undecided_voxels.any():
             fused[undecided_voxels] = majority_vote(labels)[undecided_voxels]
-        return Volume(fused, target.affine)
+        return Volume(fused, target.affine, is_labels=True)
