@@ -58,6 +58,8 @@ def _print_methods(infos: list[MethodInfo], as_json: bool) -> None:
         return
     for info in infos:
         status = "available" if info.available else f"unavailable: {info.reason}"
+        if info.available and not info.deterministic:
+            status += " (not reproducible: results may differ run to run)"
         devices = ",".join(info.devices) or "-"
         click.echo(f"{info.name:<12} {info.kind:<10} {devices:<9} {status}")
         if info.description:

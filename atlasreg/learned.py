@@ -174,6 +174,7 @@ class LearnedBackend(Backend):
     kind = "learned"
     devices = ("cpu", "cuda")
     requires = ("torch",)
+    deterministic = True  # on CPU (tested): inference draws nothing, training is seeded
     options = {
         "model": Option("", "model file written by `atlasreg train` (required)"),
         "device": Option("auto", "where the network runs", ("auto", "cpu", "cuda")),

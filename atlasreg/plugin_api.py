@@ -67,6 +67,8 @@ class Method:
     description: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[Mapping[str, Option]] = {}
+    #: same inputs, options and seed give the same bytes on CPU (claimed only where tested)
+    deterministic: ClassVar[bool] = False
 
     def unavailable_reason(self) -> str | None:
         """Why this method cannot run here (a missing module), or None when it can."""

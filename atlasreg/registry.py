@@ -28,6 +28,7 @@ class MethodInfo:
     reason: str | None
     description: str
     plugin: str
+    deterministic: bool
 
     def as_dict(self) -> dict:
         return {
@@ -38,6 +39,7 @@ class MethodInfo:
             "reason": self.reason,
             "description": self.description,
             "plugin": self.plugin,
+            "deterministic": self.deterministic,
         }
 
 
@@ -101,9 +103,10 @@ def _infos(methods: dict[str, tuple[Method, str]], failed: dict[str, str]) -> li
                 reason,
                 method.description,
                 plugin,
+                method.deterministic,
             )
         )
-    infos += [MethodInfo(name, "unknown", (), False, reason, "", name) for name, reason in sorted(failed.items())]
+    infos += [MethodInfo(name, "unknown", (), False, reason, "", name, False) for name, reason in sorted(failed.items())]
     return infos
 
 

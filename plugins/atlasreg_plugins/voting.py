@@ -22,6 +22,7 @@ class MajorityVote(Fusion):
     name = "majority"
     description = "majority voting: each voxel takes the label most atlases give (ties: smallest label)"
     requires = ()
+    deterministic = True
     options = {}
 
     def fuse(self, target: Volume, images: Sequence[Volume], labels: Sequence[Volume], **options: Any) -> Volume:
@@ -43,6 +44,7 @@ class WeightedVote(Fusion):
     name = "weighted"
     description = "locally weighted voting: votes weighted by local image similarity to the target"
     requires = ()
+    deterministic = True
     options = {
         "sigma_mm": Option(2.0, "Gaussian sigma (mm) of the local squared-difference window"),
         "h": Option(0.5, "weight bandwidth, as a fraction of the mean local squared difference"),

@@ -22,6 +22,7 @@ from atlasreg.volume import Volume
 
 from ..itk_space import itk_affine_to_matrix, ras_matrix_from_lps
 from .convert import to_ants
+from .threads import reproducible
 
 PRESETS = {"fast": "SyN", "quality": "antsRegistrationSyN[s]"}
 
@@ -36,6 +37,10 @@ class AntsBackend(Backend):
         "iterations": Option((), "SyN iterations per level, coarse to fine, e.g. 40,20,0 (empty: the transform's own)"),
         "seed": Option(1, "seed for ANTs' random metric sampling"),
     }
+
+    @property
+    def deterministic(self) -> bool:  # type: ignore[override]
+        return reproducible()
 
     def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
         import ants

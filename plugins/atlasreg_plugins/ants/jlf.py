@@ -18,6 +18,8 @@ from atlasreg.fusion import from_compact, label_union, to_compact, validate_inpu
 from atlasreg.plugin_api import Fusion, Option
 from atlasreg.volume import Volume
 
+from .threads import reproducible
+
 
 class JointLabelFusion(Fusion):
     """ANTs joint label fusion inside a mask: voxels where any atlas has a non-zero label,
@@ -40,6 +42,10 @@ class JointLabelFusion(Fusion):
         "nonnegative": Option(False, "constrain atlas weights to be non-negative"),
         "mask_dilation": Option(2, "voxels by which the union of atlas labels is dilated to form the fusion mask"),
     }
+
+    @property
+    def deterministic(self) -> bool:  # type: ignore[override]
+        return reproducible()
 
     def fuse(self, target: Volume, images: Sequence[Volume], labels: Sequence[Volume], **options: Any) -> Volume:
         validate_inputs(target, images, labels)

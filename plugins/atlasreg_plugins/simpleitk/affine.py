@@ -16,6 +16,7 @@ class AffineBackend(Backend):
     name = "affine"
     description = "rigid then 12-parameter affine, Mattes mutual information, multi-resolution (SimpleITK)"
     requires = ("SimpleITK",)
+    deterministic = True  # single-threaded (threads.py)
     options = {
         "iterations": Option(100, "optimizer iterations per resolution level"),
         "shrink_factors": Option((4, 2, 1), "downsampling factor per level, coarse to fine"),

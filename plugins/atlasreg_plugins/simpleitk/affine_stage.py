@@ -6,6 +6,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..itk_space import itk_affine_to_matrix, ras_matrix_from_lps
+from .threads import single_threaded
 
 
 def register_affine(
@@ -44,14 +45,15 @@ def register_affine(
         method.Execute(fixed, moving)
         return transform
 
-    rigid = optimise(
-        sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS)
-    )
-    affine = sitk.AffineTransform(3)
-    affine.SetCenter(rigid.GetCenter())
-    affine.SetMatrix(rigid.GetMatrix())
-    affine.SetTranslation(rigid.GetTranslation())
-    return optimise(affine)
+    with single_threaded():  # reproducible: same inputs and seed, same transform
+        rigid = optimise(
+            sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS)
+        )
+        affine = sitk.AffineTransform(3)
+        affine.SetCenter(rigid.GetCenter())
+        affine.SetMatrix(rigid.GetMatrix())
+        affine.SetTranslation(rigid.GetTranslation())
+        return optimise(affine)
 
 
 def affine_to_ras(transform: sitk.AffineTransform) -> np.ndarray:

@@ -23,6 +23,7 @@ class SimpleITKBackend(Backend):
     name = "simpleitk"
     description = "affine + diffeomorphic demons or B-spline (SimpleITK)"
     requires = ("SimpleITK",)
+    deterministic = True  # single-threaded (threads.py)
     options = {
         "method": Option("demons", "deformable method after the affine stage", METHODS),
         "iterations": Option((100, 50, 25), "iterations per resolution level, coarse to fine"),
@@ -38,15 +39,17 @@ class SimpleITKBackend(Backend):
 
         from .affine_stage import affine_to_ras, register_affine
         from .convert import to_sitk
+        from .threads import single_threaded
 
         fixed_img, moving_img = to_sitk(fixed), to_sitk(moving)
         affine = register_affine(fixed_img, moving_img, iterations=options["affine_iterations"], seed=options["seed"])
-        aligned = sitk.Resample(moving_img, fixed_img, affine, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         levels = list(zip(options["shrink_factors"], options["iterations"]))
-        if options["method"] == "demons":
-            field = _demons(fixed_img, aligned, levels, options["smoothing"])
-        else:
-            field = _bspline(fixed_img, aligned, levels, options["grid_mm"], options["seed"])
+        with single_threaded():  # reproducible: same inputs and seed, same field
+            aligned = sitk.Resample(moving_img, fixed_img, affine, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            if options["method"] == "demons":
+                field = _demons(fixed_img, aligned, levels, options["smoothing"])
+            else:
+                field = _bspline(fixed_img, aligned, levels, options["grid_mm"], options["seed"])
         # SimpleITK arrays are (k, j, i, c) with LPS vectors; the Transform wants (i, j, k, c) in RAS
         array = sitk.GetArrayFromImage(field).transpose(2, 1, 0, 3).astype(np.float32)
         array[..., :2] *= -1

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
-
 from atlasreg.errors import AtlasregError
 from atlasreg.fusion import from_compact, label_union, majority_vote, to_compact, validate_inputs
 from atlasreg.plugin_api import Fusion, Option
@@ -27,6 +25,7 @@ class Staple(Fusion):
     name = "staple"
     description = "STAPLE (SimpleITK MultiLabelSTAPLE): votes weighted by each atlas's estimated reliability"
     requires = ("SimpleITK",)
+    deterministic = True  # single-threaded (threads.py)
     options = {
         "max_iterations": Option(100, "maximum EM iterations"),
         "tolerance": Option(1e-5, "stop when no confusion-matrix entry changes by more than this"),
@@ -36,17 +35,19 @@ class Staple(Fusion):
         import SimpleITK as sitk
 
         from .convert import from_sitk, to_sitk
+        from .threads import single_threaded
 
         validate_inputs(target, images, labels)
         if options["max_iterations"] < 1 or options["tolerance"] < 0:
             raise AtlasregError("staple: need max_iterations >= 1 and tolerance >= 0")
         values = label_union(labels)
         undecided = len(values) + 1
-        staple = sitk.MultiLabelSTAPLEImageFilter()
-        staple.SetLabelForUndecidedPixels(undecided)
-        staple.SetMaximumNumberOfIterations(options["max_iterations"])
-        staple.SetTerminationUpdateThreshold(options["tolerance"])
-        index = from_sitk(staple.Execute([to_sitk(to_compact(values, volume)) for volume in labels]), labels=True).array
+        with single_threaded():  # reproducible: EM sums over voxels in thread order
+            staple = sitk.MultiLabelSTAPLEImageFilter()
+            staple.SetLabelForUndecidedPixels(undecided)
+            staple.SetMaximumNumberOfIterations(options["max_iterations"])
+            staple.SetTerminationUpdateThreshold(options["tolerance"])
+            index = from_sitk(staple.Execute([to_sitk(to_compact(values, volume)) for volume in labels]), labels=True).array
         fused = from_compact(values, index)
         undecided_voxels = index == undecided
         if undecided_voxels.any():

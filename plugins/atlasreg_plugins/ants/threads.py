@@ -1,0 +1,24 @@
+"""ANTs runs single-threaded unless the user says otherwise, so the same inputs and seed give the same bytes.
+
+ANTs' Mattes mutual information sums per-thread partial results in a varying order: with two
+threads, three SyN registrations of one pair with a fixed seed gave three different fields;
+with one thread they were identical. ANTs' ITK reads ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``
+once, at its first threaded computation in the process, so the plugin sets it when it loads
+(before atlasreg makes any ANTs call). A value already in the environment is kept: more threads
+are faster but not reproducible, and the backends listing says so.
+"""
+
+from __future__ import annotations
+
+import os
+
+THREADS_VARIABLE = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
+
+
+def use_one_thread_by_default() -> None:
+    os.environ.setdefault(THREADS_VARIABLE, "1")
+
+
+def reproducible() -> bool:
+    """Whether ANTs runs single-threaded here (the user may have asked for more threads)."""
+    return os.environ.get(THREADS_VARIABLE, "1").strip() == "1"
