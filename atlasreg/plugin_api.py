@@ -7,8 +7,9 @@ validate and parse them the same way, before any work starts.
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Sequence
 
 from .errors import AtlasregError
 
@@ -16,14 +17,43 @@ if TYPE_CHECKING:
     from .transform import Transform
     from .volume import Volume
 
+#: bounds plugins declare on common kinds of option (beyond them a run is a mistake or would never end)
+MAX_ITERATIONS = 100_000
+MAX_SEED = 2**31 - 1  # seeds reach C++ libraries as 32-bit integers
+MAX_SHRINK = 64  # a coarser pyramid level leaves a brain a few voxels wide
+
+
+def parse_assignments(pairs: Iterable[str], what: str = "option") -> dict[str, str]:
+    """``KEY=VALUE`` texts (from ``-O``, ``-F``, ``--model``, ``NAME:KEY=VALUE`` specs ...) as a dict of strings.
+
+    The one parser of such pairs; values are typed later, by the ``Option`` they set.
+    """
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise AtlasregError(f"{what} {pair!r}: expected KEY=VALUE")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
 
 @dataclass(frozen=True)
 class Option:
-    """One tunable of a backend or fusion method; the type is the default's type."""
+    """One tunable of a backend or fusion method; the type is the default's type.
+
+    Numbers (and each number of a list) must be finite and lie within ``minimum``..``maximum``;
+    ``exclusive_minimum`` makes the lower bound strict (e.g. a fraction in (0, 1]).
+    """
 
     default: Any
     help: str
     choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+
+    def __post_init__(self) -> None:
+        self._check_range("default", self.default)  # a declaration error shows at import, not in a user's run
 
     def parse(self, name: str, value: Any) -> Any:
         """Turn ``value`` (possibly a command-line string) into the default's type, or fail clearly."""
@@ -51,7 +81,29 @@ class Option:
             raise AtlasregError(f"option {name}={value!r}: expected {_type_name(default)}")
         if self.choices is not None and value not in self.choices:
             raise AtlasregError(f"option {name}={value!r}: choose one of {', '.join(self.choices)}")
+        self._check_range(name, value)
         return value
+
+    def range_text(self) -> str:
+        """The valid range in words, e.g. ``> 0 and <= 1`` (empty when any value goes)."""
+        parts = []
+        if self.minimum is not None:
+            parts.append(f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}")
+        if self.maximum is not None:
+            parts.append(f"<= {self.maximum:g}")
+        return " and ".join(parts)
+
+    def _check_range(self, name: str, value: Any) -> None:
+        numbers = value if isinstance(value, tuple) else (value,)
+        for number in numbers:
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                continue
+            if isinstance(number, float) and not math.isfinite(number):
+                raise AtlasregError(f"option {name}={value!r}: must be a finite number")
+            low, high = self.minimum, self.maximum
+            too_low = low is not None and (number <= low if self.exclusive_minimum else number < low)
+            if too_low or (high is not None and number > high):
+                raise AtlasregError(f"option {name}={value!r}: must be {self.range_text()}")
 
 
 def _type_name(default: Any) -> str:
@@ -85,7 +137,12 @@ class Method:
             raise AtlasregError(f"{self.name}: unknown option {', '.join(unknown)} (known: {known})")
         resolved = {key: opt.default for key, opt in self.options.items()}
         resolved.update({key: self.options[key].parse(key, value) for key, value in given.items()})
+        self.check_options(resolved)
         return resolved
+
+    def check_options(self, resolved: Mapping[str, Any]) -> None:
+        """Checks that span options or need more than one value's range (e.g. a required file);
+        raise AtlasregError. Runs in ``resolve_options``, so before any work starts."""
 
 
 class Backend(Method):

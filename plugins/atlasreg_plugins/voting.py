@@ -9,7 +9,6 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from atlasreg.errors import AtlasregError
 from atlasreg.fusion import majority_vote, validate_inputs, vote
 from atlasreg.hookspecs import hookimpl
 from atlasreg.plugin_api import Fusion, Option
@@ -46,15 +45,13 @@ class WeightedVote(Fusion):
     requires = ()
     deterministic = True
     options = {
-        "sigma_mm": Option(2.0, "Gaussian sigma (mm) of the local squared-difference window"),
-        "h": Option(0.5, "weight bandwidth, as a fraction of the mean local squared difference"),
+        "sigma_mm": Option(2.0, "Gaussian sigma (mm) of the local squared-difference window", minimum=0),
+        "h": Option(0.5, "weight bandwidth, as a fraction of the mean local squared difference", minimum=0, exclusive_minimum=True),
     }
 
     def fuse(self, target: Volume, images: Sequence[Volume], labels: Sequence[Volume], **options: Any) -> Volume:
         validate_inputs(target, images, labels)
         sigma_mm, h = options["sigma_mm"], options["h"]
-        if sigma_mm < 0 or h <= 0:
-            raise AtlasregError(f"weighted: need sigma_mm >= 0 and h > 0 (got sigma_mm={sigma_mm}, h={h})")
         sigma_vox = sigma_mm / target.spacing
         reference = zscore(target).array
         distances = np.stack(

@@ -13,12 +13,13 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.ndimage import binary_dilation
 
-from atlasreg.errors import AtlasregError
 from atlasreg.fusion import from_compact, label_union, to_compact, validate_inputs
 from atlasreg.plugin_api import Fusion, Option
 from atlasreg.volume import Volume
 
 from .threads import reproducible
+
+MAX_RADIUS = 16  # voxels; a wider patch or search costs hours per target
 
 
 class JointLabelFusion(Fusion):
@@ -34,13 +35,13 @@ class JointLabelFusion(Fusion):
     description = "joint label fusion (ANTs): patch-based weights that account for atlases' correlated errors"
     requires = ("ants",)
     options = {
-        "beta": Option(2.0, "exponent sharpening the patch-similarity weights (ANTs' recommended 2)"),
-        "radius": Option(2, "patch radius in voxels"),
-        "search_radius": Option(3, "radius in voxels searched for the best-matching atlas patch"),
-        "rho": Option(0.01, "ridge penalty: more robust to outliers, pulls weights towards equal"),
+        "beta": Option(2.0, "exponent sharpening the patch-similarity weights (ANTs' recommended 2)", minimum=0, exclusive_minimum=True),
+        "radius": Option(2, "patch radius in voxels", minimum=0, maximum=MAX_RADIUS),
+        "search_radius": Option(3, "radius in voxels searched for the best-matching atlas patch", minimum=0, maximum=MAX_RADIUS),
+        "rho": Option(0.01, "ridge penalty: more robust to outliers, pulls weights towards equal", minimum=0, exclusive_minimum=True),
         "similarity": Option("msq", "patch similarity: mean squares or Pearson correlation", ("msq", "correlation")),
         "nonnegative": Option(False, "constrain atlas weights to be non-negative"),
-        "mask_dilation": Option(2, "voxels by which the union of atlas labels is dilated to form the fusion mask"),
+        "mask_dilation": Option(2, "voxels by which the union of atlas labels is dilated to form the fusion mask", minimum=0, maximum=MAX_RADIUS),
     }
 
     @property
@@ -49,9 +50,6 @@ class JointLabelFusion(Fusion):
 
     def fuse(self, target: Volume, images: Sequence[Volume], labels: Sequence[Volume], **options: Any) -> Volume:
         validate_inputs(target, images, labels)
-        for key in ("radius", "search_radius", "mask_dilation"):
-            if options[key] < 0:
-                raise AtlasregError(f"jlf: {key} must be >= 0 (got {options[key]})")
         if len(labels) == 1:
             return Volume(labels[0].array.astype(np.int32), target.affine, is_labels=True)
 

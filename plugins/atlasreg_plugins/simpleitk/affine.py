@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from atlasreg.plugin_api import Backend, Option
+from atlasreg.plugin_api import MAX_ITERATIONS, MAX_SEED, MAX_SHRINK, Backend, Option
 from atlasreg.transform import Transform
 from atlasreg.volume import Volume
 
@@ -18,10 +18,10 @@ class AffineBackend(Backend):
     requires = ("SimpleITK",)
     deterministic = True  # single-threaded (threads.py)
     options = {
-        "iterations": Option(100, "optimizer iterations per resolution level"),
-        "shrink_factors": Option((4, 2, 1), "downsampling factor per level, coarse to fine"),
-        "sampling": Option(0.05, "fraction of voxels sampled for the metric"),
-        "seed": Option(1, "seed for the metric's random sampling"),
+        "iterations": Option(100, "optimizer iterations per resolution level", minimum=1, maximum=MAX_ITERATIONS),
+        "shrink_factors": Option((4, 2, 1), "downsampling factor per level, coarse to fine", minimum=1, maximum=MAX_SHRINK),
+        "sampling": Option(0.05, "fraction of voxels sampled for the metric", minimum=0, exclusive_minimum=True, maximum=1),
+        "seed": Option(1, "seed for the metric's random sampling (SimpleITK reads 0 as 'the clock')", minimum=1, maximum=MAX_SEED),
     }
 
     def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:

@@ -8,11 +8,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from atlasreg.plugin_api import Backend, Option
+from atlasreg.errors import AtlasregError
+from atlasreg.plugin_api import MAX_ITERATIONS, MAX_SEED, MAX_SHRINK, Backend, Option
 from atlasreg.transform import Transform
 from atlasreg.volume import Volume
 
@@ -26,13 +27,18 @@ class SimpleITKBackend(Backend):
     deterministic = True  # single-threaded (threads.py)
     options = {
         "method": Option("demons", "deformable method after the affine stage", METHODS),
-        "iterations": Option((100, 50, 25), "iterations per resolution level, coarse to fine"),
-        "shrink_factors": Option((4, 2, 1), "downsampling factor per level, coarse to fine"),
-        "smoothing": Option(1.5, "demons: Gaussian std (voxels) regularising the displacement field"),
-        "grid_mm": Option(20.0, "bspline: control-point spacing in mm"),
-        "affine_iterations": Option(100, "iterations per level of the affine stage"),
-        "seed": Option(1, "seed for random metric sampling"),
+        "iterations": Option((100, 50, 25), "iterations per resolution level, coarse to fine", minimum=1, maximum=MAX_ITERATIONS),
+        "shrink_factors": Option((4, 2, 1), "downsampling factor per level, coarse to fine", minimum=1, maximum=MAX_SHRINK),
+        "smoothing": Option(1.5, "demons: Gaussian std (voxels) regularising the displacement field", minimum=0),
+        "grid_mm": Option(20.0, "bspline: control-point spacing in mm", minimum=0, exclusive_minimum=True),
+        "affine_iterations": Option(100, "iterations per level of the affine stage", minimum=1, maximum=MAX_ITERATIONS),
+        "seed": Option(1, "seed for random metric sampling (SimpleITK reads 0 as 'the clock')", minimum=1, maximum=MAX_SEED),
     }
+
+    def check_options(self, resolved: Mapping[str, Any]) -> None:
+        if len(resolved["iterations"]) != len(resolved["shrink_factors"]):
+            raise AtlasregError(f"simpleitk: iterations and shrink_factors need one value per level each "
+                                f"(got {len(resolved['iterations'])} and {len(resolved['shrink_factors'])})")
 
     def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
         import SimpleITK as sitk

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from atlasreg.errors import AtlasregError
 from atlasreg.fusion import from_compact, label_union, majority_vote, to_compact, validate_inputs
-from atlasreg.plugin_api import Fusion, Option
+from atlasreg.plugin_api import MAX_ITERATIONS, Fusion, Option
 from atlasreg.volume import Volume
 
 
@@ -27,8 +26,8 @@ class Staple(Fusion):
     requires = ("SimpleITK",)
     deterministic = True  # single-threaded (threads.py)
     options = {
-        "max_iterations": Option(100, "maximum EM iterations"),
-        "tolerance": Option(1e-5, "stop when no confusion-matrix entry changes by more than this"),
+        "max_iterations": Option(100, "maximum EM iterations", minimum=1, maximum=MAX_ITERATIONS),
+        "tolerance": Option(1e-5, "stop when no confusion-matrix entry changes by more than this", minimum=0),
     }
 
     def fuse(self, target: Volume, images: Sequence[Volume], labels: Sequence[Volume], **options: Any) -> Volume:
@@ -38,8 +37,6 @@ class Staple(Fusion):
         from .threads import single_threaded
 
         validate_inputs(target, images, labels)
-        if options["max_iterations"] < 1 or options["tolerance"] < 0:
-            raise AtlasregError("staple: need max_iterations >= 1 and tolerance >= 0")
         values = label_union(labels)
         undecided = len(values) + 1
         with single_threaded():  # reproducible: EM sums over voxels in thread order
