@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from atlasreg.errors import AtlasregError
-from atlasreg.plugin_api import Backend, Option
+from atlasreg.plugin_api import MAX_ITERATIONS, MAX_SEED, Backend, Option
 from atlasreg.transform import Transform
 from atlasreg.volume import Volume
 
 from ..itk_space import itk_affine_to_matrix, ras_matrix_from_lps
+from .child import run_in_child
 from .convert import to_ants
 from .threads import reproducible
 
@@ -34,8 +35,9 @@ class AntsBackend(Backend):
     options = {
         "preset": Option("quality", "fast: antspyx SyN defaults; quality: antsRegistrationSyN.sh schedule", tuple(PRESETS)),
         "transform": Option("", "an antspyx type_of_transform overriding the preset, e.g. SyNCC, Affine, antsRegistrationSyNQuick[s]"),
-        "iterations": Option((), "SyN iterations per level, coarse to fine, e.g. 40,20,0 (empty: the transform's own)"),
-        "seed": Option(1, "seed for ANTs' random metric sampling"),
+        "iterations": Option((), "SyN iterations per level, coarse to fine, e.g. 40,20,0 (empty: the transform's own)",
+                             minimum=0, maximum=MAX_ITERATIONS),
+        "seed": Option(1, "seed for ANTs' random metric sampling", minimum=0, maximum=MAX_SEED),
     }
 
     @property
@@ -43,22 +45,29 @@ class AntsBackend(Backend):
         return reproducible()
 
     def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
-        import ants
-
         kwargs: dict[str, Any] = {"type_of_transform": options["transform"] or PRESETS[options["preset"]]}
         if options["iterations"]:
             kwargs["reg_iterations"] = tuple(options["iterations"])
         outdir = tempfile.mkdtemp(prefix="atlasreg-ants-")
-        previous_seed = ants.config._random_seed
-        ants.config._random_seed = options["seed"]
         try:
-            result = ants.registration(to_ants(fixed), to_ants(moving), outprefix=f"{outdir}/", **kwargs)
-            return _to_transform(fixed, result["fwdtransforms"])
-        except ValueError as exc:  # antspyx reports a bad type_of_transform this way
-            raise AtlasregError(f"ants: {exc}") from None
+            fwdtransforms = run_in_child(_registration, fixed, moving, f"{outdir}/", options["seed"], kwargs)
+            return _to_transform(fixed, fwdtransforms)
         finally:
-            ants.config._random_seed = previous_seed
             shutil.rmtree(outdir, ignore_errors=True)
+
+
+def _registration(fixed: Volume, moving: Volume, outprefix: str, seed: int, kwargs: dict[str, Any]) -> list[str]:
+    """ants.registration with ``seed``; the forward transform files it wrote under ``outprefix``."""
+    import ants
+
+    previous_seed = ants.config._random_seed
+    ants.config._random_seed = seed
+    try:
+        return ants.registration(to_ants(fixed), to_ants(moving), outprefix=outprefix, **kwargs)["fwdtransforms"]
+    except ValueError as exc:  # antspyx reports a bad type_of_transform this way
+        raise AtlasregError(f"ants: {exc}") from None
+    finally:
+        ants.config._random_seed = previous_seed
 
 
 def _to_transform(fixed: Volume, fwdtransforms: list[str]) -> Transform:
