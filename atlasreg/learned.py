@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import AtlasregError
-from .plugin_api import Backend, Option
+from .plugin_api import MAX_ITERATIONS, Backend, Option
 from .registry import get_backend
 from .transform import Transform
 from .volume import Volume, zscore
@@ -131,8 +131,14 @@ def save_model(path: str | os.PathLike, backend: str, config: Mapping[str, Any],
 
 
 def load_model_file(path: str | os.PathLike) -> dict:
-    """Read a model file with ``weights_only=True``: a file holding pickled objects is refused."""
+    """Read a model file with ``weights_only=True``: a file holding pickled objects is refused.
+
+    A torch archive (a zip file) that the weights-only loader rejects holds more than tensors and
+    plain values: that behaviour, not the wording of torch's message (it changes between
+    versions), is what tells a refused file from one that is not a model at all.
+    """
     import pickle
+    import zipfile
 
     import torch
 
@@ -141,10 +147,9 @@ def load_model_file(path: str | os.PathLike) -> dict:
         raise AtlasregError(f"{path}: no such model file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        unsupported = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
-        if unsupported:
-            raise AtlasregError(f"{path}: refused: the file holds pickled Python objects, not plain weights ({unsupported[0]})") from None
+    except pickle.UnpicklingError:
+        if zipfile.is_zipfile(path):
+            raise AtlasregError(f"{path}: refused: the file holds pickled Python objects, not plain weights") from None
         raise AtlasregError(f"{path}: not an atlasreg model file") from None
     except Exception as exc:
         raise AtlasregError(f"{path}: not an atlasreg model file ({type(exc).__name__})") from None
@@ -163,7 +168,13 @@ def _cached_network(backend: "LearnedBackend", path: str, device: str, mtime_ns:
         raise AtlasregError(f"{path}: a {state['backend']} model, not a {backend.name} model")
     config = backend.config(state["config"])
     network = backend.build_network(config)
-    network.load_state_dict(state["weights"])
+    try:
+        network.load_state_dict(state["weights"])
+    except RuntimeError as exc:  # size mismatch / missing or unexpected keys
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        described = ", ".join(f"{key}={config[key]}" for key in backend.architecture_keys)
+        raise AtlasregError(f"{path}: its weights do not fit the {backend.name} network its config describes "
+                            f"({described}): {first}") from None
     return network.to(device).eval(), config
 
 
@@ -178,12 +189,15 @@ class LearnedBackend(Backend):
     options = {
         "model": Option("", "model file written by `atlasreg train` (required)"),
         "device": Option("auto", "where the network runs", ("auto", "cpu", "cuda")),
-        "optimize_steps": Option(0, "instance optimisation: fine-tune on the pair at hand for N steps first"),
-        "optimize_lr": Option(1e-4, "learning rate of instance optimisation"),
+        "optimize_steps": Option(0, "instance optimisation: fine-tune on the pair at hand for N steps first",
+                                 minimum=0, maximum=MAX_ITERATIONS),
+        "optimize_lr": Option(1e-4, "learning rate of instance optimisation", minimum=0, exclusive_minimum=True),
     }
     default_config: ClassVar[dict[str, Any]] = {}
     #: loss term names, in the order they are reported
     loss_names: ClassVar[tuple[str, ...]] = ()
+    #: config keys that fix the network's weight shapes (named when a model file does not fit)
+    architecture_keys: ClassVar[tuple[str, ...]] = ()
 
     def build_network(self, config: Mapping[str, Any]):
         """The untrained torch module for ``config``."""
@@ -229,11 +243,16 @@ class LearnedBackend(Backend):
         stat = path.stat()
         return _cached_network(self, str(path.resolve()), device, stat.st_mtime_ns, stat.st_size)
 
+    def check_options(self, resolved: Mapping[str, Any]) -> None:
+        """The model file is required and must exist: found before any atlas is built or pair run."""
+        if not resolved["model"]:
+            raise AtlasregError(f"{self.name}: a model file is needed: -O model=MODEL.pt (train one with `atlasreg train -b {self.name}`)")
+        if not Path(resolved["model"]).is_file():
+            raise AtlasregError(f"{resolved['model']}: no such model file")
+
     def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
         import torch
 
-        if not options["model"]:
-            raise AtlasregError(f"{self.name}: a model file is needed: -O model=MODEL.pt (train one with `atlasreg train -b {self.name}`)")
         device = pick_device(options["device"])
         network, config = self.load_network(options["model"], device)
         pair = align_pair(moving, fixed, config["spacing"], tuple(config["shape"]))

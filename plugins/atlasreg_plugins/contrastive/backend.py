@@ -13,6 +13,7 @@ class ContrastiveBackend(LearnedBackend):
     name = "contrastive"
     description = "contrastive registration (the paper's model): learned, diffeomorphic, needs a model file"
     loss_names = ("recon", "smooth", "contrast")
+    architecture_keys = ("enc_channels", "dec_channels", "proj_dim")
     default_config = {
         "spacing": 2.0,
         "shape": [96, 112, 96],  # working grid: covers a whole brain at 2 mm

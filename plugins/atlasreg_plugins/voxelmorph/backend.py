@@ -13,6 +13,7 @@ class VoxelMorphBackend(LearnedBackend):
     name = "voxelmorph"
     description = "VoxelMorph-style U-Net baseline: learned, diffeomorphic, needs a model file"
     loss_names = ("sim", "smooth")
+    architecture_keys = ("enc_channels", "dec_channels")
     default_config = {
         "spacing": 2.0,
         "shape": [96, 112, 96],
