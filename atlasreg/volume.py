@@ -78,6 +78,9 @@ def label_map(array: np.ndarray, affine: np.ndarray) -> Volume:
             raise AtlasregError("label map holds non-integer values")
     if array.size and array.min() < 0:
         raise AtlasregError("label map holds negative labels")
+    largest = np.iinfo(LABEL_DTYPE).max
+    if array.size and array.max() > largest:  # converting would wrap 2^32 + 3 round to label 3
+        raise AtlasregError(f"label map holds labels above {largest} (largest {array.max():.0f}): not a label map atlasreg can store")
     array = array.astype(LABEL_DTYPE)
     if not np.any(array):
         raise AtlasregError("label map is empty (no non-zero label)")
