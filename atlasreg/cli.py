@@ -13,43 +13,24 @@ import click
 from .atlases import DEFAULT_ATLAS, list_atlases
 from .demo import BACKEND_OPTIONS as DEMO_BACKENDS, DEFAULT_TARGETS, TARGET_DONORS, format_table, run_demo
 from .errors import AtlasregError
-from .io import NIFTI_SUFFIXES, save
+from .io import check_output, save
 from .metrics import evaluate as evaluate_labels
 from .pipeline import as_labels, register as register_pair, segment as segment_target
+from .plugin_api import parse_assignments
 from .protocols import PROTOCOLS
 from .registry import MethodInfo, backend_infos, fusion_infos
 from .spatial import LABEL_INTERPOLATIONS
 from .synth import CONTRASTS, synthesize
 
 
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise AtlasregError(f"option {pair!r}: expected KEY=VALUE")
-        options[key.strip()] = value.strip()
-    return options
-
-
 def _backend_options(opts: tuple[str, ...], model: str | None, optimize_steps: int | None) -> dict[str, Any]:
     """-O pairs plus the learned-backend shortcuts --model and --optimize-steps."""
-    options: dict[str, Any] = _parse_options(opts)
+    options: dict[str, Any] = parse_assignments(opts)
     if model:
         options["model"] = model
     if optimize_steps is not None:
         options["optimize_steps"] = optimize_steps
     return options
-
-
-def _check_output(path: str) -> Path:
-    """Refuse an output path we could not write before any long work starts."""
-    out = Path(path)
-    if not out.name.endswith(NIFTI_SUFFIXES):
-        raise AtlasregError(f"{out}: output must end in .nii or .nii.gz")
-    if not out.parent.is_dir():
-        raise AtlasregError(f"{out.parent}: output folder does not exist")
-    return out
 
 
 def _print_methods(infos: list[MethodInfo], as_json: bool) -> None:
@@ -94,7 +75,7 @@ def fusions(as_json: bool) -> None:
 @cli.command()
 @click.argument("name")
 def options(name: str) -> None:
-    """Show the options (-O KEY=VALUE) a backend or fusion method accepts, with defaults."""
+    """Show the options (-O KEY=VALUE) a backend or fusion method accepts, with defaults and valid ranges."""
     from .registry import registry
 
     methods = {**registry().fusions(), **registry().backends()}
@@ -104,7 +85,8 @@ def options(name: str) -> None:
     for key, opt in method.options.items():
         default = ",".join(map(str, opt.default)) if isinstance(opt.default, tuple) else opt.default
         choices = f" [{'|'.join(opt.choices)}]" if opt.choices else ""
-        click.echo(f"{key}={default}{choices}\n    {opt.help}")
+        valid = f" ({opt.range_text()})" if opt.range_text() else ""
+        click.echo(f"{key}={default}{choices}{valid}\n    {opt.help}")
 
 
 @cli.command()
@@ -119,8 +101,8 @@ def options(name: str) -> None:
 def register(moving: str, fixed: str, backend: str, output: str, transform_out: str | None, opts: tuple[str, ...],
              model: str | None, optimize_steps: int | None) -> None:
     """Register MOVING to FIXED and write MOVING resampled onto FIXED's grid."""
-    out = _check_output(output)
-    field_out = _check_output(transform_out) if transform_out else None
+    out = check_output(output, inputs=(moving, fixed))
+    field_out = check_output(transform_out, inputs=(moving, fixed, out)) if transform_out else None
     transform = register_pair(moving, fixed, backend=backend, options=_backend_options(opts, model, optimize_steps))
     from .pipeline import as_image
 
@@ -156,7 +138,7 @@ def segment(target: str, atlases: tuple, backend: str, fusion: str, output: str,
           -b ants -O preset=fast -f majority -o scan_seg.nii.gz
       atlasreg segment brain.nii.gz -b ants -o brain_dk.nii.gz
     """
-    out = _check_output(output)
+    out = check_output(output, inputs=(target, *(path for atlas in atlases for path in atlas)))
     if not atlases:
         click.echo(f"no atlas given: using the built-in atlas {builtin_atlas or DEFAULT_ATLAS}", err=True)
     labels = segment_target(
@@ -165,7 +147,7 @@ def segment(target: str, atlases: tuple, backend: str, fusion: str, output: str,
         backend=backend,
         fusion=fusion,
         backend_options=_backend_options(opts, model, optimize_steps),
-        fusion_options=_parse_options(fusion_opts),
+        fusion_options=parse_assignments(fusion_opts, "fusion option"),
         label_interp=label_interp,
         progress=True,
         builtin_atlas=builtin_atlas,
@@ -211,7 +193,7 @@ def atlases(as_json: bool) -> None:
 @cli.command()
 @click.argument("labels")
 @click.option("-o", "--output", required=True, help="Synthetic image on LABELS' grid and affine (.nii.gz).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed: the same seed gives the same image, byte for byte.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed: the same seed gives the same image, byte for byte.")
 @click.option("--contrast", type=click.Choice(CONTRASTS), default="t1", show_default=True, help="t1: realistic T1 tissue intensities; random: a random intensity per label.")
 @click.option("--skull-strip/--no-skull-strip", default=True, show_default=True, help="Set labels >= 100 (non-brain) to background first.")
 def synth(labels: str, output: str, seed: int, contrast: str, skull_strip: bool) -> None:
@@ -219,7 +201,7 @@ def synth(labels: str, output: str, seed: int, contrast: str, skull_strip: bool)
 
     Each label is painted with a tissue intensity, then blurred, bias-field modulated and noised.
     """
-    out = _check_output(output)
+    out = check_output(output, inputs=(labels,))
     save(synthesize(as_labels(labels), seed=seed, contrast=contrast, skull_strip=skull_strip), out)
     click.echo(f"wrote {out}", err=True)
 
@@ -238,6 +220,7 @@ def demo(output_dir: str, backends: str | None, targets: int, spacing: float) ->
     backend's result), results.md and results.json. A few minutes on two CPU cores.
     """
     chosen = [b.strip() for b in backends.split(",") if b.strip()] if backends is not None else None
+    check_output(output_dir, suffixes=None)
     results = run_demo(output_dir, chosen, targets=targets, spacing=spacing)
     click.echo(format_table(results))
     click.echo(f"wrote {Path(output_dir) / 'demo.png'}, results.md and results.json ({results['total_seconds']:.0f} s)", err=True)
@@ -255,14 +238,17 @@ def demo(output_dir: str, backends: str | None, targets: int, spacing: float) ->
 @click.option("--model", "models", multiple=True, metavar="NAME=MODEL.pt", help="Model file of a learned backend (repeatable).")
 @click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), help="Scoring protocol  [default: the dataset's, else aseg]")
 @click.option("-o", "--output", required=True, help="Report folder: results.csv, summary.md, figures (resumes if it exists).")
+@click.option("--skip-failed", is_flag=True, help="On a rerun, keep pairs recorded as failed instead of retrying them.")
 def compare(specs: tuple[str, ...], atlas: tuple | None, targets: str | None, truth: str | None, dataset: tuple | None,
-            split: str | None, atlas_id: str | None, models: tuple[str, ...], protocol: str | None, output: str) -> None:
+            split: str | None, atlas_id: str | None, models: tuple[str, ...], protocol: str | None, output: str,
+            skip_failed: bool) -> None:
     """Run several registration methods on the same atlas -> target pairs and score them alike.
 
     Writes REPORT_DIR/results.csv (one row per method x target x structure: Dice, HD95, folding,
     seconds, peak memory), summary.md (the paper's table layout, with a Wilcoxon test against the
     best method), dice_boxplot.png, overlays.png and deformation.png. Finished pairs are kept:
-    run the same command again to resume; a method failing on a pair is recorded, not fatal.
+    run the same command again to resume; a method failing on a pair is recorded, not fatal,
+    and retried on the next run (unless --skip-failed).
 
     \b
     Example:
@@ -300,14 +286,10 @@ def compare(specs: tuple[str, ...], atlas: tuple | None, targets: str | None, tr
                       if s.labels is not None and Path(s.image).resolve() != atlas_paths[0].resolve()]
     if not chosen_targets:
         raise AtlasregError("no target with a label map to score against")
-    methods = parse_methods(specs, _parse_options(models))
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise AtlasregError(f"{out}: exists and is not a folder")
-    if not out.parent.is_dir():
-        raise AtlasregError(f"{out.parent}: output folder does not exist")
+    methods = parse_methods(specs, parse_assignments(models, "--model"))
+    out = check_output(output, suffixes=None)
     protocol = protocol or "aseg"
-    run_compare(methods, atlas_paths, chosen_targets, protocol, out)
+    run_compare(methods, atlas_paths, chosen_targets, protocol, out, retry_failed=not skip_failed)
     for path in write_report(out, methods, atlas_paths, chosen_targets, protocol):
         click.echo(f"wrote {path}", err=True)
     click.echo((out / "summary.md").read_text())
@@ -329,7 +311,7 @@ def _glob_paths(patterns: tuple[str, ...], what: str) -> list[Path]:
 def _parse_config(pairs: tuple[str, ...]) -> dict[str, Any]:
     """KEY=VALUE pairs with JSON values where they parse (numbers, lists, objects), text otherwise."""
     config = {}
-    for key, value in _parse_options(pairs).items():
+    for key, value in parse_assignments(pairs, "config").items():
         try:
             config[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -396,7 +378,7 @@ def train(backend: str, images: tuple, atlas: tuple | None, output: str, spacing
 
         known = get_backend(backend)
         base = dict(getattr(known, "default_config", {}).get("weights", {}))
-        base.update({k: float(v) for k, v in _parse_options(weights).items()})
+        base.update({k: float(v) for k, v in parse_assignments(weights, "--weight").items()})
         config["weights"] = base
     settings = TrainSettings(
         images=_glob_paths(images, "--images"),

@@ -3,7 +3,8 @@ settings, register the same atlas to the same targets and are scored by the same
 
 Every finished (method, target) pair is written to ``results.csv`` at once, so an interrupted
 comparison resumes where it stopped; a method that fails on a pair is recorded as failed there and
-the others go on. The predicted label maps are kept under ``segmentations/`` and, for the first
+the others go on (and is retried on the next run, unless asked not to). A pair's ``mean`` row is
+written after its other rows, so a pair without one (a file cut short) counts as not done. The predicted label maps are kept under ``segmentations/`` and, for the first
 target, a picture of each deformation under ``deformations/``, so the report (see
 :mod:`atlasreg.report`) can be redrawn from the folder alone.
 """
@@ -29,6 +30,7 @@ from .figures import deformation_views, grid_image
 from .io import atomic_path, save
 from .metrics import evaluate, folding_percent
 from .pipeline import as_image, as_labels
+from .plugin_api import parse_assignments
 from .registry import get_backend
 from .transform import Transform
 from .volume import Volume
@@ -66,12 +68,7 @@ def parse_methods(specs: Sequence[str], models: Mapping[str, str] | None = None)
         if not spec:
             continue
         name, *pairs = spec.split(":")
-        options: dict[str, Any] = {}
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep or not key:
-                raise AtlasregError(f"method {spec!r}: options are KEY=VALUE after a colon, e.g. ants:preset=quality")
-            options[key.strip()] = value.strip()
+        options: dict[str, Any] = parse_assignments(pairs, f"method {spec!r}: option")
         backend = get_backend(name)
         if models and name in models and "model" not in options:
             options["model"] = models[name]
@@ -88,8 +85,22 @@ def parse_methods(specs: Sequence[str], models: Mapping[str, str] | None = None)
 
 
 def _safe(label: str) -> str:
-    """A method label as a file name."""
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
+    """A method label or target id as a file name: no path separators, no leading dot (so never ``..``)."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).lstrip(".") or "_"
+
+
+def segmentation_path(out_dir: Path, method_label: str, target_id: str) -> Path:
+    """Where the report keeps a method's label map of a target: always inside ``out_dir``."""
+    return out_dir / "segmentations" / _safe(method_label) / f"{_safe(target_id)}.nii.gz"
+
+
+def _check_target_ids(targets: Sequence[Target]) -> None:
+    """Refuse target ids that would share a segmentation file once made safe (``a/b`` and ``a_b``)."""
+    seen: dict[str, str] = {}
+    for target in targets:
+        other = seen.setdefault(_safe(target.id), target.id)
+        if other != target.id:
+            raise AtlasregError(f"target ids {other!r} and {target.id!r} give the same file name {_safe(target.id)!r}; rename one")
 
 
 class PeakMemory:
@@ -136,13 +147,30 @@ def _torch_if_cuda():
 
 
 def read_results(path: Path) -> list[dict[str, str]]:
+    """The rows of a results.csv this module wrote, without rows cut short; a file it did not write is refused."""
     if not path.exists():
         return []
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and set(rows[0]) != set(COLUMNS):
-        raise AtlasregError(f"{path}: not an atlasreg compare results file (columns differ); use another output folder")
-    return rows
+    foreign = AtlasregError(f"{path}: not an atlasreg compare results file; use another output folder")
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != COLUMNS:
+                raise foreign
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error):  # binary, or not CSV
+        raise foreign from None
+    return [row for row in rows if _complete(row)]
+
+
+def _complete(row: dict[str, str | None]) -> bool:
+    """Every column present (a row cut mid-way lacks the last ones) and a status we write."""
+    return None not in row and all(value is not None for value in row.values()) and row["status"] in ("ok", "failed")
+
+
+def finished_pairs(rows: Sequence[dict[str, str]], retry_failed: bool = True) -> set[tuple[str, str]]:
+    """(method, target) pairs with their closing ``mean`` row; failed ones only unless ``retry_failed``."""
+    return {(r["method"], r["target"]) for r in rows
+            if r["kind"] == "mean" and (r["status"] == "ok" or not retry_failed)}
 
 
 def _write_results(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -158,16 +186,16 @@ def _number(value: float | None) -> str:
 
 
 def score_rows(method: Method, target: Target, scores: dict, pair: dict[str, float]) -> list[dict[str, Any]]:
-    """results.csv rows of one finished pair: the mean, then each region, then each label."""
+    """results.csv rows of one finished pair: each region, each label, then the mean (the pair's closing row)."""
     common = {"method": method.label, "target": target.id, "status": "ok", "error": "",
               **{key: _number(value) for key, value in pair.items()}}
-    rows = [{**common, "kind": "mean", "structure": "mean", "dice": _number(scores["mean_dice"]),
-             "hd95_mm": _number(scores.get("mean_hd95"))}]
-    for region, value in scores["region_dice"].items():
-        rows.append({**common, "kind": "region", "structure": region, "dice": _number(value), "hd95_mm": ""})
+    rows = [{**common, "kind": "region", "structure": region, "dice": _number(value), "hd95_mm": ""}
+            for region, value in scores["region_dice"].items()]
     for label, value in scores["dice"].items():
         rows.append({**common, "kind": "label", "structure": label, "dice": _number(value),
                      "hd95_mm": _number(scores.get("hd95", {}).get(label))})
+    rows.append({**common, "kind": "mean", "structure": "mean", "dice": _number(scores["mean_dice"]),
+                 "hd95_mm": _number(scores.get("mean_hd95"))})  # last: it marks the pair as complete
     return rows
 
 
@@ -178,14 +206,21 @@ def run_compare(
     protocol: str,
     out_dir: Path,
     progress: bool = True,
+    retry_failed: bool = True,
 ) -> Path:
-    """Run every method on every target not already in ``out_dir/results.csv``; returns that file."""
+    """Run every method on every target not already done in ``out_dir/results.csv``; returns that file.
+
+    Pairs recorded as failed are run again unless ``retry_failed`` is False; rows of unfinished
+    pairs (a file cut short) are dropped and those pairs run again.
+    """
     if not targets:
         raise AtlasregError("no targets to compare on")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_target_ids(targets)
     results_path = out_dir / "results.csv"
     rows: list[dict[str, Any]] = read_results(results_path)
-    done = {(r["method"], r["target"]) for r in rows}
+    done = finished_pairs(rows, retry_failed)
+    rows = [r for r in rows if (r["method"], r["target"]) in done]
+    out_dir.mkdir(parents=True, exist_ok=True)
     atlas_image, atlas_labels = as_image(atlas[0], "atlas image"), as_labels(atlas[1], "atlas labels")
     if not atlas_image.same_grid(atlas_labels):
         raise AtlasregError("atlas image and label map are on different grids (shape or affine differ)")
@@ -227,7 +262,7 @@ def _run_one(method: Method, target: Target, atlas_image: Volume, atlas_labels: 
         message = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
         return [{**dict.fromkeys(COLUMNS, ""), "method": method.label, "target": target.id, "kind": "mean",
                  "structure": "mean", "status": "failed", "error": message}]
-    segmentation = out_dir / "segmentations" / _safe(method.label) / f"{target.id}.nii.gz"
+    segmentation = segmentation_path(out_dir, method.label, target.id)
     segmentation.parent.mkdir(parents=True, exist_ok=True)
     save(warped, segmentation)
     if figure:

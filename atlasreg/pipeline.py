@@ -38,6 +38,8 @@ def as_image(value: ImageLike, what: str = "image") -> Volume:
     volume = _as_volume(value, False, what)
     if volume.is_labels:
         raise AtlasregError(f"{what}: expected an intensity image, got a label map")
+    if not volume.array.any():
+        raise AtlasregError(f"{what}: image is empty (all zero)")
     return volume
 
 
@@ -100,23 +102,24 @@ def segment(
     """
     if atlases is not None and builtin_atlas:
         raise AtlasregError("give atlases or a built-in atlas name, not both")
+    method = get_backend(backend)
+    resolved = method.resolve_options(backend_options or {})
+    fuser = get_fusion(fusion)  # checked with one atlas too: a typo should not pass silently
+    fusion_resolved = fuser.resolve_options(fusion_options or {})
     if atlases is None:
         from .atlases import DEFAULT_ATLAS, load_atlas
 
         image, labels, _ = load_atlas(builtin_atlas or DEFAULT_ATLAS)
         atlases = [(image, labels)]
-    method = get_backend(backend)
-    resolved = method.resolve_options(backend_options or {})
     target_v = as_image(target, "target image")
     pairs = load_atlases(atlases)
-    fuser = get_fusion(fusion) if len(pairs) > 1 else None
-    fusion_resolved = fuser.resolve_options(fusion_options or {}) if fuser else {}
+    several = len(pairs) > 1
     warped_images, warped_labels = [], []
     for image, labels in tqdm(pairs, desc=f"registering atlases ({backend})", unit="atlas", disable=not progress):
         transform = method.register(image, target_v, **resolved)
         warped_labels.append(transform.warp_labels(labels, label_interp))
-        if fuser is not None:
+        if several:
             warped_images.append(transform.warp(image))
-    if fuser is None:
+    if not several:
         return warped_labels[0]
     return fuser.fuse(target_v, warped_images, warped_labels, **fusion_resolved)

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .compare import Method, Target, _safe, read_results
+from .compare import Method, Target, _safe, read_results, segmentation_path
 from .figures import deformation_figure, dice_boxplot, overlay_figure
 from .io import atomic_path, load
 from .metrics import finite_mean
@@ -136,7 +136,7 @@ def write_report(out_dir: Path, methods: Sequence[Method], atlas: tuple[Path, Pa
     first = targets[0]
     predictions = {}
     for label in labels:
-        path = out_dir / "segmentations" / _safe(label) / f"{first.id}.nii.gz"
+        path = segmentation_path(out_dir, label, first.id)
         if path.exists():
             predictions[label] = load(path, labels=True)
     if predictions:

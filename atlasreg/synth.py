@@ -153,6 +153,8 @@ def synthesize(
         raise AtlasregError("synthesize needs a label map, got an image")
     if contrast not in CONTRASTS:
         raise AtlasregError(f"unknown contrast {contrast!r}; expected one of {', '.join(CONTRASTS)}")
+    if seed < 0:
+        raise AtlasregError(f"seed must be >= 0, got {seed}")
     amounts = {
         "blur_mm": blur_mm,
         "bias_strength": bias_strength,

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import AtlasregError
+from .io import check_output
 from .learned import AlignedPair, LearnedBackend, align_pair, load_model_file, pick_device, save_model, transform_from_flow
 from .metrics import evaluate
 from .pipeline import as_image, as_labels
@@ -54,6 +55,18 @@ class TrainSettings:
     log: Path | None = None
     progress: bool = True
     config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse values that would train nothing, loop forever or reach torch as nonsense."""
+        at_least = {"epochs": 1, "batch_size": 1, "lr_step": 1, "iterations": 0, "max_minutes": 0, "seed": 0}
+        for name, lowest in at_least.items():
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < lowest:
+                raise AtlasregError(f"{name} must be at least {lowest} (got {value})")
+        for name in ("lr", "lr_gamma"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise AtlasregError(f"{name} must be a number > 0 (got {value})")
 
 
 #: part of every cache key: bump when the affine stage (algorithm or default options) changes, so old matrices are not reused
@@ -164,10 +177,8 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
     backend = get_backend(backend_name)
     if not isinstance(backend, LearnedBackend):
         raise AtlasregError(f"backend {backend_name!r} does not learn: nothing to train")
-    if not settings.output.name.endswith(".pt"):
-        raise AtlasregError(f"{settings.output}: the model file name must end in .pt")
-    if not settings.output.parent.is_dir():
-        raise AtlasregError(f"{settings.output.parent}: output folder does not exist")
+    inputs = [*settings.images, *settings.val_images, *settings.val_labels, *(settings.atlas or ())]
+    check_output(settings.output, inputs, suffixes=(".pt",))
     device = pick_device(settings.device)
     if device == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest 3-D convolutions
@@ -189,14 +200,17 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
             scheduler.load_state_dict(resumed["scheduler"])
         start_epoch, step = int(resumed.get("epoch", 0)), int(resumed.get("step", 0))
 
+    steps_per_epoch = math.ceil(len(settings.images) / settings.batch_size)  # one draw per image and epoch
+    total_steps = settings.iterations or settings.epochs * steps_per_epoch
+    if step >= total_steps:
+        raise AtlasregError(f"nothing to train: {settings.resume} already has {step} steps (of {total_steps} asked); "
+                            "raise --epochs or --iterations to continue")
     source = PairSource(settings, config)
     validation = _validation_pairs(settings, config)
     log_path = settings.log or settings.output.with_name(settings.output.name + ".log.jsonl")
     started = time.perf_counter()
-    steps_per_epoch = math.ceil(len(source) / settings.batch_size)
-    total_steps = settings.iterations or settings.epochs * steps_per_epoch
-    bar = tqdm(total=total_steps, initial=min(step, total_steps), desc=f"training {backend_name}", unit="step", disable=not settings.progress)
-    stop = step >= total_steps
+    bar = tqdm(total=total_steps, initial=step, desc=f"training {backend_name}", unit="step", disable=not settings.progress)
+    stop = False
     epoch = start_epoch
     with open(log_path, "a") as log:
         while not stop:
