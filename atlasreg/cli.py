@@ -139,8 +139,6 @@ def segment(target: str, atlases: tuple, backend: str, fusion: str, output: str,
       atlasreg segment brain.nii.gz -b ants -o brain_dk.nii.gz
     """
     out = check_output(output, inputs=(target, *(path for atlas in atlases for path in atlas)))
-    if not atlases:
-        click.echo(f"no atlas given: using the built-in atlas {builtin_atlas or DEFAULT_ATLAS}", err=True)
     labels = segment_target(
         target,
         list(atlases) if atlases else None,
@@ -153,7 +151,7 @@ def segment(target: str, atlases: tuple, backend: str, fusion: str, output: str,
         builtin_atlas=builtin_atlas,
     )
     save(labels, out)
-    click.echo(f"wrote {out}", err=True)
+    click.echo(f"wrote {out}" + ("" if atlases else f" (atlas: the built-in {builtin_atlas or DEFAULT_ATLAS})"), err=True)
 
 
 @cli.command()

@@ -244,11 +244,11 @@ class LearnedBackend(Backend):
         return _cached_network(self, str(path.resolve()), device, stat.st_mtime_ns, stat.st_size)
 
     def check_options(self, resolved: Mapping[str, Any]) -> None:
-        """The model file is required and must exist: found before any atlas is built or pair run."""
+        """The model file is required and must load into this backend's network: a missing or
+        unfit model is found before any atlas is built or pair run, not hours later."""
         if not resolved["model"]:
             raise AtlasregError(f"{self.name}: a model file is needed: -O model=MODEL.pt (train one with `atlasreg train -b {self.name}`)")
-        if not Path(resolved["model"]).is_file():
-            raise AtlasregError(f"{resolved['model']}: no such model file")
+        self.load_network(resolved["model"], "cpu")
 
     def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
         import torch

@@ -81,6 +81,8 @@ class Option:
             raise AtlasregError(f"option {name}={value!r}: expected {_type_name(default)}")
         if self.choices is not None and value not in self.choices:
             raise AtlasregError(f"option {name}={value!r}: choose one of {', '.join(self.choices)}")
+        if isinstance(default, tuple) and default and not value:
+            raise AtlasregError(f"option {name}: give at least one value")
         self._check_range(name, value)
         return value
 

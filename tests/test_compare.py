@@ -9,6 +9,7 @@ import atlasreg
 from atlasreg import AtlasregError
 from atlasreg.cli import main
 from atlasreg.compare import Target, parse_methods, run_compare
+from atlasreg.learned import save_model
 from atlasreg.registry import get_backend
 from atlasreg.report import write_report
 from atlasreg.volume import Volume
@@ -41,8 +42,9 @@ def test_parse_methods_specs_and_models(tmp_path):
     methods = parse_methods(["affine,ants:preset=fast", "ants:preset=quality:iterations=10,5,affine:sampling=0.1"], {})
     assert [m.label for m in methods] == ["affine", "ants:preset=fast", "ants:preset=quality:iterations=10,5", "affine:sampling=0.1"]
     assert methods[1].backend == "ants" and methods[1].options == {"preset": "fast"}
-    model = tmp_path / "vm.pt"
-    model.write_bytes(b"")  # only its existence is checked here
+    backend = get_backend("voxelmorph")
+    tiny = backend.config({"enc_channels": [2, 2, 2, 2], "dec_channels": [2] * 7})
+    model = save_model(tmp_path / "vm.pt", "voxelmorph", tiny, backend.build_network(tiny))
     assert parse_methods(["voxelmorph"], {"voxelmorph": str(model)})[0].options == {"model": str(model)}
     with pytest.raises(AtlasregError, match="unknown backend"):
         parse_methods(["nope"], {})
