@@ -151,7 +151,7 @@ def segment(target: str, atlases: tuple, backend: str, fusion: str, output: str,
         builtin_atlas=builtin_atlas,
     )
     save(labels, out)
-    click.echo(f"wrote {out}" + ("" if atlases else f" (atlas: the built-in {builtin_atlas or DEFAULT_ATLAS})"), err=True)
+    click.echo(f"wrote {out}" + ("" if atlases else f" (using the built-in atlas {builtin_atlas or DEFAULT_ATLAS})"), err=True)
 
 
 @cli.command()

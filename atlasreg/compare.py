@@ -4,9 +4,10 @@ settings, register the same atlas to the same targets and are scored by the same
 Every finished (method, target) pair is written to ``results.csv`` at once, so an interrupted
 comparison resumes where it stopped; a method that fails on a pair is recorded as failed there and
 the others go on (and is retried on the next run, unless asked not to). A pair's ``mean`` row is
-written after its other rows, so a pair without one (a file cut short) counts as not done. The predicted label maps are kept under ``segmentations/`` and, for the first
-target, a picture of each deformation under ``deformations/``, so the report (see
-:mod:`atlasreg.report`) can be redrawn from the folder alone.
+written after its other rows, so a pair without one (a file cut short) counts as not done. The
+predicted label maps are kept under ``segmentations/`` and, for the first target, a picture of
+each deformation under ``deformations/``, so the report (see :mod:`atlasreg.report`) can be
+redrawn from the folder alone.
 """
 
 from __future__ import annotations
