@@ -28,7 +28,9 @@ from tqdm import tqdm
 
 from .errors import AtlasregError
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+# ITK's own variable is left alone: the ITK backends run single-threaded for reproducibility (their plugins
+# see to it), so more cores go to more jobs, not more threads per registration.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -59,17 +61,17 @@ def threads_per_job(jobs: int, threads: int | None = None) -> int:
 
 
 def limit_threads(threads: int) -> None:
-    """Cap the threads of torch, BLAS/OpenMP and ITK (SimpleITK, ANTs) in this process.
+    """Cap the threads of torch, BLAS/OpenMP and SimpleITK's filters in this process.
 
-    torch and ITK read their variables when first used, so this binds fully in a fresh worker; in a
-    process that already loaded torch or SimpleITK their defaults are set directly as well.
+    torch reads its variable when first used, so this binds fully in a fresh worker; in a process
+    that already loaded torch or SimpleITK their defaults are set directly as well.
     """
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
     if "torch" in sys.modules:  # otherwise torch reads OMP_NUM_THREADS when imported
         sys.modules["torch"].set_num_threads(threads)
     if "SimpleITK" in sys.modules:
-        sys.modules["SimpleITK"].ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+        sys.modules["SimpleITK"].ProcessObject_SetGlobalDefaultNumberOfThreads(threads)
 
 
 def one_line(exc: BaseException) -> str:
