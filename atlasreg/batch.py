@@ -175,7 +175,11 @@ def _outcomes(work, tasks: list, shared: tuple, jobs: int, threads: int | None, 
 
 def dask_client(scheduler: str | None, workers: int):
     """A ``dask.distributed.Client``: connected to ``scheduler`` (an address such as
-    tcp://host:8786), or to a new ``LocalCluster`` of ``workers`` single-threaded worker processes."""
+    tcp://host:8786), or to a new ``LocalCluster`` of ``workers`` single-threaded worker processes.
+
+    Workers of an existing cluster must not be daemonic for the ANTs backend (it runs in a child
+    process): start them with DASK_DISTRIBUTED__WORKER__DAEMON=False.
+    """
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -185,6 +189,10 @@ def dask_client(scheduler: str | None, workers: int):
             return Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as exc:
             raise AtlasregError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=logging.ERROR)  # not its start-up and shutdown chatter
+    import dask
+
+    # Non-daemonic workers: a backend may start a child process (ANTs runs in one, so Ctrl-C stops it).
+    with dask.config.set({"distributed.worker.daemon": False}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               silence_logs=logging.ERROR)  # not its start-up and shutdown chatter
     return Client(cluster)

@@ -119,7 +119,7 @@ def _study_options(command):
         click.option("--jobs", type=int, default=1, show_default=True, help="Targets segmented at a time, each in its own process."),
         click.option("--threads", type=int, help="Threads per job  [default: cores / jobs, so jobs x threads <= cores]"),
         click.option("--dask", "use_dask", is_flag=True, help="Run the targets on a Dask LocalCluster of --jobs worker processes."),
-        click.option("--scheduler", metavar="ADDRESS", help="Run the targets on an existing Dask cluster, e.g. tcp://host:8786 (its workers read the inputs and write the outputs: they need the same file system)."),
+        click.option("--scheduler", metavar="ADDRESS", help="Run the targets on an existing Dask cluster, e.g. tcp://host:8786 (its workers read the inputs and write the outputs: they need the same file system; for ANTs start them with DASK_DISTRIBUTED__WORKER__DAEMON=False)."),
         click.option("--lut", type=click.Path(), help="Label names and colours: a FreeSurfer LUT or a BIDS dseg.tsv  [default: the "
                      "built-in atlas's names, else FreeSurfer's aseg names]"),
     ]
