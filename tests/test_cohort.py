@@ -10,23 +10,12 @@ import pytest
 
 import atlasreg
 from atlasreg.batch import run_tasks, threads_per_job
-from atlasreg.cli import main
 from atlasreg.lut import ASEG, read_lut
 from atlasreg.volume import Volume
-from conftest import blob_labels, image_from_labels
+from conftest import blob_labels, image_from_labels, run_cli as run
 
 SHAPE = (24, 26, 22)
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
-
-
-def run(capsys, *args):
-    try:
-        main(list(map(str, args)))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write_case(folder: Path, name: str, seed: int, shift=(0, 0, 0)) -> tuple[Path, Path]:
