@@ -133,7 +133,7 @@ def _study_options(command):
 @click.option("-a", "--atlas", "atlases", nargs=2, multiple=True, metavar="IMAGE LABELS", help="An atlas image and its label map (repeatable).")
 @click.option("-b", "--backend", default="ants", show_default=True, help="Registration backend (see `atlasreg backends`).")
 @click.option("-f", "--fusion", default="majority", show_default=True, help="Label fusion for several atlases (see `atlasreg fusions`).")
-@click.option("-o", "--output", required=True, help="One target: its label map (.nii.gz, integer, TARGET's grid and affine). "
+@click.option("-o", "--output", required=True, help="One target file: its label map (.nii.gz, integer, TARGET's grid and affine). "
               "Several targets, a folder or a glob: an output folder (OUTDIR/<name>_seg.nii.gz, _volumes.tsv, _qc.png, index.html).")
 @click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable; `atlasreg options NAME` lists them).")
 @click.option("-F", "--fusion-option", "fusion_opts", multiple=True, metavar="KEY=VALUE", help="Fusion option (repeatable).")
@@ -163,7 +163,7 @@ def segment(targets: tuple[str, ...], atlases: tuple, backend: str, fusion: str,
       atlasreg segment brain.nii.gz -b ants -o brain_dk.nii.gz
       atlasreg segment 'scans/*_T1w.nii.gz' -a atlas.nii.gz atlas_seg.nii.gz -b affine --jobs 2 -o study_out
     """
-    if len(targets) > 1 or not output.endswith(NIFTI_SUFFIXES) or any(_is_pattern_or_folder(t) for t in targets):
+    if len(targets) > 1 or any(_is_pattern_or_folder(t) for t in targets):
         _segment_study(targets, atlases, backend, fusion, output, _backend_options(opts, model, optimize_steps),
                        parse_assignments(fusion_opts, "fusion option"), label_interp, builtin_atlas, **study)
         return
