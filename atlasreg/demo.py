@@ -32,12 +32,12 @@ from .spatial import crop_to_foreground, reorient, resample_to_spacing
 from .synth import synthesize
 from .volume import Volume
 
-# The classical backends and the options the demo runs them with (ANTs' quality preset takes
-# minutes per pair: too slow for a first run).
-BACKEND_OPTIONS: dict[str, dict[str, Any]] = {"affine": {}, "simpleitk": {}, "ants": {"preset": "fast"}}
+# The backends that need no model file and the options the demo runs them with (ANTs' quality
+# preset takes minutes per pair: too slow for a first run).
+BACKEND_OPTIONS: dict[str, dict[str, Any]] = {"affine": {}, "simpleitk": {}, "ants": {"preset": "fast"}, "svf": {}}
 ATLAS_DONOR = DONORS[0]
 TARGET_DONORS = DONORS[1:]
-DEFAULT_TARGETS = len(TARGET_DONORS)  # about 2 minutes for all three backends on 2 CPU cores
+DEFAULT_TARGETS = len(TARGET_DONORS)
 
 
 def donor_subject(donor: str, spacing: float = 2.0) -> tuple[Volume, Volume]:

@@ -21,7 +21,6 @@ from scipy import ndimage
 
 from .errors import AtlasregError
 from .plugin_api import MAX_ITERATIONS, Backend, Option
-from .registry import get_backend
 from .transform import Transform
 from .volume import Volume, zscore
 
@@ -37,6 +36,18 @@ def working_grid(fixed: Volume, spacing: float, shape: tuple[int, int, int]) -> 
     affine = np.diag([spacing, spacing, spacing, 1.0])
     affine[:3, 3] = centre - spacing * (np.array(shape) - 1) / 2.0
     return Volume(np.zeros(shape, np.float32), affine, is_labels=False)
+
+
+def covering_shape(fixed: Volume, spacing: float, margin: int = 4) -> tuple[int, int, int]:
+    """Shape of the ``working_grid`` at ``spacing`` mm that holds all of ``fixed``'s non-zero voxels,
+    plus ``margin`` voxels each side (the grid is centred on their centre of mass, not their box)."""
+    mask = fixed.array > 0
+    voxels = np.argwhere(mask) if mask.any() else np.array([[0, 0, 0], np.array(fixed.shape) - 1])
+    centre = np.array(ndimage.center_of_mass(mask)) if mask.any() else voxels.mean(0)
+    corners = np.array([[lo, hi] for lo, hi in zip(voxels.min(0), voxels.max(0))])
+    corners = np.array(np.meshgrid(*corners, indexing="ij")).reshape(3, -1)
+    reach = np.abs(fixed.affine[:3, :3] @ (corners - centre[:, None])).max(1)
+    return tuple(int(n) for n in np.ceil(2 * reach / spacing) + 1 + 2 * margin)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -57,11 +68,15 @@ def align_pair(
     shape: tuple[int, int, int],
     moving_labels: Volume | None = None,
     matrix: np.ndarray | None = None,
+    device: str = "cpu",
 ) -> AlignedPair:
-    """Affine stage (unless ``matrix`` is given), then both images resampled onto the working grid."""
+    """The core's affine stage (unless ``matrix`` is given; run on ``device``), then both images
+    resampled onto the working grid."""
     grid = working_grid(fixed, spacing, shape)
     if matrix is None:
-        matrix = get_backend("affine").register(moving, fixed, **get_backend("affine").resolve_options({})).matrix
+        from .engine import affine_stage
+
+        matrix = affine_stage(moving, fixed, device=device)
     on_grid = Transform.from_matrix(grid, matrix)
     fixed_w = Transform.identity(grid).warp(fixed)
     moving_w = on_grid.warp(moving)
@@ -189,9 +204,9 @@ class LearnedBackend(Backend):
     options = {
         "model": Option("", "model file written by `atlasreg train` (required)"),
         "device": Option("auto", "where the network runs", ("auto", "cpu", "cuda")),
-        "optimize_steps": Option(0, "instance optimisation: fine-tune on the pair at hand for N steps first",
+        "optimize_steps": Option(0, "instance optimisation: refine the network's velocity field on the pair at hand by N Adam steps",
                                  minimum=0, maximum=MAX_ITERATIONS),
-        "optimize_lr": Option(1e-4, "learning rate of instance optimisation", minimum=0, exclusive_minimum=True),
+        "optimize_lr": Option(0.2, "Adam step size (voxels) of instance optimisation", minimum=0, exclusive_minimum=True),
     }
     default_config: ClassVar[dict[str, Any]] = {}
     #: loss term names, in the order they are reported
@@ -209,6 +224,11 @@ class LearnedBackend(Backend):
 
     def mean_flow(self, network, moving, fixed, config: Mapping[str, Any]):
         """The deterministic flow in voxels (B, 3, X, Y, Z) (the mean transformation), no loss terms."""
+        raise NotImplementedError
+
+    def predict_velocity(self, network, moving, fixed, config: Mapping[str, Any]):
+        """The network's stationary velocity field ``(B, 3, X, Y, Z)`` (working-grid voxels; a
+        probabilistic model's mean): the start of instance optimisation."""
         raise NotImplementedError
 
     def predict_flow(self, network, moving, fixed, config: Mapping[str, Any]):
@@ -259,22 +279,20 @@ class LearnedBackend(Backend):
         moving_t = torch.from_numpy(pair.moving)[None, None].to(device)
         fixed_t = torch.from_numpy(pair.fixed)[None, None].to(device)
         if options["optimize_steps"] > 0:
-            network = self.optimize(network, moving_t, fixed_t, config, options["optimize_steps"], options["optimize_lr"])
-        flow = self.predict_flow(network, moving_t, fixed_t, config)
+            flow = self.optimize(network, moving_t, fixed_t, config, options["optimize_steps"], options["optimize_lr"])
+        else:
+            flow = self.predict_flow(network, moving_t, fixed_t, config)
         return transform_from_flow(flow[0], pair, fixed)
 
     def optimize(self, network, moving, fixed, config: Mapping[str, Any], steps: int, lr: float):
-        """Instance optimisation: a copy of the network fine-tuned on this one pair (unsupervised loss)."""
+        """Instance optimisation: the network's velocity (detached; the weights stay as trained) refined
+        on this one pair by the engine's optimiser (LNCC + diffusion, Adam), ``steps // 2`` steps on
+        the grid half as fine as the working grid, the rest on the working grid. Returns the flow."""
         import torch
 
-        tuned = copy.deepcopy(network).train()
-        for module in tuned.modules():  # keep normalisation statistics from training
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
-        optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
-        for _ in range(steps):
-            optimizer.zero_grad()
-            _, terms = self.loss_terms(tuned, moving, fixed, config, sample=False)
-            self.total_loss(terms, config).backward()
-            optimizer.step()
-        return tuned.eval()
+        from .engine import displacement, optimize_velocity
+
+        with torch.no_grad():
+            velocity = self.predict_velocity(network, moving, fixed, config)
+        refined = optimize_velocity(moving, fixed, velocity, levels=(2, 1), iterations=(steps // 2, steps - steps // 2), lr=lr)
+        return displacement(refined, moving.shape[2:])

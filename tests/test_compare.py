@@ -39,8 +39,8 @@ def _rows(path):
 
 
 def test_parse_methods_specs_and_models(tmp_path):
-    methods = parse_methods(["affine,ants:preset=fast", "ants:preset=quality:iterations=10,5,affine:sampling=0.1"], {})
-    assert [m.label for m in methods] == ["affine", "ants:preset=fast", "ants:preset=quality:iterations=10,5", "affine:sampling=0.1"]
+    methods = parse_methods(["affine,ants:preset=fast", "ants:preset=quality:iterations=10,5,affine:metric=mi"], {})
+    assert [m.label for m in methods] == ["affine", "ants:preset=fast", "ants:preset=quality:iterations=10,5", "affine:metric=mi"]
     assert methods[1].backend == "ants" and methods[1].options == {"preset": "fast"}
     backend = get_backend("voxelmorph")
     tiny = backend.config({"enc_channels": [2, 2, 2, 2], "dec_channels": [2] * 7})

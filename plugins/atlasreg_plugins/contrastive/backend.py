@@ -45,6 +45,9 @@ class ContrastiveBackend(LearnedBackend):
     def mean_flow(self, network, moving, fixed, config: Mapping[str, Any]):
         return network.flow(network(moving, fixed)["mean"])
 
+    def predict_velocity(self, network, moving, fixed, config: Mapping[str, Any]):
+        return network(moving, fixed)["mean"]
+
     def loss_terms(self, network, moving, fixed, config: Mapping[str, Any], sample: bool):
         from atlasreg.flow import warp
 

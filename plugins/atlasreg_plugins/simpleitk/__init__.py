@@ -1,15 +1,14 @@
-"""SimpleITK plugin: the ``affine`` and ``simpleitk`` (deformable) backends and ``staple`` label fusion."""
+"""SimpleITK plugin: the ``simpleitk`` (deformable) backend and ``staple`` label fusion."""
 
 from atlasreg.hookspecs import hookimpl
 
-from .affine import AffineBackend
 from .backend import SimpleITKBackend
 from .staple import Staple
 
 
 @hookimpl
 def atlasreg_backends():
-    return [AffineBackend(), SimpleITKBackend()]
+    return [SimpleITKBackend()]
 
 
 @hookimpl

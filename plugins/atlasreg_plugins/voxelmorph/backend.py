@@ -39,6 +39,9 @@ class VoxelMorphBackend(LearnedBackend):
     def mean_flow(self, network, moving, fixed, config: Mapping[str, Any]):
         return network.flow(network(moving, fixed)["velocity"])
 
+    def predict_velocity(self, network, moving, fixed, config: Mapping[str, Any]):
+        return network(moving, fixed)["velocity"]
+
     def loss_terms(self, network, moving, fixed, config: Mapping[str, Any], sample: bool):
         from atlasreg.flow import warp
 

@@ -1,0 +1,214 @@
+"""The engine benchmark (issue 11): ANTs' affine, the torch affine stage, the SimpleITK affine stage,
+ANTs fast, ANTs quality, the torch ``svf`` backend and FireANTs, side by side in one run.
+
+    nice -n 10 python benchmarks/engine.py [--pairs 1:8,1:9,1:10,1:2,3:4,5:6,7:8] [--threads 2] \
+        [--fireants-python /work/fireants-venv/bin/python] [--one-mm] [-o benchmarks/results/engine.md]
+
+Pairs: atlas -> target subjects of benchmarks/shared_maps.py (2 mm synthesized T1-like images,
+native positions), scored with the aseg protocol (mean Dice over 28 structures); folding: percent
+of the target's brain voxels where det J <= 0. Seconds: wall-clock registration alone, one pair
+and one method after another in this process (FireANTs in its own virtual environment, timed
+inside it, start-up excluded). Every result is appended to benchmarks/work/engine/results.jsonl as
+it comes, so a rerun resumes; delete that file to measure again. ``--one-mm``: the svf backend on
+a 1 mm pair, in a child process each, for time and peak memory (max RSS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from statistics import mean
+
+import click
+
+HERE = Path(__file__).parent
+WORK = HERE / "work" / "engine"
+HELD_OUT = (8, 9, 10)
+
+#: (row label, backend, options); None: the SimpleITK affine stage called directly (not a backend)
+METHODS = [
+    ("ANTs Affine", "ants", {"transform": "Affine"}),
+    ("torch affine (affine backend)", "affine", {}),
+    ("SimpleITK affine stage", None, {}),
+    ("ANTs fast", "ants", {"preset": "fast"}),
+    ("svf", "svf", {}),
+    ("ANTs quality", "ants", {"preset": "quality"}),
+]
+
+
+def register(backend: str | None, options: dict, moving, fixed):
+    import atlasreg
+    from atlasreg.transform import Transform
+
+    if backend is None:
+        from atlasreg_plugins.simpleitk.affine_stage import affine_to_ras, register_affine
+        from atlasreg_plugins.simpleitk.convert import to_sitk
+
+        return Transform.from_matrix(fixed, affine_to_ras(register_affine(to_sitk(fixed), to_sitk(moving))))
+    return atlasreg.register(moving, fixed, backend=backend, **options)
+
+
+def score(warped_labels, target_labels, transform=None) -> tuple[float, float | None]:
+    import atlasreg
+    from atlasreg.metrics import folding_percent
+
+    dice = atlasreg.evaluate(warped_labels, target_labels, "aseg")["mean_dice"]
+    folding = None if transform is None else folding_percent(transform.jacobian_determinant(), target_labels.array > 0)
+    return dice, folding
+
+
+def load_results() -> list[dict]:
+    path = WORK / "results.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def append(result: dict) -> None:
+    WORK.mkdir(parents=True, exist_ok=True)
+    with open(WORK / "results.jsonl", "a") as f:
+        f.write(json.dumps(result) + "\n")
+    folding = "–" if result["folding"] is None else f"{result['folding']:.3f} %"
+    print(f"{result['pair']} {result['method']:<30} Dice {result['dice']:.3f}  {result['seconds']:7.1f} s  folding {folding}", file=sys.stderr, flush=True)
+
+
+def run_fireants(python: str, threads: int, pairs: list[tuple[int, int]], done: set, subjects) -> None:
+    """FireANTs (affine + greedy, its LPBA40 example settings) in its own environment, scored here."""
+    import atlasreg
+
+    todo = [(a, t) for a, t in pairs if (f"{a:02d}->{t:02d}", "FireANTs") not in done]
+    if not todo:
+        return
+    folder = WORK / "fireants"
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for a, t in todo:
+        for n in (a, t):
+            image, labels = subjects(n)
+            atlasreg.save(image, folder / f"subject{n:02d}_t1.nii.gz")
+            atlasreg.save(labels, folder / f"subject{n:02d}_seg.nii.gz")
+        jobs.append({"moving": str(folder / f"subject{a:02d}_t1.nii.gz"), "moving_seg": str(folder / f"subject{a:02d}_seg.nii.gz"),
+                     "fixed": str(folder / f"subject{t:02d}_t1.nii.gz"), "output": str(folder / f"warped_{a:02d}_{t:02d}.nii.gz")})
+    (folder / "jobs.json").write_text(json.dumps(jobs))
+    proc = subprocess.run([python, str(HERE / "fireants_peer.py"), str(folder / "jobs.json"), str(threads)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"FireANTs failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+        (WORK / "fireants_error.txt").write_text(proc.stderr)
+        return
+    seconds = json.loads(proc.stdout.strip().splitlines()[-1])
+    for (a, t), job, sec in zip(todo, jobs, seconds):
+        dice, _ = score(atlasreg.load(job["output"], labels=True), subjects(t)[1])
+        append({"pair": f"{a:02d}->{t:02d}", "method": "FireANTs", "dice": dice, "folding": None, "seconds": sec})
+
+
+def one_mm_child(spacing: float) -> None:
+    """Child process: svf on the 1 mm pair 01 -> 07 at working spacing ``spacing``; print seconds, Dice, max RSS."""
+    import atlasreg
+    from shared_maps import subject
+
+    moving, moving_labels = subject(1, spacing=1.0)
+    fixed, fixed_labels = subject(7, spacing=1.0)
+    start = time.perf_counter()
+    transform = atlasreg.register(moving, fixed, backend="svf", spacing=spacing)
+    seconds = time.perf_counter() - start
+    dice, folding = score(transform.warp_labels(moving_labels), fixed_labels, transform)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps({"spacing": spacing, "seconds": seconds, "dice": dice, "folding": folding, "max_rss_gib": rss, "shape": list(fixed.shape)}))
+
+
+def table(results: list[dict], pairs: list[str]) -> list[str]:
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    by = {(r["pair"], r["method"]): r for r in results}
+    lines = ["| atlas → target | " + " | ".join(f"{m} Dice / s" for m in methods) + " |", "|---|" + "---|" * len(methods)]
+    for pair in pairs:
+        cells = [f"{by[pair, m]['dice']:.3f} / {by[pair, m]['seconds']:.1f}" if (pair, m) in by else "–" for m in methods]
+        lines.append(f"| {pair.replace('->', ' → ')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def summary(results: list[dict], pairs: list[str], title: str) -> list[str]:
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    by = {(r["pair"], r["method"]): r for r in results}
+    complete = [m for m in methods if all((p, m) in by for p in pairs)]
+
+    def avg(method: str, key: str) -> float:
+        return mean(by[p, method][key] for p in pairs)
+
+    lines = [f"{title} ({len(pairs)} pairs)", "", "| method | mean Dice | mean s / pair | × ANTs Affine time | × ANTs fast time | × ANTs quality time | % folding (det J ≤ 0, brain) |",
+             "|---|---|---|---|---|---|---|"]
+    ref = {m: avg(m, "seconds") for m in ("ANTs Affine", "ANTs fast", "ANTs quality") if m in complete}
+    for m in complete:
+        s = avg(m, "seconds")
+        ratios = [f"{s / ref[r]:.3f}" if r in ref else "–" for r in ("ANTs Affine", "ANTs fast", "ANTs quality")]
+        folds = [by[p, m]["folding"] for p in pairs]
+        fold = "–" if any(f is None for f in folds) else f"{mean(folds):.4f}"
+        lines.append(f"| {m} | {avg(m, 'dice'):.3f} | {s:.1f} | " + " | ".join(ratios) + f" | {fold} |")
+    return lines
+
+
+@click.command()
+@click.option("--pairs", default="1:8,1:9,1:10,1:2,3:4,5:6,7:8", show_default=True, help="atlas:target subject numbers")
+@click.option("--threads", default=2, show_default=True, help="threads for torch and ITK (ANTs, SimpleITK)")
+@click.option("--fireants-python", default="", help="python of a virtual environment with fireants installed (empty: skip)")
+@click.option("--one-mm/--no-one-mm", default=False, help="Also time svf on a 1 mm pair (child processes, peak memory).")
+@click.option("--run/--no-run", default=True, help="--no-run: only write the tables from the results measured so far.")
+@click.option("--child", type=float, default=None, hidden=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the markdown here.")
+def main(pairs: str, threads: int, fireants_python: str, one_mm: bool, run: bool, child: float | None, output: str | None) -> None:
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, str(HERE))
+    from functools import lru_cache
+
+    from machine import header
+    from shared_maps import subject
+
+    if child is not None:
+        one_mm_child(child)
+        return
+    started = header("python benchmarks/engine.py " + " ".join(sys.argv[1:]))  # the commit measured, not the one at the end
+    subjects = lru_cache(maxsize=None)(subject)
+    pair_list = [tuple(int(v) for v in p.split(":")) for p in pairs.split(",")]
+    done = {(r["pair"], r["method"]) for r in load_results()}
+    for a, t in pair_list if run else []:
+        moving, moving_labels = subjects(a)
+        fixed, fixed_labels = subjects(t)
+        for label, backend, options in METHODS:
+            if (f"{a:02d}->{t:02d}", label) in done:
+                continue
+            start = time.perf_counter()
+            transform = register(backend, options, moving, fixed)
+            seconds = time.perf_counter() - start
+            dice, folding = score(transform.warp_labels(moving_labels), fixed_labels, transform)
+            append({"pair": f"{a:02d}->{t:02d}", "method": label, "dice": dice, "folding": folding, "seconds": seconds})
+    if fireants_python and run:
+        run_fireants(fireants_python, threads, pair_list, done, subjects)
+
+    results = load_results()
+    names = [f"{a:02d}->{t:02d}" for a, t in pair_list]
+    held_out = [p for p, (_, t) in zip(names, pair_list) if t in HELD_OUT and p.startswith("01")]
+    lines = [started, f"- OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY', 'unset')}", f"- threads: {threads} (torch and ITK), torch {torch.__version__}", ""]
+    lines += table(results, names) + [""] + summary(results, names, "All pairs") + [""]
+    if held_out:
+        lines += summary(results, held_out, "Held-out targets only, atlas 01 → 08, 09, 10") + [""]
+    if one_mm:
+        lines += ["svf on a 1 mm pair (01 → 07; one child process each; max RSS of the whole process)", "",
+                  "| working spacing | grid (input) | s | Dice | % folding | max RSS GiB |", "|---|---|---|---|---|---|"]
+        for spacing in (2.0, 1.0):
+            proc = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--child", str(spacing)], capture_output=True, text=True, check=True)
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            lines.append(f"| {spacing} mm | {'×'.join(map(str, r['shape']))} | {r['seconds']:.1f} | {r['dice']:.3f} | {r['folding']:.4f} | {r['max_rss_gib']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The torch engine: affine stage, velocity-field optimiser, and the ``svf`` backend built on them."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import atlasreg  # noqa: E402
+from atlasreg import AtlasregError  # noqa: E402
+from atlasreg.engine import affine_stage, displacement, optimize_velocity  # noqa: E402
+from atlasreg.flow import integrate, jacobian_determinant, warp  # noqa: E402
+from atlasreg.transform import Transform  # noqa: E402
+from atlasreg.volume import Volume  # noqa: E402
+
+from conftest import blob_labels, image_from_labels  # noqa: E402
+
+FAST_SVF = {"iterations": (30, 20, 5), "device": "cpu"}
+
+
+def known_affine(degrees=(8.0, -5.0, 12.0), translation=(6.0, -8.0, 4.0), scales=(1.08, 0.93, 1.05)) -> np.ndarray:
+    """Fixed world -> moving world: rotation about the origin, axis scaling, translation (mm)."""
+    rx, ry, rz = np.radians(degrees)
+    rot_x = np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])
+    rot_y = np.array([[np.cos(ry), 0, np.sin(ry)], [0, 1, 0], [-np.sin(ry), 0, np.cos(ry)]])
+    rot_z = np.array([[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = rot_z @ rot_y @ rot_x @ np.diag(scales)
+    matrix[:3, 3] = translation
+    return matrix
+
+
+def test_torch_affine_recovers_a_known_affine_within_half_a_millimetre():
+    grid = np.diag([2.0, 2.0, 2.0, 1.0])
+    grid[:3, 3] = -47.0  # centred on the origin
+    labels = np.zeros((48, 48, 48), np.int32)
+    labels[10:38, 4:44, 13:35] = blob_labels((28, 40, 22))  # anisotropic: the rotation is well defined
+    fixed = Volume(image_from_labels(labels, 3), grid)
+    truth = known_affine()
+    moving = Transform.from_matrix(fixed, np.linalg.inv(truth)).warp(fixed)  # moving(M x) = fixed(x)
+    found = affine_stage(moving, fixed, levels=(8.0, 4.0, 2.0))
+    brain = Transform.identity(fixed).grid_points()[labels > 0]
+    error = np.linalg.norm(brain @ (found - truth)[:3, :3].T + (found - truth)[:3, 3], axis=-1)
+    assert error.mean() < 0.5 and error.max() < 1.0, f"max error {error.max():.2f} mm, mean {error.mean():.2f} mm"
+
+
+def test_torch_affine_is_deterministic_and_mi_runs(pair):
+    moving, _, fixed, _ = pair
+    assert np.array_equal(affine_stage(moving, fixed), affine_stage(moving, fixed))
+    assert np.all(np.isfinite(affine_stage(moving, fixed, metric="mi", rigid_iterations=(5, 5, 5), affine_iterations=(5, 5, 5))))
+
+
+def smooth_field(shape, amplitude, seed=0):
+    """A smooth random velocity (1, 3, *shape), voxels, at most ``amplitude`` in any component."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(1, 3, 4, 4, 4, generator=generator)
+    field = torch.nn.functional.interpolate(coarse, size=shape, mode="trilinear", align_corners=True)
+    return field * (amplitude / field.abs().max())
+
+
+def test_optimiser_recovers_a_known_smooth_displacement():
+    labels = blob_labels((40, 40, 40))
+    fixed = torch.from_numpy(image_from_labels(labels, 4) / 40.0)[None, None]
+    truth = integrate(smooth_field(fixed.shape[2:], 4.0), 7)
+    moving = warp(fixed, integrate(-smooth_field(fixed.shape[2:], 4.0), 7))  # exp(-v) undoes exp(v)
+    velocity = optimize_velocity(moving, fixed, levels=(2, 1), iterations=(80, 40), weight=0.1)
+    found = displacement(velocity, fixed.shape[2:])
+    brain = torch.from_numpy(labels > 0)
+    error = (found - truth).norm(dim=1)[0][brain]
+    before = truth.norm(dim=1)[0][brain]
+    assert error.mean() < 0.4 * before.mean(), f"mean error {error.mean():.2f} vs {before.mean():.2f} voxels before"
+
+
+def test_large_regulariser_keeps_the_map_diffeomorphic(pair):
+    moving, _, fixed, _ = pair
+    noise = Volume(np.random.default_rng(0).normal(100, 30, moving.shape).astype(np.float32), moving.affine)
+    transform = atlasreg.register(noise, fixed, backend="svf", regularisation=100.0, lr=1.0, **FAST_SVF)
+    assert transform.jacobian_determinant().min() > 0
+
+
+def test_svf_backend_aligns_and_is_deterministic(pair):
+    moving, moving_labels, fixed, fixed_labels = pair
+    first = atlasreg.register(moving, fixed, backend="svf", **FAST_SVF)
+    again = atlasreg.register(moving, fixed, backend="svf", **FAST_SVF)
+    assert first.field.tobytes() == again.field.tobytes() and np.array_equal(first.matrix, again.matrix)
+    dice = atlasreg.evaluate(first.warp_labels(moving_labels), fixed_labels, "labels")["mean_dice"]
+    assert dice > 0.8
+    assert first.jacobian_determinant().min() > 0
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"levels": "1,2"}, "coarse to fine"),
+        ({"levels": "4,0"}, ">= 1"),
+        ({"iterations": "10,10"}, "one count"),
+        ({"iterations": "10,-1,5"}, ">= 0"),
+        ({"window": "4"}, "odd"),
+        ({"regularisation": "-1"}, ">= 0"),
+        ({"smoothing": "-0.5"}, ">= 0"),
+        ({"lr": "0"}, "> 0"),
+        ({"spacing": "-2"}, ">= 0.25"),
+        ({"device": "tpu"}, "choose one of"),
+    ],
+)
+def test_svf_refuses_bad_options_before_any_work(pair, options, message):
+    moving, _, fixed, _ = pair
+    with pytest.raises(AtlasregError, match=message):
+        atlasreg.register(moving, fixed, backend="svf", **options)
+
+
+def test_instance_optimisation_refines_the_velocity_not_the_weights():
+    from atlasreg.engine.similarity import lncc
+    from atlasreg.registry import get_backend
+
+    backend = get_backend("voxelmorph")
+    config = backend.config({"shape": [32, 32, 32], "crop": [32, 32, 32]})
+    torch.manual_seed(0)
+    network = backend.build_network(config).eval()
+    fixed = torch.from_numpy(image_from_labels(blob_labels((32, 32, 32)), 1) / 40.0)[None, None]
+    moving = torch.from_numpy(image_from_labels(blob_labels((32, 32, 32), shift=(2, -1, 1)), 2) / 40.0)[None, None]
+    weights = {name: value.clone() for name, value in network.state_dict().items()}
+    start = backend.predict_flow(network, moving, fixed, config)
+    flow = backend.optimize(network, moving, fixed, config, steps=20, lr=0.2)
+    assert flow.shape == start.shape
+    assert all(torch.equal(weights[name], value) for name, value in network.state_dict().items())
+    assert lncc(fixed, warp(moving, flow)) < lncc(fixed, warp(moving, start)) - 0.01
+
+
+def test_cli_lists_svf_and_segments_with_it(capsys, tmp_path, pair):
+    from atlasreg.cli import main
+
+    def run(*args):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        return (code, *capsys.readouterr())
+
+    code, out, _ = run("backends")
+    assert code == 0 and "svf" in out
+    moving, moving_labels, fixed, fixed_labels = pair
+    paths = {name: atlasreg.save(v, tmp_path / f"{name}.nii.gz") for name, v in dict(m=moving, ms=moving_labels, f=fixed).items()}
+    out_path = tmp_path / "seg.nii.gz"
+    code, _, err = run("segment", paths["f"], "-a", paths["m"], paths["ms"], "-b", "svf", "-O", "iterations=30,20,5", "-o", out_path)
+    assert code == 0, err
+    segmentation = atlasreg.load(out_path, labels=True)
+    assert atlasreg.evaluate(segmentation, fixed_labels, "labels")["mean_dice"] > 0.8
+    code, _, err = run("segment", paths["f"], "-a", paths["m"], paths["ms"], "-b", "svf", "-O", "window=4", "-o", tmp_path / "bad.nii.gz")
+    assert code != 0 and "odd" in err and "Traceback" not in err and not (tmp_path / "bad.nii.gz").exists()
