@@ -50,7 +50,7 @@ def register(backend: str | None, options: dict, moving, fixed):
         from atlasreg_plugins.simpleitk.convert import to_sitk
 
         return Transform.from_matrix(fixed, affine_to_ras(register_affine(to_sitk(fixed), to_sitk(moving))))
-    return atlasreg.register(moving, fixed, backend=backend, **options)
+    return atlasreg.register(moving, fixed, backend=backend, options=options)
 
 
 def score(warped_labels, target_labels, transform=None) -> tuple[float, float | None]:
@@ -112,7 +112,7 @@ def one_mm_child(spacing: float) -> None:
     moving, moving_labels = subject(1, spacing=1.0)
     fixed, fixed_labels = subject(7, spacing=1.0)
     start = time.perf_counter()
-    transform = atlasreg.register(moving, fixed, backend="svf", spacing=spacing)
+    transform = atlasreg.register(moving, fixed, backend="svf", options={"spacing": spacing})
     seconds = time.perf_counter() - start
     dice, folding = score(transform.warp_labels(moving_labels), fixed_labels, transform)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

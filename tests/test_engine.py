@@ -10,7 +10,7 @@ from atlasreg import AtlasregError  # noqa: E402
 from atlasreg.engine import affine_stage, displacement, optimize_velocity  # noqa: E402
 from atlasreg.flow import integrate, jacobian_determinant, warp  # noqa: E402
 from atlasreg.transform import Transform  # noqa: E402
-from atlasreg.volume import Volume  # noqa: E402
+from atlasreg.volume import image  # noqa: E402
 
 from conftest import blob_labels, image_from_labels  # noqa: E402
 
@@ -34,7 +34,7 @@ def test_torch_affine_recovers_a_known_affine_within_half_a_millimetre():
     grid[:3, 3] = -47.0  # centred on the origin
     labels = np.zeros((48, 48, 48), np.int32)
     labels[10:38, 4:44, 13:35] = blob_labels((28, 40, 22))  # anisotropic: the rotation is well defined
-    fixed = Volume(image_from_labels(labels, 3), grid)
+    fixed = image(image_from_labels(labels, 3), grid)
     truth = known_affine()
     moving = Transform.from_matrix(fixed, np.linalg.inv(truth)).warp(fixed)  # moving(M x) = fixed(x)
     found = affine_stage(moving, fixed, levels=(8.0, 4.0, 2.0))
@@ -72,15 +72,15 @@ def test_optimiser_recovers_a_known_smooth_displacement():
 
 def test_large_regulariser_keeps_the_map_diffeomorphic(pair):
     moving, _, fixed, _ = pair
-    noise = Volume(np.random.default_rng(0).normal(100, 30, moving.shape).astype(np.float32), moving.affine)
-    transform = atlasreg.register(noise, fixed, backend="svf", regularisation=100.0, lr=1.0, **FAST_SVF)
+    noise = image(np.random.default_rng(0).normal(100, 30, moving.shape), moving.affine)
+    transform = atlasreg.register(noise, fixed, backend="svf", options={**FAST_SVF, "regularisation": 100.0, "lr": 1.0})
     assert transform.jacobian_determinant().min() > 0
 
 
 def test_svf_backend_aligns_and_is_deterministic(pair):
     moving, moving_labels, fixed, fixed_labels = pair
-    first = atlasreg.register(moving, fixed, backend="svf", **FAST_SVF)
-    again = atlasreg.register(moving, fixed, backend="svf", **FAST_SVF)
+    first = atlasreg.register(moving, fixed, backend="svf", options=FAST_SVF)
+    again = atlasreg.register(moving, fixed, backend="svf", options=FAST_SVF)
     assert first.field.tobytes() == again.field.tobytes() and np.array_equal(first.matrix, again.matrix)
     dice = atlasreg.evaluate(first.warp_labels(moving_labels), fixed_labels, "labels")["mean_dice"]
     assert dice > 0.8
@@ -105,7 +105,7 @@ def test_svf_backend_aligns_and_is_deterministic(pair):
 def test_svf_refuses_bad_options_before_any_work(pair, options, message):
     moving, _, fixed, _ = pair
     with pytest.raises(AtlasregError, match=message):
-        atlasreg.register(moving, fixed, backend="svf", **options)
+        atlasreg.register(moving, fixed, backend="svf", options=options)
 
 
 def test_instance_optimisation_refines_the_velocity_not_the_weights():
