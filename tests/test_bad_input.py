@@ -200,9 +200,10 @@ def test_train_refuses_arguments_that_train_nothing(capsys, files, tmp_path, fla
 # --- 7: option values out of range ----------------------------------------------------------------
 
 @pytest.mark.parametrize("backend,option,message", [
-    ("affine", "sampling=nan", "finite"), ("affine", "sampling=inf", "finite"), ("affine", "sampling=2", "> 0 and <= 1"),
-    ("affine", "sampling=0", "> 0 and <= 1"), ("affine", "shrink_factors=0", ">= 1"), ("affine", "shrink_factors=", "at least one"),
-    ("affine", "iterations=-5", ">= 1"), ("affine", "iterations=99999999999", "<= 100000"), ("affine", "seed=-1", ">= 1"),
+    ("affine", "levels=nan", "finite"), ("affine", "levels=8,inf", "finite"), ("affine", "levels=0", ">= 0.1 and <= 64"),
+    ("affine", "levels=", "at least one"), ("affine", "metric=ssd", "choose one of"),
+    ("affine", "iterations=-5", ">= 1"), ("affine", "iterations=99999999999", "<= 100000"),
+    ("svf", "window=4", "odd"), ("svf", "regularisation=-1", ">= 0"), ("svf", "iterations=10,10", "one count per level"),
     ("simpleitk", "grid_mm=0", "> 0"), ("simpleitk", "smoothing=-1", ">= 0"), ("simpleitk", "iterations=10,10", "one value per level"),
     ("ants", "iterations=-1,-1", ">= 0"), ("ants", "seed=-3", ">= 0"), ("voxelmorph", "optimize_steps=-3", ">= 0"),
 ])
@@ -235,7 +236,7 @@ def test_every_first_party_option_declares_a_range_where_numeric(capsys):
             if numeric:
                 assert option.range_text(), f"{name}: option {key} declares no valid range"
     code, out, _ = run(capsys, "options", "affine")
-    assert code == 0 and "sampling=0.05 (> 0 and <= 1)" in out and "iterations=100 (>= 1 and <= 100000)" in out
+    assert code == 0 and "levels=8.0,4.0,2.0 (>= 0.1 and <= 64)" in out and "iterations=100 (>= 1 and <= 100000)" in out
 
 
 # --- 8: all-zero images --------------------------------------------------------------------------
