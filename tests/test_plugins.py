@@ -62,7 +62,7 @@ def extra_plugins(tmp_path, monkeypatch):
 def test_first_party_backends_come_through_the_entry_point_group():
     entry_points = {ep.name: ep.value for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP)}
     infos = {info.name: info for info in atlasreg.backends()}
-    for name, plugin in (("affine", "simpleitk"), ("simpleitk", "simpleitk"), ("ants", "ants")):
+    for name, plugin in (("affine", "affine"), ("svf", "svf"), ("simpleitk", "simpleitk"), ("ants", "ants")):
         assert infos[name].available, infos[name].reason
         assert infos[name].plugin == plugin and entry_points[plugin] == f"atlasreg_plugins.{plugin}"
     assert {"majority", "weighted", "staple", "jlf"} <= {info.name for info in atlasreg.fusions() if info.available}
