@@ -73,6 +73,30 @@ def fusions(as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models(as_json: bool) -> None:
+    """List the named models plugins declare (use one with --model NAME), with a checksum check of each file."""
+    from .models import list_models, verify
+
+    rows = []
+    for spec, plugin in list_models():
+        try:
+            verify(spec)
+            status = "ok"
+        except AtlasregError as exc:
+            status = str(exc)
+        rows.append({"name": spec.name, "backend": spec.backend, "default": spec.default, "description": spec.description,
+                     "file": spec.file, "sha256": spec.sha256, "plugin": plugin, "status": status})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        default = f" (default for {row['backend']})" if row["default"] else ""
+        click.echo(f"{row['name']:<22} {row['backend']:<12} {row['status'] if row['status'] != 'ok' else 'ok'}{default}")
+        click.echo(f"{'':<22} {row['description']}")
+
+
+@cli.command()
 @click.argument("name")
 def options(name: str) -> None:
     """Show the options (-O KEY=VALUE) a backend or fusion method accepts, with defaults and valid ranges."""
@@ -96,7 +120,7 @@ def options(name: str) -> None:
 @click.option("-o", "--output", required=True, help="Warped moving image, on FIXED's grid (.nii.gz).")
 @click.option("--transform-out", help="Also write the transform as an ITK-convention NIfTI displacement field.")
 @click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable; `atlasreg options NAME` lists them).")
-@click.option("--model", help="Model file for a learned backend (same as -O model=PATH).")
+@click.option("--model", help="Learned backends: a model NAME (see `atlasreg models`) or file  [default: the shipped model]")
 @click.option("--optimize-steps", type=int, help="Learned backends: fine-tune on this pair for N steps first (instance optimisation).")
 def register(moving: str, fixed: str, backend: str, output: str, transform_out: str | None, opts: tuple[str, ...],
              model: str | None, optimize_steps: int | None) -> None:
@@ -138,7 +162,7 @@ def _study_options(command):
 @click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable; `atlasreg options NAME` lists them).")
 @click.option("-F", "--fusion-option", "fusion_opts", multiple=True, metavar="KEY=VALUE", help="Fusion option (repeatable).")
 @click.option("--label-interp", type=click.Choice(LABEL_INTERPOLATIONS), default="nearest", show_default=True, help="How atlas labels are resampled.")
-@click.option("--model", help="Model file for a learned backend (same as -O model=PATH).")
+@click.option("--model", help="Learned backends: a model NAME (see `atlasreg models`) or file  [default: the shipped model]")
 @click.option("--optimize-steps", type=int, help="Learned backends: fine-tune on this pair for N steps first (instance optimisation).")
 @click.option("--builtin-atlas", help=f"Use this built-in atlas (see `atlasreg atlases`); the default when no -a is given: {DEFAULT_ATLAS}.")
 @_study_options
@@ -355,43 +379,46 @@ def _ints(text: str | None) -> list[int] | None:
 
 @cli.command()
 @click.option("-b", "--backend", required=True, help="Learned backend to train: contrastive or voxelmorph.")
-@click.option("--images", multiple=True, required=True, metavar="GLOB", help="Training images (repeatable glob; quote it).")
-@click.option("--atlas", nargs=2, metavar="IMAGE LABELS", help="Train atlas -> subject pairs (what segmentation needs); without it, random subject pairs.")
-@click.option("-o", "--output", required=True, help="Model file to write (.pt); rewritten after every epoch.")
+@click.option("--synth", multiple=True, metavar="GLOB", help="Label maps (repeatable glob): train on pairs synthesized from them, no images needed.")
+@click.option("--images", multiple=True, metavar="GLOB", help="Training images instead (repeatable glob; quote it).")
+@click.option("--atlas", nargs=2, metavar="IMAGE LABELS", help="With --images: train atlas -> subject pairs; without it, random subject pairs.")
+@click.option("-o", "--output", required=True, help="Model file to write (.pt); rewritten every --save-every steps.")
 @click.option("--spacing", type=float, help="Working grid spacing in mm  [default: 2]")
 @click.option("--shape", help="Working grid shape X,Y,Z  [default: 96,112,96]")
-@click.option("--crop", help="Random training crop X,Y,Z (multiples of 16)  [default: 80,96,80]")
-@click.option("--epochs", type=int, default=200, show_default=True, help="Epochs (the paper: 200).")
-@click.option("--iterations", type=int, default=0, help="Stop after this many optimiser steps instead.")
+@click.option("--crop", help="Training crop X,Y,Z (multiples of 16)  [default: the backend's]")
+@click.option("--steps", type=int, default=2000, show_default=True, help="Optimiser steps: the length of the cosine learning-rate schedule.")
 @click.option("--max-minutes", type=float, default=0.0, help="Stop (and save) after this much wall-clock time.")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Pairs per step (the paper: 8).")
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="Adam learning rate (the paper: 3e-3).")
-@click.option("--lr-step", type=int, default=20, show_default=True, help="Epochs between learning-rate decays.")
-@click.option("--lr-gamma", type=float, default=0.1, show_default=True, help="Learning-rate decay factor.")
+@click.option("--batch-size", type=int, default=2, show_default=True, help="Pairs per step, over all processes (torchrun).")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate at step 0.")
+@click.option("--lr-floor", type=float, default=0.01, show_default=True, help="The cosine schedule ends at lr x this.")
 @click.option("--losses", help="Comma-separated loss terms to use (contrastive: recon,smooth,contrast; voxelmorph: sim,smooth).")
-@click.option("--weight", "weights", multiple=True, metavar="TERM=VALUE", help="Loss weight, e.g. smooth=1 contrast=0.01 (repeatable).")
-@click.option("-C", "--config", "config_pairs", multiple=True, metavar="KEY=VALUE", help="Any other model config key, e.g. smooth=paper, tau=0.2 (repeatable).")
+@click.option("--weight", "weights", multiple=True, metavar="TERM=VALUE", help="Loss weight, e.g. smooth=0.01 contrast=0.05 (repeatable).")
+@click.option("-C", "--config", "config_pairs", multiple=True, metavar="KEY=VALUE", help="Any other model config key, e.g. contrast=global, recon=mse (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--resume", help="Continue from this model file (weights, optimiser, epoch).")
-@click.option("--val-images", multiple=True, metavar="GLOB", help="Validation images: Dice reported each epoch (needs --atlas).")
+@click.option("--resume", help="Continue from this model file (weights, optimiser, step).")
+@click.option("--save-every", type=int, default=100, show_default=True, help="Steps between model file rewrites.")
+@click.option("--val-images", multiple=True, metavar="GLOB", help="Validation images: Dice reported every --val-every steps (needs --atlas).")
 @click.option("--val-labels", multiple=True, metavar="GLOB", help="Validation label maps, in the same order as --val-images.")
+@click.option("--val-every", type=int, default=250, show_default=True)
 @click.option("--val-protocol", type=click.Choice(sorted(PROTOCOLS)), default="aseg", show_default=True)
 @click.option("--log", help="JSON-lines log of every loss term  [default: MODEL.pt.log.jsonl]")
 @click.option("--cache-dir", help="Where affine pre-alignments are cached (share it between models)  [default: MODEL.pt.cache]")
-def train(backend: str, images: tuple, atlas: tuple | None, output: str, spacing: float | None, shape: str | None, crop: str | None,
-          epochs: int, iterations: int, max_minutes: float, batch_size: int, lr: float, lr_step: int, lr_gamma: float,
-          losses: str | None, weights: tuple, config_pairs: tuple, seed: int, device: str, resume: str | None,
-          val_images: tuple, val_labels: tuple, val_protocol: str, log: str | None, cache_dir: str | None) -> None:
-    """Train a learned registration backend on unlabelled images (unsupervised).
+def train(backend: str, synth: tuple, images: tuple, atlas: tuple | None, output: str, spacing: float | None, shape: str | None,
+          crop: str | None, steps: int, max_minutes: float, batch_size: int, lr: float, lr_floor: float, losses: str | None,
+          weights: tuple, config_pairs: tuple, seed: int, device: str, resume: str | None, save_every: int, val_images: tuple,
+          val_labels: tuple, val_every: int, val_protocol: str, log: str | None, cache_dir: str | None) -> None:
+    """Train a learned registration backend, unsupervised: on label maps (--synth) or images.
 
-    Images are affinely pre-aligned once (cached by content, beside the model unless --cache-dir), then the network is trained
-    with the backend's loss on augmented pairs (flip, rotation < 10 degrees, crop).
+    --synth: every pair is synthesized from two random label maps (random deformation, contrast,
+    bias, blur, resolution, noise), so the model works for any atlas, any target, any contrast.
+    --images: images are affinely pre-aligned once (cached by content), then trained on augmented
+    pairs (flip, rotation < 10 degrees, crop). Runs unchanged under `torchrun --nproc_per_node N`.
 
     \b
     Example:
-      atlasreg train -b contrastive --images 'data/subject0[2-7]_t1.nii.gz' \\
-          --atlas data/subject01_t1.nii.gz data/subject01_seg.nii.gz --batch-size 2 --max-minutes 30 -o contrastive.pt
+      atlasreg train -b contrastive --synth 'maps/*_seg.nii.gz' --steps 2000 -o contrastive.pt
+      torchrun --nproc_per_node 4 -m atlasreg train -b voxelmorph --synth 'maps/*.nii.gz' --batch-size 8 -o vm.pt
     """
     from .train import TrainSettings, train as run_training
 
@@ -411,16 +438,19 @@ def train(backend: str, images: tuple, atlas: tuple | None, output: str, spacing
         base.update({k: float(v) for k, v in parse_assignments(weights, "--weight").items()})
         config["weights"] = base
     settings = TrainSettings(
-        images=_glob_paths(images, "--images"),
         output=Path(output),
+        images=_glob_paths(images, "--images") if images else [],
+        synth=_glob_paths(synth, "--synth") if synth else [],
         atlas=(Path(atlas[0]), Path(atlas[1])) if atlas else None,
-        epochs=epochs, iterations=iterations, max_minutes=max_minutes, batch_size=batch_size, lr=lr,
-        lr_step=lr_step, lr_gamma=lr_gamma, seed=seed, device=device, resume=Path(resume) if resume else None,
+        steps=steps, max_minutes=max_minutes, batch_size=batch_size, lr=lr, lr_floor=lr_floor, seed=seed, device=device,
+        resume=Path(resume) if resume else None, save_every=save_every, val_every=val_every,
         val_images=_glob_paths(val_images, "--val-images") if val_images else [],
         val_labels=_glob_paths(val_labels, "--val-labels") if val_labels else [],
         val_protocol=val_protocol, log=Path(log) if log else None, cache_dir=Path(cache_dir) if cache_dir else None, config=config,
     )
-    click.echo(f"wrote {run_training(backend, settings)}", err=True)
+    written = run_training(backend, settings)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"wrote {written}", err=True)
 
 
 def _is_pattern_or_folder(target: str) -> bool:

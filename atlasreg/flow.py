@@ -193,3 +193,22 @@ def resize(flow: torch.Tensor, shape: Sequence[int], align_corners: bool = False
             ratios.append(n_new / n_old)
     out = F.interpolate(flow, size=shape, mode="trilinear", align_corners=align_corners)
     return out * torch.tensor(ratios, device=flow.device, dtype=flow.dtype).view(1, 3, 1, 1, 1)
+
+
+def upsample2(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``x`` on the grid of a stride-2 convolution (padding 1) brought back to its input grid ``shape``.
+
+    Voxel ``i`` of the stride-2 grid sits at input voxel ``2 i``, so input voxel ``p`` is read at
+    ``p / 2`` (trilinear, border values past the last voxel). Unlike ``F.interpolate`` with either
+    ``align_corners`` setting, this keeps every coarse voxel exactly where the convolution computed
+    it. Values are not rescaled: multiply a displacement in coarse voxels by 2 yourself.
+    """
+    shape = tuple(int(n) for n in shape)
+    if x.dim() != 5 or len(shape) != 3:
+        raise ValueError(f"upsample2: expected (B, C, X, Y, Z) and a 3-D shape, got {tuple(x.shape)} and {shape}")
+    coarse = x.shape[2:]
+    axes = []
+    for n, m in zip(shape, coarse):  # normalised coordinate of p / 2 on the coarse grid (align_corners=True)
+        axes.append(torch.arange(n, device=x.device, dtype=x.dtype) * (1.0 / max(m - 1, 1)) - 1.0)
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).flip(-1)[None]
+    return F.grid_sample(x, grid.expand(x.shape[0], *grid.shape[1:]), mode="bilinear", padding_mode="border", align_corners=True)

@@ -202,7 +202,7 @@ class LearnedBackend(Backend):
     requires = ("torch",)
     deterministic = True  # on CPU (tested): inference draws nothing, training is seeded
     options = {
-        "model": Option("", "model file written by `atlasreg train` (required)"),
+        "model": Option("", "model name (see `atlasreg models`) or file written by `atlasreg train`; default: the shipped model"),
         "device": Option("auto", "where the network runs", ("auto", "cpu", "cuda")),
         "optimize_steps": Option(0, "instance optimisation: refine the network's velocity field on the pair at hand by N Adam steps",
                                  minimum=0, maximum=MAX_ITERATIONS),
@@ -219,17 +219,20 @@ class LearnedBackend(Backend):
         raise NotImplementedError
 
     def loss_terms(self, network, moving, fixed, config: Mapping[str, Any], sample: bool) -> tuple[Any, dict[str, Any]]:
-        """(flow in voxels (B, 3, X, Y, Z), unweighted loss terms) for a batch; ``sample`` draws z in training."""
+        """(flow in voxels (B, 3, X, Y, Z), unweighted loss terms) for a batch; ``sample`` draws z in training.
+
+        Calls ``network`` once (its ``forward`` computes all the loss needs: one call under DDP)."""
         raise NotImplementedError
 
     def mean_flow(self, network, moving, fixed, config: Mapping[str, Any]):
-        """The deterministic flow in voxels (B, 3, X, Y, Z) (the mean transformation), no loss terms."""
-        raise NotImplementedError
+        """The deterministic flow in voxels (B, 3, X, Y, Z) (the mean transformation), no loss terms:
+        every network's ``forward`` returns its ``velocity`` and that velocity's exponential, ``flow``."""
+        return network(moving, fixed)["flow"]
 
     def predict_velocity(self, network, moving, fixed, config: Mapping[str, Any]):
         """The network's stationary velocity field ``(B, 3, X, Y, Z)`` (working-grid voxels; a
         probabilistic model's mean): the start of instance optimisation."""
-        raise NotImplementedError
+        return network(moving, fixed)["velocity"]
 
     def predict_flow(self, network, moving, fixed, config: Mapping[str, Any]):
         """``mean_flow`` without gradients: inference computes only the flow."""
@@ -264,17 +267,20 @@ class LearnedBackend(Backend):
         return _cached_network(self, str(path.resolve()), device, stat.st_mtime_ns, stat.st_size)
 
     def check_options(self, resolved: Mapping[str, Any]) -> None:
-        """The model file is required and must load into this backend's network: a missing or
-        unfit model is found before any atlas is built or pair run, not hours later."""
-        if not resolved["model"]:
-            raise AtlasregError(f"{self.name}: a model file is needed: -O model=MODEL.pt (train one with `atlasreg train -b {self.name}`)")
-        self.load_network(resolved["model"], "cpu")
+        """The model (a name, a file, or the shipped default when none is given) must exist, match
+        its checksum and load into this backend's network: a missing, damaged or unfit model is
+        found before any atlas is built or pair run, not hours later."""
+        from .models import resolve
+
+        self.load_network(resolve(self.name, resolved["model"]), "cpu")
 
     def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
         import torch
 
+        from .models import resolve
+
         device = pick_device(options["device"])
-        network, config = self.load_network(options["model"], device)
+        network, config = self.load_network(resolve(self.name, options["model"]), device)
         pair = align_pair(moving, fixed, config["spacing"], tuple(config["shape"]))
         moving_t = torch.from_numpy(pair.moving)[None, None].to(device)
         fixed_t = torch.from_numpy(pair.fixed)[None, None].to(device)

@@ -168,3 +168,18 @@ class Fusion(Method):
         **options: Any,
     ) -> "Volume":
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model a plugin ships or points to: a file written by ``atlasreg train`` and its checksum.
+
+    ``default=True`` makes it what its backend uses when no model is given (one per backend).
+    """
+
+    name: str
+    backend: str
+    file: str  # absolute path (e.g. package data beside the plugin)
+    sha256: str
+    description: str
+    default: bool = False

@@ -12,7 +12,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import AtlasregError
-from .plugin_api import Backend, Fusion, Method
+from .plugin_api import Backend, Fusion, Method, ModelSpec
 
 ENTRY_POINT_GROUP = "atlasreg.plugins"
 
@@ -63,8 +63,9 @@ class Registry:
         self._backends = self._collect(self.manager.hook.atlasreg_backends, Backend)
         self._fusions = self._collect(self.manager.hook.atlasreg_fusions, Fusion)
 
-    def _collect(self, hook, base: type) -> dict[str, tuple[Method, str]]:
-        found: dict[str, tuple[Method, str]] = {}
+    def _collect(self, hook, base: type) -> dict[str, tuple]:
+        """What every implementation of ``hook`` returns that is a ``base``, by name (the first wins)."""
+        found: dict[str, tuple] = {}
         for impl in hook.get_hookimpls():
             try:
                 methods = impl.function()
@@ -83,6 +84,9 @@ class Registry:
     def fusions(self) -> dict[str, tuple[Method, str]]:
         """Fusion name -> (instance, plugin name)."""
         return self._fusions
+
+    def models(self) -> dict[str, tuple[ModelSpec, str]]:
+        return self._collect(self.manager.hook.atlasreg_models, ModelSpec)  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=1)

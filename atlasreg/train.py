@@ -1,12 +1,22 @@
 """One training loop for every learned backend (``atlasreg train``).
 
-Pairs: with an atlas, atlas -> each subject (what segmentation needs); without, random pairs of
-subjects, all first affinely aligned to the first subject. The affine stage runs once per subject
-and its matrix is cached on disk (keyed by file contents), so epochs, resumed runs and other models
-trained on the same images never recompute it. Augmentation as
-in the paper, applied to both images of a pair alike: random flip along y, rotation < 10°, random
-crop. Every loss term of every step goes to a JSON-lines log; the model file is rewritten after
-each epoch, with the optimiser state, so ``--resume`` continues where a run stopped.
+Where pairs come from:
+
+* ``synth`` label maps (no images at all): every map is affinely pre-aligned once to the first
+  (through T1 images synthesized from them; the matrix is cached), then every pair is synthesized
+  afresh from two random maps by ``atlasreg.synth_pairs`` (random deformations, random contrast,
+  bias, blur, resolution, noise): a contrast-agnostic model, not tied to one atlas.
+* images: with an atlas, atlas -> each subject (what segmentation needs); without, random pairs of
+  subjects, all first affinely aligned to the first subject (matrices cached by file contents).
+  Augmentation as in the paper, drawn per sample and identical for both images of a pair: flip
+  along y, a rigid rotation < 10 degrees (built in millimetres, so a rotation on any grid), crop.
+
+The schedule counts optimiser steps (cosine decay from ``lr`` to ``lr * lr_floor``), so the same
+defaults fit 6 images or 600. Pair ``k`` of step ``s`` is drawn from a seed of (seed, s, k) alone:
+under ``torchrun --nproc_per_node N`` (DistributedDataParallel, gloo on CPU, NCCL on GPU) each
+rank takes its share of the same global batch, so N processes follow the single-process run.
+Every loss term of every step goes to a JSON-lines log; the model file (with the optimiser state,
+for ``--resume``) is rewritten every ``save_every`` steps and at the end.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,19 +46,20 @@ from .volume import Volume
 class TrainSettings:
     """Everything about a run that is not the model's own config."""
 
-    images: Sequence[Path]
     output: Path
+    images: Sequence[Path] = ()
+    synth: Sequence[Path] = ()  # label maps: train on pairs synthesized from them instead of images
     atlas: tuple[Path, Path] | None = None
-    epochs: int = 200
-    iterations: int = 0  # > 0: stop after this many optimiser steps, whatever the epochs
+    steps: int = 2000  # optimiser steps: the length of the learning-rate schedule
     max_minutes: float = 0.0  # > 0: stop (and save) after this much wall-clock time
-    batch_size: int = 8
-    lr: float = 3e-3
-    lr_step: int = 20  # epochs between learning-rate decays (the paper: x0.1 every 20 epochs)
-    lr_gamma: float = 0.1
+    batch_size: int = 2  # pairs per step, over all processes
+    lr: float = 1e-3
+    lr_floor: float = 0.01  # the cosine schedule ends at lr * lr_floor
     seed: int = 0
     device: str = "auto"
     resume: Path | None = None
+    save_every: int = 100
+    val_every: int = 250
     val_images: Sequence[Path] = ()
     val_labels: Sequence[Path] = ()
     val_protocol: str = "aseg"
@@ -58,12 +70,12 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         """Refuse values that would train nothing, loop forever or reach torch as nonsense."""
-        at_least = {"epochs": 1, "batch_size": 1, "lr_step": 1, "iterations": 0, "max_minutes": 0, "seed": 0}
+        at_least = {"steps": 1, "batch_size": 1, "max_minutes": 0, "seed": 0, "save_every": 1, "val_every": 1}
         for name, lowest in at_least.items():
             value = getattr(self, name)
             if not math.isfinite(value) or value < lowest:
                 raise AtlasregError(f"{name} must be at least {lowest} (got {value})")
-        for name in ("lr", "lr_gamma"):
+        for name in ("lr", "lr_floor"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise AtlasregError(f"{name} must be a number > 0 (got {value})")
@@ -82,6 +94,14 @@ def _content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _label_volume(path: Path, spacing: float) -> Volume:
+    """A label map skull-stripped (labels >= 100 -> 0) and resampled to ``spacing`` mm."""
+    from .spatial import resample_to_spacing
+    from .synth import skull_strip
+
+    return resample_to_spacing(skull_strip(as_labels(path)), spacing)
+
+
 def aligned(
     moving_path: Path,
     fixed_path: Path,
@@ -89,181 +109,262 @@ def aligned(
     shape: tuple[int, int, int],
     cache_dir: Path,
     identity: bool = False,
+    label_maps: bool = False,
 ) -> AlignedPair:
     """``align_pair`` of two files; the affine stage's matrix is read from / written to ``cache_dir``.
 
-    Only the matrix is cached (a few bytes per pair, keyed by both files' contents): it is the slow
-    part; resampling onto the working grid takes a fraction of a second and is redone each run.
+    ``label_maps=True``: the files are label maps; the affine stage runs on T1 images synthesized
+    from them (seed 0) and the pair carries the moving labels. Only the matrix is cached (keyed by
+    both files' contents): it is the slow part; resampling takes a fraction of a second.
     """
     matrix = np.eye(4) if identity else None
     if matrix is None:
-        key = hashlib.sha1(f"{AFFINE_STAGE_VERSION}:{_content_hash(moving_path)}:{_content_hash(fixed_path)}".encode()).hexdigest()[:20]
+        kind = f"labels{spacing}" if label_maps else "images"
+        key = hashlib.sha1(f"{AFFINE_STAGE_VERSION}:{kind}:{_content_hash(moving_path)}:{_content_hash(fixed_path)}".encode()).hexdigest()[:20]
         cached = cache_dir / f"affine-{key}.json"
         if cached.exists():
             matrix = np.array(json.loads(cached.read_text())["matrix"], dtype=float)
-    pair = align_pair(as_image(moving_path), as_image(fixed_path), spacing, shape, matrix=matrix)
+    if label_maps:
+        from .synth import synthesize
+
+        moving_labels = _label_volume(moving_path, spacing)
+        moving, fixed = synthesize(moving_labels), synthesize(_label_volume(fixed_path, spacing))
+        pair = align_pair(moving, fixed, spacing, shape, moving_labels=moving_labels, matrix=matrix)
+    else:
+        pair = align_pair(as_image(moving_path), as_image(fixed_path), spacing, shape, matrix=matrix)
     if matrix is None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"moving": str(moving_path), "fixed": str(fixed_path), "matrix": pair.matrix.tolist()}))
         tmp.replace(cached)
     return pair
 
 
-class PairSource:
-    """Training pairs as arrays on the working grid: atlas -> subject, or subject -> subject."""
+class ImagePairs:
+    """Training pairs from image files on the working grid: atlas -> subject, or subject -> subject."""
 
-    def __init__(self, settings: TrainSettings, config: Mapping[str, Any]) -> None:
+    def __init__(self, settings: TrainSettings, config: Mapping[str, Any], cache: Path) -> None:
         spacing, shape = float(config["spacing"]), tuple(config["shape"])
-        cache = settings.cache_dir or settings.output.with_name(settings.output.name + ".cache")
         images = [Path(p) for p in settings.images]
         if len(images) < (1 if settings.atlas else 2):
             raise AtlasregError("training needs at least one image with --atlas, or two without")
+        self.crop = tuple(config["crop"])
         self.atlas_mode = settings.atlas is not None
         pending = tqdm(images, desc="affine pre-alignment (cached)", unit="image", disable=not settings.progress)
         if self.atlas_mode:
-            atlas_image = Path(settings.atlas[0])
-            self.pairs = [aligned(atlas_image, image, spacing, shape, cache) for image in pending]
-            self.volumes: list[np.ndarray] = []
+            self.pairs = [aligned(Path(settings.atlas[0]), image, spacing, shape, cache) for image in pending]
         else:
             reference = images[0]
-            self.pairs = []
             self.volumes = [aligned(image, reference, spacing, shape, cache, identity=image == reference).moving for image in pending]
 
-    def __len__(self) -> int:
-        return len(self.pairs) if self.atlas_mode else len(self.volumes)
+    def pair(self, seed: int):
+        """(moving, fixed), each (1, X, Y, Z) on the crop, augmented alike."""
+        import torch
 
-    def sample(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(moving, fixed) for the index-th draw of an epoch."""
+        rng = np.random.default_rng(seed)
         if self.atlas_mode:
-            pair = self.pairs[index]
-            return pair.moving, pair.fixed
-        i = index
-        j = int(rng.integers(len(self.volumes) - 1))
-        j += j >= i
-        return self.volumes[i], self.volumes[j]
+            chosen = self.pairs[int(rng.integers(len(self.pairs)))]
+            moving, fixed = chosen.moving, chosen.fixed
+        else:
+            i, j = rng.choice(len(self.volumes), size=2, replace=False)
+            moving, fixed = self.volumes[i], self.volumes[j]
+        both = torch.from_numpy(np.stack([moving, fixed]))[:, None]
+        both = augment(both, self.crop, rng)
+        return both[0], both[1]
 
 
-def augment(moving, fixed, crop: Sequence[int], rng: np.random.Generator, max_degrees: float = 10.0):
-    """The paper's augmentation, identical for both images: flip along y, rotation < max_degrees, crop.
-
-    Takes and returns (B, 1, X, Y, Z) tensors.
-    """
+def augment(images, crop: Sequence[int], rng: np.random.Generator, max_degrees: float = 10.0, spacing: Sequence[float] = (1.0, 1.0, 1.0)):
+    """The paper's augmentation, one draw applied to every image of ``images`` (N, 1, X, Y, Z): flip
+    along y, a rotation < ``max_degrees`` about a random axis through the grid centre (in mm, with
+    voxel sizes ``spacing``), a random crop."""
     import torch
     import torch.nn.functional as F
 
     if rng.random() < 0.5:
-        moving, fixed = moving.flip(3), fixed.flip(3)
+        images = images.flip(3)
+    shape = images.shape[2:]
     if max_degrees > 0:
         axis = rng.normal(size=3)
         axis /= np.linalg.norm(axis)
         angle = math.radians(rng.uniform(-max_degrees, max_degrees))
         k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
         rotation = np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
-        theta = torch.zeros(moving.shape[0], 3, 4, dtype=moving.dtype, device=moving.device)
-        theta[:, :, :3] = torch.as_tensor(rotation, dtype=moving.dtype)
-        grid = F.affine_grid(theta, list(moving.shape), align_corners=True)
-        moving = F.grid_sample(moving, grid, align_corners=True)
-        fixed = F.grid_sample(fixed, grid, align_corners=True)
-    starts = [int(rng.integers(0, n - c + 1)) for n, c in zip(moving.shape[2:], crop)]
+        mm = np.diag(np.asarray(spacing, float))
+        in_voxels = torch.as_tensor(np.linalg.inv(mm) @ rotation @ mm, dtype=images.dtype)
+        axes = [torch.arange(n, dtype=images.dtype) for n in shape]
+        centre = (torch.tensor(shape, dtype=images.dtype) - 1) / 2
+        points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1) - centre
+        source = points @ in_voxels.T + centre  # voxel read for each output voxel
+        grid = (source * 2.0 / (torch.tensor(shape, dtype=images.dtype) - 1) - 1.0).flip(-1)[None]
+        images = F.grid_sample(images, grid.expand(images.shape[0], *grid.shape[1:]), align_corners=True)
+    starts = [int(rng.integers(0, n - c + 1)) for n, c in zip(shape, crop)]
     window = (slice(None), slice(None), *(slice(s, s + c) for s, c in zip(starts, crop)))
-    return moving[window].contiguous(), fixed[window].contiguous()
+    return images[window].contiguous()
+
+
+class SynthSource:
+    """Training pairs synthesized from label maps pre-aligned to the first one."""
+
+    def __init__(self, settings: TrainSettings, config: Mapping[str, Any], cache: Path) -> None:
+        from .synth_pairs import SynthPairs
+
+        spacing, shape = float(config["spacing"]), tuple(config["shape"])
+        maps = [Path(p) for p in settings.synth]
+        pending = tqdm(maps, desc="affine pre-alignment of the label maps (cached)", unit="map", disable=not settings.progress)
+        self.pairs = SynthPairs([self._on_grid(m, maps[0], spacing, shape, cache) for m in pending], config["crop"])
+
+    @staticmethod
+    def _on_grid(labels: Path, reference: Path, spacing: float, shape: tuple[int, int, int], cache: Path) -> np.ndarray:
+        """``labels`` aligned to ``reference``'s working grid; the array itself is cached (loading and
+        resampling 1 mm maps costs more than the training steps of a short run)."""
+        key = hashlib.sha1(f"{AFFINE_STAGE_VERSION}:{spacing}:{shape}:{_content_hash(labels)}:{_content_hash(reference)}".encode()).hexdigest()[:20]
+        cached = cache / f"labels-{key}.npy"
+        if cached.exists():
+            return np.load(cached)
+        array = aligned(labels, reference, spacing, shape, cache, identity=labels == reference, label_maps=True).moving_labels
+        tmp = cache / f"labels-{key}.{os.getpid()}.tmp.npy"
+        np.save(tmp, array.astype(np.int16))
+        tmp.replace(cached)
+        return array
+
+    def pair(self, seed: int):
+        moving, fixed, _, _ = self.pairs.pair(seed)
+        return moving, fixed
+
+
+def _cosine(step: int, steps: int, floor: float) -> float:
+    """Learning-rate factor at ``step`` of a ``steps``-long cosine schedule ending at ``floor``."""
+    progress = min(step / max(steps, 1), 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _distributed(device: str) -> tuple[int, int, str]:
+    """(rank, world size, device) under torchrun (process group initialised), else (0, 1, device)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        import torch
+
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), world, device
 
 
 def train(backend_name: str, settings: TrainSettings) -> Path:
     """Train (or resume training) a learned backend; returns the model path."""
     import torch
+    import torch.distributed as dist
+
+    from .synth_pairs import pair_seed
 
     backend = get_backend(backend_name)
     if not isinstance(backend, LearnedBackend):
         raise AtlasregError(f"backend {backend_name!r} does not learn: nothing to train")
-    inputs = [*settings.images, *settings.val_images, *settings.val_labels, *(settings.atlas or ())]
+    inputs = [*settings.images, *settings.synth, *settings.val_images, *settings.val_labels, *(settings.atlas or ())]
     check_output(settings.output, inputs, suffixes=(".pt",))
-    device = pick_device(settings.device)
-    if device == "cuda":
+    if bool(settings.images) == bool(settings.synth):
+        raise AtlasregError("train on either images or --synth label maps (exactly one of them)")
+    if settings.synth and settings.atlas:
+        raise AtlasregError("--synth trains any atlas to any target: it takes no --atlas")
+    rank, world, device = _distributed(pick_device(settings.device))
+    if settings.batch_size % world:
+        raise AtlasregError(f"batch size {settings.batch_size} does not split over {world} processes")
+    if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest 3-D convolutions
-    torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
+    torch.manual_seed(settings.seed + rank)  # the networks' own draws (posterior samples, contrast locations)
 
     resumed = load_model_file(settings.resume) if settings.resume else None
     if resumed and resumed["backend"] != backend_name:
         raise AtlasregError(f"{settings.resume}: a {resumed['backend']} model, not {backend_name}")
     config = backend.config({**(resumed["config"] if resumed else {}), **settings.config})
+    torch.manual_seed(settings.seed)  # the same initial weights on every rank
     network = backend.build_network(config).to(device)
+    torch.manual_seed(settings.seed + rank)
     optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, settings.lr_step), gamma=settings.lr_gamma)
-    start_epoch, step = 0, 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, settings.steps, settings.lr_floor))
+    step = 0
     if resumed:
         network.load_state_dict(resumed["weights"])
         if "optimizer" in resumed:
             optimizer.load_state_dict(resumed["optimizer"])
             scheduler.load_state_dict(resumed["scheduler"])
-        start_epoch, step = int(resumed.get("epoch", 0)), int(resumed.get("step", 0))
+        step = int(resumed.get("step", 0))
+    model = network
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(network, find_unused_parameters=True)
 
-    steps_per_epoch = math.ceil(len(settings.images) / settings.batch_size)  # one draw per image and epoch
-    total_steps = settings.iterations or settings.epochs * steps_per_epoch
-    if step >= total_steps:
-        raise AtlasregError(f"nothing to train: {settings.resume} already has {step} steps (of {total_steps} asked); "
-                            "raise --epochs or --iterations to continue")
-    source = PairSource(settings, config)
-    validation = _validation_pairs(settings, config)
+    if step >= settings.steps:
+        raise AtlasregError(f"nothing to train: {settings.resume} already has {step} steps (of {settings.steps} asked); "
+                            "raise --steps to continue")
+    cache = settings.cache_dir or settings.output.with_name(settings.output.name + ".cache")
+    source = SynthSource(settings, config, cache) if settings.synth else ImagePairs(settings, config, cache)
+    validation = _validation_pairs(settings, config, cache) if rank == 0 else []
     log_path = settings.log or settings.output.with_name(settings.output.name + ".log.jsonl")
     started = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, desc=f"training {backend_name}", unit="step", disable=not settings.progress)
-    stop = False
-    epoch = start_epoch
-    with open(log_path, "a") as log:
-        while not stop:
+    bar = tqdm(total=settings.steps, initial=step, desc=f"training {backend_name}", unit="step",
+               disable=not settings.progress or rank != 0)
+    with open(log_path, "a") if rank == 0 else open(os.devnull, "w") as log:
+        while step < settings.steps:
             network.train()
-            order = rng.permutation(len(source))
-            for first in range(0, len(order), settings.batch_size):
-                draws = [source.sample(int(i), rng) for i in order[first : first + settings.batch_size]]
-                moving = torch.from_numpy(np.stack([d[0] for d in draws]))[:, None].to(device)
-                fixed = torch.from_numpy(np.stack([d[1] for d in draws]))[:, None].to(device)
-                moving, fixed = augment(moving, fixed, config["crop"], rng)
-                optimizer.zero_grad()
-                _, terms = backend.loss_terms(network, moving, fixed, config, sample=True)
-                loss = backend.total_loss(terms, config)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                values = {name: float(value.detach()) for name, value in terms.items()}
-                record = {"epoch": epoch, "step": step, "loss": float(loss.detach()), **values, "lr": optimizer.param_groups[0]["lr"],
-                          "seconds": round(time.perf_counter() - started, 2), "pairs": len(draws)}
-                log.write(json.dumps(record) + "\n")
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in {"loss": record["loss"], **values}.items()})
-                out_of_time = settings.max_minutes and time.perf_counter() - started > 60 * settings.max_minutes
-                if step >= total_steps or out_of_time:
-                    stop = True
-                    break
+            draws = [source.pair(pair_seed(settings.seed, step, k)) for k in range(rank, settings.batch_size, world)]
+            moving = torch.stack([d[0] for d in draws]).to(device)
+            fixed = torch.stack([d[1] for d in draws]).to(device)
+            optimizer.zero_grad()
+            _, terms = backend.loss_terms(model, moving, fixed, config, sample=True)
+            loss = backend.total_loss(terms, config)
+            loss.backward()
+            optimizer.step()
             scheduler.step()
-            epoch += 1
-            extra = {"epoch": epoch, "step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "training": _settings_record(settings)}
-            if validation:
+            step += 1
+            values = {"loss": loss.detach(), **{name: value.detach() for name, value in terms.items()}}
+            if world > 1:
+                stacked = torch.stack(list(values.values()))
+                dist.all_reduce(stacked)
+                values = dict(zip(values, stacked / world))
+            record = {"step": step, **{k: float(v) for k, v in values.items()}, "lr": optimizer.param_groups[0]["lr"],
+                      "seconds": round(time.perf_counter() - started, 2), "pairs": settings.batch_size}
+            log.write(json.dumps(record) + "\n")
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in values})
+            out_of_time = bool(settings.max_minutes) and time.perf_counter() - started > 60 * settings.max_minutes
+            if world > 1:  # every rank stops at the same step
+                flag = torch.tensor([float(out_of_time)], device=device)
+                dist.all_reduce(flag)
+                out_of_time = bool(flag.item())
+            last = step >= settings.steps or out_of_time
+            if rank == 0 and validation and (step % settings.val_every == 0 or last):
                 dice = validate(backend, network, config, validation, device, settings.val_protocol)
-                log.write(json.dumps({"epoch": epoch, "step": step, "val_mean_dice": dice}) + "\n")
-                bar.write(f"epoch {epoch}: validation mean Dice {dice:.4f}")
-                extra["val_mean_dice"] = dice
-            log.flush()
-            save_model(settings.output, backend_name, config, network, extra)
-            if not settings.iterations and epoch >= settings.epochs:
-                stop = True
+                log.write(json.dumps({"step": step, "val_mean_dice": dice}) + "\n")
+                bar.write(f"step {step}: validation mean Dice {dice:.4f}")
+            if rank == 0 and (step % settings.save_every == 0 or last):
+                log.flush()
+                extra = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "training": _settings_record(settings, world)}
+                save_model(settings.output, backend_name, config, network, extra)
+            if out_of_time:
+                break
     bar.close()
     return settings.output
 
 
-def _settings_record(settings: TrainSettings) -> dict:
+def _settings_record(settings: TrainSettings, world: int) -> dict:
     """The run's settings as plain values (stored in the model file for provenance)."""
     return {
         "images": [str(p) for p in settings.images],
+        "synth": [str(p) for p in settings.synth],
         "atlas": [str(p) for p in settings.atlas] if settings.atlas else None,
+        "steps": settings.steps,
         "batch_size": settings.batch_size,
         "lr": settings.lr,
-        "lr_step": settings.lr_step,
-        "lr_gamma": settings.lr_gamma,
+        "lr_floor": settings.lr_floor,
         "seed": settings.seed,
+        "processes": world,
     }
 
 
@@ -275,14 +376,13 @@ class ValidationCase:
     atlas_labels: Volume
 
 
-def _validation_pairs(settings: TrainSettings, config: Mapping[str, Any]) -> list[ValidationCase]:
+def _validation_pairs(settings: TrainSettings, config: Mapping[str, Any], cache: Path) -> list[ValidationCase]:
     if not settings.val_images:
         return []
     if settings.atlas is None:
         raise AtlasregError("validation needs --atlas (its labels are what gets carried to the validation images)")
     if len(settings.val_images) != len(settings.val_labels):
         raise AtlasregError(f"{len(settings.val_images)} validation images but {len(settings.val_labels)} label maps")
-    cache = settings.cache_dir or settings.output.with_name(settings.output.name + ".cache")
     atlas_image, atlas_labels = Path(settings.atlas[0]), as_labels(settings.atlas[1])
     cases = []
     for image, labels in zip(settings.val_images, settings.val_labels):

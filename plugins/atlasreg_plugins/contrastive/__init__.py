@@ -1,10 +1,30 @@
-"""Contrastive plugin: the ``contrastive`` backend, the paper's model (needs torch)."""
+"""Contrastive plugin: the ``contrastive`` backend, the paper's model (needs torch), and its shipped
+pretrained weights (``models/``, package data; see docs/models.md)."""
+
+from pathlib import Path
 
 from atlasreg.hookspecs import hookimpl
+from atlasreg.plugin_api import ModelSpec
 
 from .backend import ContrastiveBackend
+
+MODELS = Path(__file__).parent / "models"
 
 
 @hookimpl
 def atlasreg_backends():
     return [ContrastiveBackend()]
+
+
+@hookimpl
+def atlasreg_models():
+    return [
+        ModelSpec(
+            name="contrastive-synth",
+            backend="contrastive",
+            file=str(MODELS / "contrastive-synth.pt"),
+            sha256="SHA_CONTRASTIVE",
+            description="any atlas to any skull-stripped target, any contrast: trained on pairs synthesized from 7 label maps (CPU-trained; docs/models.md)",
+            default=True,
+        )
+    ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["recon", "kl_paper", "kl_laplacian", "info_nce"]
+__all__ = ["recon_mse", "kl_paper", "kl_laplacian", "info_nce", "dense_info_nce"]
 
 
 def _voxels(field: torch.Tensor) -> int:
@@ -25,7 +25,7 @@ def _voxels(field: torch.Tensor) -> int:
     return n
 
 
-def recon(fixed: torch.Tensor, warped: torch.Tensor, sigma: float = 0.1) -> torch.Tensor:
+def recon_mse(fixed: torch.Tensor, warped: torch.Tensor, sigma: float = 0.1) -> torch.Tensor:
     """Eq. 7: ||y - x o phi_z||^2 / (2 sigma^2), as a mean over voxels (and channels, batch).
 
     ``sigma`` is the standard deviation of the image noise of the likelihood p(y | z; x) =
@@ -34,7 +34,7 @@ def recon(fixed: torch.Tensor, warped: torch.Tensor, sigma: float = 0.1) -> torc
     The default 0.1 is meant for z-scored images (VoxelMorph-diff uses 0.02 on [0, 1] intensities).
     """
     if fixed.shape != warped.shape:
-        raise ValueError(f"recon: fixed {tuple(fixed.shape)} and warped {tuple(warped.shape)} differ")
+        raise ValueError(f"recon_mse: fixed {tuple(fixed.shape)} and warped {tuple(warped.shape)} differ")
     return ((fixed - warped) ** 2).mean() / (2.0 * sigma**2)
 
 
@@ -132,3 +132,28 @@ def info_nce(proj_moving: torch.Tensor, proj_fixed: torch.Tensor, tau: float = 0
     positives = torch.cat([index + batch, index])  # x_b <-> y_b
     losses = torch.logsumexp(logits, dim=1) - logits[torch.arange(2 * batch, device=z.device), positives]
     return losses.mean() if symmetric else losses[:batch].mean()
+
+
+def dense_info_nce(points_fixed: torch.Tensor, points_moving: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    """Correspondence InfoNCE over sampled locations, per sample, mean over anchors and batch.
+
+    ``points_fixed[b, i]`` is the projection of the fixed image's features at location p_i and
+    ``points_moving[b, i]`` that of the moving image's features warped by the current flow, read
+    at the same p_i: where the registration is right they describe the same anatomy (the
+    positive); the moving features at every other sampled location p_j (j != i, near ones
+    included) are the negatives:
+
+        l_i = -log exp(sim(f_i, m_i)/tau) / sum_j exp(sim(f_i, m_j)/tau)
+
+    with cosine similarity, averaged with the symmetric term (anchors m_i against all f_j).
+    Shapes ``(B, N, D)``.
+    """
+    if points_fixed.shape != points_moving.shape or points_fixed.dim() != 3:
+        raise ValueError(f"dense_info_nce: expected two (B, N, D) tensors, got {tuple(points_fixed.shape)} and {tuple(points_moving.shape)}")
+    f = F.normalize(points_fixed, dim=2)
+    m = F.normalize(points_moving, dim=2)
+    logits = f @ m.transpose(1, 2) / tau  # (B, N, N): row i = anchor f_i against every m_j
+    target = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
+    rows = F.cross_entropy(logits.transpose(1, 2), target)  # anchors f_i (class dim = m_j)
+    cols = F.cross_entropy(logits, target)  # anchors m_j (class dim = f_i)
+    return 0.5 * (rows + cols)

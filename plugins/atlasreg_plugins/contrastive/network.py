@@ -1,34 +1,31 @@
 """The contrastive registration network (Contrastive Registration for Unsupervised Medical Image
-Segmentation, section 3): one weight-shared 3-D CNN encoder applied to the moving image x and the
-fixed image y, a projection head for the contrastive loss, and one decoder estimating the
-approximate posterior q(z | y; x) = N(mean, diag(exp(log_var))) of a stationary velocity field z,
-whose exponential (scaling and squaring) is the diffeomorphic transformation phi_z.
+Segmentation, section 3), rebuilt so that its base is at least as strong as VoxelMorph's:
 
-Layout (``enc_channels=(16, 32, 32, 64)``, ``dec_channels=(64, 32, 32, 32, 16)``, input X*Y*Z):
+* a **weight-shared (Siamese) encoder** applied to the moving image x and the fixed image y alone:
+  conv 3^3 stride 2 then ``stem_convs - 1`` convs at 1/2 resolution, ``stem_channels`` features;
+  these per-image features are what the contrastive term acts on;
+* **early fusion**: at 1/2 resolution the two feature maps meet, concatenated with their
+  element-wise product (a zero-displacement correlation), and a U-Net (``unet_channels`` per
+  level, stride-2 down, ``upsample2`` up, skip connections) estimates the approximate posterior
+  q(z | y; x) = N(mean, diag(exp(log_var))) of a stationary velocity field z on the 1/2 grid;
+* **instance normalisation** (affine) after every convolution: batch statistics of two cropped
+  pairs are not those of one whole volume at inference, instance statistics are;
+* **aligned decoding**: every upsampling is ``atlasreg.flow.upsample2``, which puts coarse voxel i
+  at fine voxel 2 i (where the stride-2 convolution computed it); ``align_corners=True`` on a
+  stride-2 grid was up to a voxel off at the far faces;
+* z (in 1/2-grid voxels) becomes the full-resolution velocity ``upsample2(z) * 2``; its
+  exponential (scaling and squaring) is the diffeomorphic displacement.
 
-* encoder, per level ``l``: conv 3^3 stride 2 -> BN -> LeakyReLU(0.2), then
-  ``convs_per_level - 1`` conv 3^3 stride 1 -> BN -> LeakyReLU; features at 1/2, 1/4, 1/8, 1/16 of
-  the input resolution with ``enc_channels[l]`` channels. There is no full-resolution layer: a
-  3-D convolution at full resolution costs seconds on a CPU (see the decoder).
-* projection head: global average pooling of the deepest feature map, then a fully connected
-  layer (the paper's "fully-connected layer, as the projection layer") to ``proj_dim``; with
-  ``proj_hidden`` set, a two-layer MLP (Linear -> ReLU -> Linear) as in SimCLR instead.
-* decoder: at the coarsest level the two deepest feature maps are concatenated and convolved
-  (``dec_channels[0]``); at every finer level the running map is upsampled (trilinear) to that
-  level's size and concatenated with both encoder passes' features of that resolution, then
-  conv -> BN -> LeakyReLU (``dec_channels[1..L-1]``). Remaining ``dec_channels`` are extra convs at
-  the finest encoder level (1/2 resolution). Two 3^3 conv heads there give the velocity's
-  ``mean`` and ``log_var`` (3 channels each), which are upsampled trilinearly to the input size.
-  The heads output values in full-resolution voxel units directly (no vector rescaling on
-  upsampling). Deviation for speed: the paper's decoder reaches the input resolution; here the
-  last level is at 1/2 resolution and only the velocity statistics are interpolated to full
-  resolution (as VoxelMorph-diff predicts its velocity at half resolution).
+Contrast heads (``contrast``): ``"global"`` is the paper's (global average pooling of each image's
+encoder features -> a linear projection, InfoNCE across the batch); ``"dense"`` projects the fixed
+image's features at ``points`` sampled brain locations and the moving image's features warped by
+the current flow at the same locations (a small 1x1 MLP), for a per-location InfoNCE: the
+gradient reaches the encoder and the flow. ``"none"`` builds no head.
 
-Initialisation (``init_weights``, applied in ``__init__``), following the paper's section 4.2:
-He/Kaiming-normal convolution (and linear) weights, batch-norm weights ~ N(0, 0.1), every bias 0.
-Then the heads: ``mean`` weights ~ N(0, 1e-5), bias 0 (an initial velocity of almost 0, i.e.
-an almost identity transformation); ``log_var`` weights ~ N(0, 1e-10), bias -10 (initial
-sigma = exp(-5) ~ 0.007 voxel, so a sample z is the mean up to a negligible perturbation).
+``forward(moving, fixed, sample=False, contrast=False)`` returns ``velocity`` (B, 3, X, Y, Z, full
+voxels: what instance optimisation can optimise directly), ``flow`` (its exponential, the
+displacement), ``mean`` / ``log_var`` (1/2 grid), and with ``contrast=True`` the head's
+projections. Everything the loss needs is computed inside ``forward`` (one call under DDP).
 """
 
 from __future__ import annotations
@@ -39,176 +36,133 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from atlasreg.flow import integrate
+from atlasreg.flow import integrate, upsample2, warp
 
-__all__ = ["ContrastiveRegNet", "Encoder", "ProjectionHead", "Decoder"]
+__all__ = ["ContrastiveRegNet", "CONTRASTS"]
 
 LEAKY_SLOPE = 0.2
 LOG_VAR_BIAS = -10.0
+CONTRASTS = ("dense", "global", "none")
 
 
-def _conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm3d(cout),
+        nn.InstanceNorm3d(cout, affine=True),
         nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
     )
 
 
-class Encoder(nn.Module):
-    """Multi-resolution 3-D CNN: level l at 1/2^(l+1) resolution with ``channels[l]`` features."""
-
-    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (16, 32, 32, 64), convs_per_level: int = 2):
-        super().__init__()
-        if not channels:
-            raise ValueError("Encoder: at least one level is needed")
-        if convs_per_level < 1:
-            raise ValueError("Encoder: convs_per_level must be >= 1")
-        self.channels = tuple(int(c) for c in channels)
-        levels = []
-        cin = in_channels
-        for cout in self.channels:
-            blocks = [_conv_block(cin, cout, stride=2)]
-            blocks += [_conv_block(cout, cout) for _ in range(convs_per_level - 1)]
-            levels.append(nn.Sequential(*blocks))
-            cin = cout
-        self.levels = nn.ModuleList(levels)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for level in self.levels:
-            x = level(x)
-            features.append(x)
-        return features
-
-
-class ProjectionHead(nn.Module):
-    """Global average pooling of a feature map, then FC (or FC-ReLU-FC) to a ``proj_dim`` vector."""
-
-    def __init__(self, in_features: int, proj_dim: int = 64, hidden: int | None = None):
-        super().__init__()
-        if hidden:
-            self.fc = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, proj_dim))
-        else:
-            self.fc = nn.Linear(in_features, proj_dim)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(features.mean(dim=(2, 3, 4)))
-
-
-class Decoder(nn.Module):
-    """Coarse-to-fine decoder over the concatenated features of both encoder passes; mean/log_var heads."""
-
-    def __init__(self, enc_channels: Sequence[int], dec_channels: Sequence[int]):
-        super().__init__()
-        enc_channels = tuple(enc_channels)
-        dec_channels = tuple(int(c) for c in dec_channels)
-        if len(dec_channels) < len(enc_channels):
-            raise ValueError(
-                f"Decoder: dec_channels needs at least one entry per encoder level ({len(enc_channels)}), got {len(dec_channels)}"
-            )
-        levels = []
-        cin = 0
-        for i, enc_c in enumerate(reversed(enc_channels)):  # coarsest first
-            levels.append(_conv_block(cin + 2 * enc_c, dec_channels[i]))
-            cin = dec_channels[i]
-        self.levels = nn.ModuleList(levels)
-        extra = []
-        for cout in dec_channels[len(enc_channels):]:
-            extra.append(_conv_block(cin, cout))
-            cin = cout
-        self.extra = nn.Sequential(*extra)
-        self.mean_head = nn.Conv3d(cin, 3, 3, padding=1)
-        self.log_var_head = nn.Conv3d(cin, 3, 3, padding=1)
-
-    def forward(self, feats_moving: Sequence[torch.Tensor], feats_fixed: Sequence[torch.Tensor], size) -> tuple[torch.Tensor, torch.Tensor]:
-        x = None
-        for level, fm, ff in zip(self.levels, reversed(feats_moving), reversed(feats_fixed)):
-            parts = [fm, ff]
-            if x is not None:
-                x = F.interpolate(x, size=fm.shape[2:], mode="trilinear", align_corners=False)
-                parts.insert(0, x)
-            x = level(torch.cat(parts, dim=1))
-        x = self.extra(x)
-        stats = torch.cat([self.mean_head(x), self.log_var_head(x)], dim=1)
-        stats = F.interpolate(stats, size=tuple(size), mode="trilinear", align_corners=True)
-        return stats[:, :3], stats[:, 3:]
-
-
 class ContrastiveRegNet(nn.Module):
-    """Weight-shared encoder + projection head + one probabilistic decoder (velocity field).
-
-    ``forward(moving, fixed)`` takes ``(B, in_channels, X, Y, Z)`` images and returns a dict:
-
-    * ``mean``, ``log_var``: ``(B, 3, X, Y, Z)``, the approximate posterior of the velocity z in
-      voxel units (``log_var`` = log sigma^2 per voxel and component);
-    * ``proj_moving``, ``proj_fixed``: ``(B, proj_dim)`` projections for the contrastive loss.
-
-    ``sample(mean, log_var)`` draws z by reparameterisation, ``flow(velocity)`` integrates it
-    (scaling and squaring, ``int_steps``) into a diffeomorphic displacement (B, 3, X, Y, Z);
-    warp the moving image with ``atlasreg.flow.warp(moving, flow)``.
-
-    Both images go through the one encoder in a single call (concatenated along the batch), so in
-    training mode the batch-norm statistics are those of the moving and fixed images together.
-    Training-mode batch norm needs more than one value per channel at the coarsest decoder level
-    (B pairs x the voxels at 1/2^L resolution): with B = 1 and 4 levels, some axis must exceed
-    16 voxels. An untrained network in eval mode (running statistics still mean 0, variance 1)
-    shrinks its activations ~10x per layer because of the N(0, 0.1) batch-norm weights; this is
-    harmless once the running statistics come from training.
-    """
-
     def __init__(
         self,
-        in_channels: int = 1,
-        enc_channels: Sequence[int] = (16, 32, 32, 64),
-        dec_channels: Sequence[int] = (64, 32, 32, 32, 16),
-        proj_dim: int = 64,
+        stem_channels: int = 16,
+        stem_convs: int = 2,
+        unet_channels: Sequence[int] = (32, 32, 64),
+        head_channels: int = 16,
+        contrast: str = "dense",
+        proj_dim: int = 16,
+        points: int = 256,
         int_steps: int = 7,
         int_downsize: int = 2,
-        convs_per_level: int = 2,
-        proj_hidden: int | None = None,
     ):
         super().__init__()
-        self.int_steps = int(int_steps)
-        self.int_downsize = int(int_downsize)
-        self.encoder = Encoder(in_channels, enc_channels, convs_per_level)
-        self.projection = ProjectionHead(self.encoder.channels[-1], proj_dim, proj_hidden)
-        self.decoder = Decoder(self.encoder.channels, dec_channels)
+        if contrast not in CONTRASTS:
+            raise ValueError(f"ContrastiveRegNet: contrast {contrast!r}: choose one of {', '.join(CONTRASTS)}")
+        if not unet_channels or stem_convs < 1:
+            raise ValueError("ContrastiveRegNet: at least one U-Net level and one stem convolution are needed")
+        self.contrast, self.points = contrast, int(points)
+        self.int_steps, self.int_downsize = int(int_steps), int(int_downsize)
+        self.encoder = nn.Sequential(_conv(1, stem_channels, 2), *[_conv(stem_channels, stem_channels) for _ in range(stem_convs - 1)])
+        fused = 3 * stem_channels
+        self.down = nn.ModuleList()
+        cin = fused
+        for cout in unet_channels:
+            self.down.append(_conv(cin, cout, 2))
+            cin = cout
+        self.up = nn.ModuleList()  # one level up per skip: the U-Net levels, then the fused 1/2 map
+        skips = list(reversed(unet_channels[:-1])) + [fused]
+        for skip, cout in zip(skips, list(reversed(unet_channels[:-1])) + [unet_channels[0]]):
+            self.up.append(_conv(cin + skip, cout))
+            cin = cout
+        self.tail = _conv(cin, head_channels)
+        self.mean_head = nn.Conv3d(head_channels, 3, 3, padding=1)
+        self.log_var_head = nn.Conv3d(head_channels, 3, 3, padding=1)
+        if contrast == "global":
+            self.projection = nn.Linear(stem_channels, proj_dim)
+        elif contrast == "dense":
+            self.projection = nn.Sequential(nn.Linear(stem_channels, 2 * stem_channels), nn.ReLU(inplace=True),
+                                            nn.Linear(2 * stem_channels, proj_dim))
         self.init_weights()
 
     def init_weights(self) -> None:
-        """He-normal conv/linear weights, BN weights ~ N(0, 0.1), biases 0; then the head init."""
+        """He-normal conv/linear weights, zero biases; the mean head ~ N(0, 1e-5) (a near-identity
+        start), the log-variance head ~ N(0, 1e-10) with bias -10 (sigma ~ 0.007 voxel)."""
         for module in self.modules():
             if isinstance(module, (nn.Conv3d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight, a=LEAKY_SLOPE, nonlinearity="leaky_relu")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                nn.init.normal_(module.weight, 0.0, 0.1)
-                nn.init.zeros_(module.bias)
-                module.reset_running_stats()
-        nn.init.normal_(self.decoder.mean_head.weight, 0.0, 1e-5)
-        nn.init.zeros_(self.decoder.mean_head.bias)
-        nn.init.normal_(self.decoder.log_var_head.weight, 0.0, 1e-10)
-        nn.init.constant_(self.decoder.log_var_head.bias, LOG_VAR_BIAS)
+        nn.init.normal_(self.mean_head.weight, 0.0, 1e-5)
+        nn.init.zeros_(self.mean_head.bias)
+        nn.init.normal_(self.log_var_head.weight, 0.0, 1e-10)
+        nn.init.constant_(self.log_var_head.bias, LOG_VAR_BIAS)
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, sample: bool = False, contrast: bool = False) -> dict[str, torch.Tensor]:
         if moving.shape != fixed.shape:
             raise ValueError(f"ContrastiveRegNet: moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} differ")
-        batch = moving.shape[0]
+        batch, shape = moving.shape[0], moving.shape[2:]
         features = self.encoder(torch.cat([moving, fixed], dim=0))
-        feats_moving = [f[:batch] for f in features]
-        feats_fixed = [f[batch:] for f in features]
-        proj = self.projection(features[-1])
-        mean, log_var = self.decoder(feats_moving, feats_fixed, moving.shape[2:])
-        return {"mean": mean, "log_var": log_var, "proj_moving": proj[:batch], "proj_fixed": proj[batch:]}
-
-    @staticmethod
-    def sample(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-        """z = mean + exp(log_var / 2) * eps, eps ~ N(0, I) (reparameterisation trick)."""
-        return mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+        feat_moving, feat_fixed = features[:batch], features[batch:]
+        x = torch.cat([feat_moving, feat_fixed, feat_moving * feat_fixed], dim=1)
+        skips = [x]
+        for conv in self.down:
+            x = conv(x)
+            skips.append(x)
+        for conv, skip in zip(self.up, reversed(skips[:-1])):
+            x = conv(torch.cat([upsample2(x, skip.shape[2:]), skip], dim=1))
+        x = self.tail(x)
+        mean, log_var = self.mean_head(x), self.log_var_head(x)
+        z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean) if sample else mean
+        velocity = upsample2(z, shape) * 2.0
+        flow = self.flow(velocity)
+        out = {"velocity": velocity, "flow": flow, "mean": mean, "log_var": log_var}
+        if contrast and self.contrast == "global":
+            out["proj_moving"] = self.projection(feat_moving.mean(dim=(2, 3, 4)))
+            out["proj_fixed"] = self.projection(feat_fixed.mean(dim=(2, 3, 4)))
+        elif contrast and self.contrast == "dense":
+            half_flow = flow[:, :, ::2, ::2, ::2] / 2.0  # fine voxel 2 i is coarse voxel i
+            warped = warp(feat_moving, half_flow)
+            index = sample_points(fixed[:, 0, ::2, ::2, ::2] != 0, self.points)
+            out["points_fixed"] = self.projection(_gather(feat_fixed, index))
+            out["points_moving"] = self.projection(_gather(warped, index))
+        return out
 
     def flow(self, velocity: torch.Tensor) -> torch.Tensor:
-        """Displacement (voxels) of exp(velocity): scaling and squaring with ``int_steps`` steps, on a
-        grid ``int_downsize`` times coarser (the decoder's own output grid at the default 2)."""
+        """Displacement (voxels) of exp(velocity): scaling and squaring, ``int_steps`` steps on a grid
+        ``int_downsize`` times coarser."""
         return integrate(velocity, self.int_steps, self.int_downsize)
+
+
+def _gather(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(B, C, X, Y, Z) features at flat voxel indices (B, N) -> (B, N, C)."""
+    flat = features.flatten(2)
+    return torch.gather(flat, 2, index[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)
+
+
+def sample_points(mask: torch.Tensor, points: int) -> torch.Tensor:
+    """Flat voxel indices (B, points) for the dense contrast: half drawn uniformly in ``mask`` (B, X,
+    Y, Z; the whole grid where a mask is empty), half one to two voxels from those (near negatives)."""
+    batch, shape = mask.shape[0], mask.shape[1:]
+    anchors = points - points // 2
+    weights = mask.flatten(1).float()
+    weights[weights.sum(1) == 0] = 1.0
+    first = torch.multinomial(weights, anchors, replacement=True)
+    coords = torch.stack(torch.unravel_index(first, shape), dim=-1)  # (B, anchors, 3)
+    offsets = torch.randint(-2, 3, (batch, points // 2, 3), device=mask.device)
+    offsets[(offsets == 0).all(-1), 0] = 1  # never the anchor itself
+    near = coords[:, : points // 2] + offsets
+    for axis, n in enumerate(shape):
+        near[..., axis] = near[..., axis].clamp(0, n - 1)
+    second = (near[..., 0] * shape[1] + near[..., 1]) * shape[2] + near[..., 2]
+    return torch.cat([first, second], dim=1)

@@ -1,10 +1,30 @@
-"""VoxelMorph plugin: the ``voxelmorph`` learned baseline backend (needs torch)."""
+"""VoxelMorph plugin: the ``voxelmorph`` learned baseline backend (needs torch), and its shipped
+pretrained weights (``models/``, package data; see docs/models.md)."""
+
+from pathlib import Path
 
 from atlasreg.hookspecs import hookimpl
+from atlasreg.plugin_api import ModelSpec
 
 from .backend import VoxelMorphBackend
+
+MODELS = Path(__file__).parent / "models"
 
 
 @hookimpl
 def atlasreg_backends():
     return [VoxelMorphBackend()]
+
+
+@hookimpl
+def atlasreg_models():
+    return [
+        ModelSpec(
+            name="voxelmorph-synth",
+            backend="voxelmorph",
+            file=str(MODELS / "voxelmorph-synth.pt"),
+            sha256="SHA_VOXELMORPH",
+            description="the learned baseline, trained like contrastive-synth at the same budget (CPU-trained; docs/models.md)",
+            default=True,
+        )
+    ]

@@ -11,13 +11,13 @@ from atlasreg.learned import LearnedBackend
 
 class VoxelMorphBackend(LearnedBackend):
     name = "voxelmorph"
-    description = "VoxelMorph-style U-Net baseline: learned, diffeomorphic, needs a model file"
+    description = "VoxelMorph-style U-Net baseline: learned, diffeomorphic; ships a pretrained model"
     loss_names = ("sim", "smooth")
     architecture_keys = ("enc_channels", "dec_channels")
     default_config = {
         "spacing": 2.0,
         "shape": [96, 112, 96],
-        "crop": [80, 96, 80],
+        "crop": [64, 80, 64],
         "enc_channels": [16, 32, 32, 32],
         "dec_channels": [32, 32, 32, 32, 32, 16, 16],
         "int_steps": 7,
@@ -36,18 +36,12 @@ class VoxelMorphBackend(LearnedBackend):
             int_downsize=int(config["int_downsize"]),
         )
 
-    def mean_flow(self, network, moving, fixed, config: Mapping[str, Any]):
-        return network.flow(network(moving, fixed)["velocity"])
-
-    def predict_velocity(self, network, moving, fixed, config: Mapping[str, Any]):
-        return network(moving, fixed)["velocity"]
-
     def loss_terms(self, network, moving, fixed, config: Mapping[str, Any], sample: bool):
         from atlasreg.flow import warp
 
         from . import losses
 
-        flow = self.mean_flow(network, moving, fixed, config)
+        flow = network(moving, fixed)["flow"]
         warped = warp(moving, flow)
         if config["similarity"] == "mse":
             sim = losses.mse(fixed, warped)

@@ -1,5 +1,5 @@
 """Loss terms of the VoxelMorph baseline, kept separate (the backend weights them): image similarity
-(``mse`` or ``local_ncc``) + lambda * ``grad_smoothness`` of the flow (Balakrishnan et al., 2019).
+(``mse`` or ``local_ncc``, the latter from the core) + lambda * ``grad_smoothness`` of the flow (Balakrishnan et al., 2019).
 
 Shapes: images ``(B, C, X, Y, Z)``, flows ``(B, 3, X, Y, Z)`` in voxels. Lower is better for all.
 """
@@ -7,7 +7,8 @@ Shapes: images ``(B, C, X, Y, Z)``, flows ``(B, 3, X, Y, Z)`` in voxels. Lower i
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from atlasreg.losses import local_ncc
 
 __all__ = ["mse", "local_ncc", "grad_smoothness"]
 
@@ -17,44 +18,6 @@ def mse(fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
     if fixed.shape != warped.shape:
         raise ValueError(f"mse: fixed {tuple(fixed.shape)} and warped {tuple(warped.shape)} differ")
     return ((fixed - warped) ** 2).mean()
-
-
-def _box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Sum over a window^3 cube centred on each voxel (zero padding), as three separable 1-D sums."""
-    channels = x.shape[1]
-    pad = window // 2
-    kernel = torch.ones(channels, 1, window, device=x.device, dtype=x.dtype)
-    for dim in range(3):
-        shape = [1, 1, 1]
-        shape[dim] = window
-        padding = [0, 0, 0]
-        padding[dim] = pad
-        x = F.conv3d(x, kernel.view(channels, 1, *shape), padding=tuple(padding), groups=channels)
-    return x
-
-
-def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
-    """Minus the mean local (squared) normalised cross-correlation over ``window``^3 neighbourhoods.
-
-    At each voxel, with sums over the window (zero padding at the borders, n = window^3):
-    cc = cov(I, J)^2 / (var(I) var(J) + eps) where cov = sum(IJ) - sum(I) sum(J) / n and
-    var = sum(I^2) - sum(I)^2 / n (VoxelMorph's NCC). Returns -mean(cc) in [-1, 0]: -1 is a
-    perfect local linear match.
-    """
-    if fixed.shape != warped.shape:
-        raise ValueError(f"local_ncc: fixed {tuple(fixed.shape)} and warped {tuple(warped.shape)} differ")
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"local_ncc: window must be a positive odd number, got {window}")
-    channels = fixed.shape[1]
-    stacked = torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1)
-    sums = _box_sum(stacked, window)
-    s_i, s_j, s_ii, s_jj, s_ij = torch.split(sums, channels, dim=1)
-    n = float(window**3)
-    cross = s_ij - s_i * s_j / n
-    var_i = (s_ii - s_i * s_i / n).clamp_min(0.0)  # >= 0 up to rounding
-    var_j = (s_jj - s_j * s_j / n).clamp_min(0.0)
-    cc = cross * cross / (var_i * var_j + eps)
-    return -cc.mean()
 
 
 def grad_smoothness(flow: torch.Tensor) -> torch.Tensor:

@@ -8,11 +8,12 @@ no normalisation layers (as published).
 Layout for ``enc=(16, 32, 32, 32)``, ``dec=(32, 32, 32, 32, 32, 16, 16)`` (the "vm2" widths):
 
 * encoder: one conv stride 2 per entry of ``enc``: features at 1/2, 1/4, 1/8, 1/16 resolution;
-* decoder: ``dec[0]`` at 1/16; then for each finer encoder level: upsample x2 (nearest),
+* decoder: ``dec[0]`` at 1/16; then for each finer encoder level: upsample x2 (``upsample2``: coarse
+  voxel i lands on fine voxel 2 i, where the stride-2 convolution computed it),
   concatenate the encoder features of that level, conv (``dec[1..3]``, ending at 1/2);
 * the remaining ``dec`` entries (``dec[4:]`` = 32, 16, 16) are convs at 1/2 resolution, then the
-  velocity head (conv 3^3 to 3 channels, weights ~ N(0, 1e-5), bias 0), upsampled trilinearly to
-  the input size (values already in full-resolution voxel units).
+  velocity head (conv 3^3 to 3 channels, in 1/2-grid voxels, weights ~ N(0, 1e-5), bias 0),
+  brought to the input grid by ``upsample2`` and doubled (full-resolution voxels).
 
 Deviation (documented, for speed): in the published full-size vm2 network the last two convs
 (16, 16) run at full resolution after a final upsampling and a skip connection to the input; on a
@@ -28,9 +29,8 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from atlasreg.flow import integrate
+from atlasreg.flow import integrate, upsample2
 
 __all__ = ["VoxelMorphNet"]
 
@@ -41,15 +41,12 @@ def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1), nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
 
 
-def _upsample_to(x: torch.Tensor, size) -> torch.Tensor:
-    return F.interpolate(x, size=tuple(size), mode="nearest")
-
-
 class VoxelMorphNet(nn.Module):
     """U-Net on the concatenated (moving, fixed) pair predicting a stationary velocity field.
 
     ``forward(moving, fixed)`` with ``(B, in_channels, X, Y, Z)`` images returns
-    ``{"velocity": (B, 3, X, Y, Z)}`` in voxel units; ``flow(velocity)`` integrates it.
+    ``{"velocity": (B, 3, X, Y, Z), "flow": its exponential}`` in voxel units; ``flow(velocity)``
+    integrates a velocity (what instance optimisation needs when it optimises the velocity itself).
     ``int_steps=0`` makes the velocity the displacement itself (plain VoxelMorph).
     """
 
@@ -112,14 +109,14 @@ class VoxelMorphNet(nn.Module):
             skips.append(x)
         x = self.up[0](x)
         for conv, skip in zip(self.up[1:], reversed(skips[:-1])):
-            x = conv(torch.cat([_upsample_to(x, skip.shape[2:]), skip], dim=1))
+            x = conv(torch.cat([upsample2(x, skip.shape[2:]), skip], dim=1))
         x = self.tail(x)
         if self.full_size:
-            x = self.full_res(torch.cat([_upsample_to(x, pair.shape[2:]), pair], dim=1))
+            x = self.full_res(torch.cat([upsample2(x, pair.shape[2:]), pair], dim=1))
         velocity = self.flow_head(x)
-        if velocity.shape[2:] != moving.shape[2:]:
-            velocity = F.interpolate(velocity, size=tuple(moving.shape[2:]), mode="trilinear", align_corners=True)
-        return {"velocity": velocity}
+        if not self.full_size:
+            velocity = upsample2(velocity, moving.shape[2:]) * 2.0
+        return {"velocity": velocity, "flow": self.flow(velocity)}
 
     def flow(self, velocity: torch.Tensor) -> torch.Tensor:
         """Displacement (voxels) of exp(velocity): scaling and squaring with ``int_steps`` steps, on a
