@@ -1,4 +1,4 @@
-"""The contrastive registration network and its loss terms (paper section 3)."""
+"""The contrastive registration network and its loss terms (paper section 3, strengthened in issue 12)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from atlasreg.flow import jacobian_determinant, warp  # noqa: E402
+from atlasreg.losses import local_ncc  # noqa: E402
 from atlasreg_plugins.contrastive import losses  # noqa: E402
-from atlasreg_plugins.contrastive.network import ContrastiveRegNet, Encoder  # noqa: E402
+from atlasreg_plugins.contrastive.network import ContrastiveRegNet, sample_points  # noqa: E402
 
-SMALL = dict(enc_channels=(4, 8, 8, 8), dec_channels=(8, 8, 8, 8, 4), proj_dim=6)
+SMALL = dict(stem_channels=4, unet_channels=(8, 8, 8), head_channels=4, proj_dim=6, points=32)
 SHAPE = (19, 22, 17)  # odd, not multiples of 16
 
 
@@ -26,150 +27,127 @@ def _pair(batch=2, shape=SHAPE, seed=1):
     return torch.randn(batch, 1, *shape, generator=gen), torch.randn(batch, 1, *shape, generator=gen)
 
 
-def _count(module):
-    return sum(p.numel() for p in module.parameters())
-
-
 # --- network ---------------------------------------------------------------------------------
 
 
-def test_output_shapes():
-    net = _net()
+@pytest.mark.parametrize("contrast", ["dense", "global", "none"])
+def test_output_shapes(contrast):
+    net = _net(contrast=contrast)
     moving, fixed = _pair()
-    out = net(moving, fixed)
-    assert set(out) == {"mean", "log_var", "proj_moving", "proj_fixed"}
-    assert out["mean"].shape == out["log_var"].shape == (2, 3, *SHAPE)
-    assert out["proj_moving"].shape == out["proj_fixed"].shape == (2, 6)
-    z = net.sample(out["mean"], out["log_var"])
-    assert z.shape == (2, 3, *SHAPE) and net.flow(z).shape == (2, 3, *SHAPE)
-    with pytest.raises(ValueError):
-        net(moving, fixed[:, :, :-1])
+    out = net(moving, fixed, contrast=True)
+    assert out["velocity"].shape == out["flow"].shape == (2, 3, *SHAPE)
+    half = tuple(-(-n // 2) for n in SHAPE)
+    assert out["mean"].shape == out["log_var"].shape == (2, 3, *half)
+    if contrast == "dense":
+        assert out["points_fixed"].shape == out["points_moving"].shape == (2, 32, 6)
+    elif contrast == "global":
+        assert out["proj_fixed"].shape == out["proj_moving"].shape == (2, 6)
+    else:
+        assert not hasattr(net, "projection") and not {"proj_fixed", "points_fixed"} & set(out)
 
 
-@torch.no_grad()
 def test_one_encoder_shared_by_both_images():
-    net = _net().train()  # batch statistics (fresh running statistics would shrink everything)
-    assert sum(isinstance(m, Encoder) for m in net.modules()) == 1
-    assert _count(net) == _count(net.encoder) + _count(net.projection) + _count(net.decoder)
-    moving, fixed = _pair()
-    before = net(moving, fixed)
-    # the same function for both images: swapping the inputs swaps the projections
-    swapped = net(fixed, moving)
-    assert torch.allclose(swapped["proj_moving"], before["proj_fixed"], atol=1e-6)
-    assert torch.allclose(swapped["proj_fixed"], before["proj_moving"], atol=1e-6)
-    net.encoder.levels[0][0][0].weight.mul_(-1.5)
-    after = net(moving, fixed)
-    for key in ("proj_moving", "proj_fixed"):
-        assert (after[key] - before[key]).abs().max() > 0.1 * before[key].abs().max()
+    """Swapping the images swaps their encoder features (weight sharing), not the registration."""
+    net = _net(contrast="global").eval()
+    moving, fixed = _pair(batch=1)
+    a = net(moving, fixed, contrast=True)
+    b = net(fixed, moving, contrast=True)
+    assert torch.allclose(a["proj_moving"], b["proj_fixed"], atol=1e-6)
+    assert torch.allclose(a["proj_fixed"], b["proj_moving"], atol=1e-6)
 
 
-@torch.no_grad()
-def test_swap_symmetry_also_holds_in_eval_mode():
+def test_instance_norm_makes_each_sample_independent_of_the_batch():
+    net = _net().train()
+    moving, fixed = _pair(batch=2)
+    both = net(moving, fixed)["flow"]
+    alone = net(moving[:1], fixed[:1])["flow"]
+    assert torch.allclose(both[:1], alone, atol=1e-6)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
+def test_velocity_is_the_half_grid_mean_upsampled_and_doubled_and_flow_its_exponential():
     net = _net().eval()
-    moving, fixed = _pair()
-    a, b = net(moving, fixed), net(fixed, moving)
-    assert torch.allclose(a["proj_moving"], b["proj_fixed"], rtol=1e-4, atol=0)
-    assert torch.allclose(a["proj_fixed"], b["proj_moving"], rtol=1e-4, atol=0)
-
-
-def test_initialisation_follows_the_paper():
-    net = _net(enc_channels=(16, 32, 32, 64), dec_channels=(64, 32, 32, 32, 16))
-    bn = torch.cat([m.weight.detach() for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)])
-    assert abs(bn.std().item() - 0.1) < 0.02 and abs(bn.mean().item()) < 0.03  # N(0, 0.1), not the default 1
-    assert all(torch.all(m.bias == 0) for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d))
-    conv = net.decoder.levels[-1][0].weight.detach()  # (32, 32 + 2 * 16, 3, 3, 3)
-    fan_in = conv[0].numel()
-    he_std = math.sqrt(2.0 / (1 + 0.2**2)) / math.sqrt(fan_in)
-    assert abs(conv.std().item() / he_std - 1) < 0.1
-    assert net.decoder.mean_head.weight.abs().max() < 1e-4 and torch.all(net.decoder.mean_head.bias == 0)
-    assert torch.all(net.decoder.log_var_head.bias == -10.0)
+    moving, fixed = _pair(batch=1, shape=(16, 20, 18))
+    with torch.no_grad():
+        out = net(moving, fixed)
+    # fine voxel 2 i is coarse voxel i (stride-2 grid): exactly the coarse value, times 2
+    assert torch.allclose(out["velocity"][..., ::2, ::2, ::2], 2 * out["mean"], atol=1e-7)
+    assert torch.allclose(out["flow"], net.flow(out["velocity"]))
 
 
 def test_untrained_prediction_is_near_identity_and_diffeomorphic():
+    net = _net().eval()
+    moving, fixed = _pair(batch=1)
+    flow = net(moving, fixed)["flow"]
+    assert flow.abs().max() < 1e-2
+    assert (jacobian_determinant(flow) > 0).all()
+
+
+def test_sample_draws_around_the_mean():
     net = _net().train()
-    out = net(*_pair())
-    assert out["mean"].abs().max() < 1e-2
-    assert torch.allclose(out["log_var"], torch.full_like(out["log_var"], -10.0), atol=1e-3)
-    flow = net.flow(net.sample(out["mean"], out["log_var"]))
-    assert jacobian_determinant(flow).min() > 0.5
+    moving, fixed = _pair(batch=1)
+    torch.manual_seed(3)
+    sampled = net(moving, fixed, sample=True)
+    mean = net(moving, fixed)
+    assert not torch.equal(sampled["velocity"], mean["velocity"])
+    # initial sigma = exp(-5): the sample is the mean up to a few hundredths of a voxel
+    assert (sampled["velocity"] - mean["velocity"]).abs().max() < 0.1
 
 
-def test_sample_reparameterisation():
+def test_dense_contrast_reaches_the_encoder_the_head_and_the_flow():
+    net = _net().train()
+    moving, fixed = _pair(batch=1)
+    out = net(moving, fixed, contrast=True)
+    out["flow"].retain_grad()
+    losses.dense_info_nce(out["points_fixed"], out["points_moving"]).backward()
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in grads if n.startswith(("encoder", "projection")))
+    assert out["flow"].grad is not None and out["flow"].grad.abs().sum() > 0
+
+
+def test_sample_points_lie_in_the_mask_and_include_near_neighbours():
+    mask = torch.zeros(1, 10, 12, 9, dtype=torch.bool)
+    mask[0, 3:7, 4:8, 2:6] = True
     torch.manual_seed(0)
-    mean = torch.full((1, 3, 20, 20, 20), 1.5)
-    z = ContrastiveRegNet.sample(mean, torch.full_like(mean, math.log(4.0)))
-    assert abs(z.mean().item() - 1.5) < 0.05 and abs(z.std().item() - 2.0) < 0.05
-    assert torch.allclose(ContrastiveRegNet.sample(mean, torch.full_like(mean, -60.0)), mean)
-
-
-def _grads(net, loss):
-    params = dict(net.named_parameters())
-    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True, retain_graph=True)
-    return {name: g for name, g in zip(params, grads)}
-
-
-def _reached(grads, prefix):
-    return [name for name, g in grads.items() if name.startswith(prefix) and g is not None and g.abs().sum() > 0]
-
-
-def test_contrastive_loss_trains_encoder_and_projection_only():
-    net = _net().train()
-    out = net(*_pair())
-    grads = _grads(net, losses.info_nce(out["proj_moving"], out["proj_fixed"]))
-    assert _reached(grads, "encoder.") and _reached(grads, "projection.")
-    assert all(g is None for name, g in grads.items() if name.startswith("decoder."))
-
-
-def test_registration_losses_train_the_decoder():
-    net = _net().train()
-    moving, fixed = _pair()
-    out = net(moving, fixed)
-    warped = warp(moving, net.flow(net.sample(out["mean"], out["log_var"])))
-    grads = _grads(net, losses.recon(fixed, warped))
-    assert _reached(grads, "decoder.mean_head.") and _reached(grads, "decoder.log_var_head.")
-    assert _reached(grads, "decoder.levels.") and _reached(grads, "encoder.")
-    assert all(g is None for name, g in grads.items() if name.startswith("projection."))
-    for kl in (losses.kl_paper, losses.kl_laplacian):
-        grads = _grads(net, kl(out["mean"], out["log_var"]))
-        assert _reached(grads, "decoder.log_var_head.") and _reached(grads, "decoder.mean_head.")
-        assert all(g is None for name, g in grads.items() if name.startswith("projection."))
+    index = sample_points(mask, 40)
+    assert index.shape == (1, 40)
+    anchors, near = index[0, :20], index[0, 20:]
+    assert mask.flatten()[anchors].all()
+    a = torch.stack(torch.unravel_index(anchors, (10, 12, 9)), -1)
+    b = torch.stack(torch.unravel_index(near, (10, 12, 9)), -1)
+    distance = (a - b).abs().max(-1).values
+    assert ((distance >= 1) & (distance <= 2)).all()
 
 
 def test_a_few_steps_reduce_the_registration_loss():
-    """A shifted blob: the mean velocity learns to move it (recon + Laplacian KL)."""
-    torch.manual_seed(0)
+    """A blob shifted by 2 voxels: a few Adam steps on LNCC + smoothness register it."""
     shape = (16, 16, 16)
-    grid = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in shape), indexing="ij"))
-    blob = lambda c: torch.exp(-(((grid - torch.tensor(c).view(3, 1, 1, 1)) ** 2).sum(0)) / 18.0)[None, None]  # noqa: E731
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij"))
+    blob = lambda centre: torch.exp(-(((grid - torch.tensor(centre).view(3, 1, 1, 1)) ** 2).sum(0)) / 8.0)[None, None]  # noqa: E731
     moving, fixed = blob([7.0, 8.0, 8.0]), blob([9.0, 8.0, 8.0])
-    net = _net(enc_channels=(4, 8, 8), dec_channels=(8, 8, 8, 4)).train()  # 3 levels: 2^3 voxels at the bottom
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-
-    def loss_fn():
+    net = _net(contrast="none")
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    first = None
+    for _ in range(25):
+        optimizer.zero_grad()
         out = net(moving, fixed)
-        warped = warp(moving, net.flow(out["mean"]))
-        return losses.recon(fixed, warped, sigma=0.1), out
-
-    first = loss_fn()[0].item()
-    for _ in range(20):
-        opt.zero_grad()
-        recon, out = loss_fn()
-        (recon + losses.kl_laplacian(out["mean"], out["log_var"], 20.0)).backward()
-        opt.step()
-    recon, out = loss_fn()
-    assert recon.item() < 0.6 * first
+        recon = local_ncc(fixed, warp(moving, out["flow"]), 5)
+        (recon + 0.01 * losses.kl_laplacian(out["mean"], out["log_var"])).backward()
+        optimizer.step()
+        first = recon.item() if first is None else first
+    assert recon.item() < first - 0.1
     # warped(p) = moving(p + u(p)): at the fixed blob's centre u must point back, along -axis 0
-    assert out["mean"][0, 0, 9, 8, 8] < -0.3
+    assert out["flow"][0, 0, 9, 8, 8] < -0.5
 
 
 # --- losses ----------------------------------------------------------------------------------
 
 
-def test_recon_by_hand():
+def test_recon_mse_by_hand():
     fixed = torch.zeros(2, 1, 3, 4, 5)
     warped = torch.zeros_like(fixed)
     warped[0] = 2.0  # half the voxels off by 2
-    assert losses.recon(fixed, warped, sigma=0.5).item() == pytest.approx(0.5 * 4.0 / (2 * 0.25))
+    assert losses.recon_mse(fixed, warped, sigma=0.5).item() == pytest.approx(0.5 * 4.0 / (2 * 0.25))
 
 
 def test_kl_paper_as_printed():
@@ -273,3 +251,23 @@ def test_info_nce_is_zero_without_negatives():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.all(pm.grad == 0)
+
+
+def test_dense_info_nce_by_hand():
+    fixed = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]  # three locations, 2-D projections
+    moving = [[2.0, 0.5], [0.2, 1.0], [-1.0, 1.0]]
+    tau = 0.5
+
+    def anchor_loss(anchors, others, i):
+        logits = [_cos(anchors[i], others[j]) / tau for j in range(3)]
+        return -(logits[i] - math.log(sum(math.exp(v) for v in logits)))
+
+    from_fixed = sum(anchor_loss(fixed, moving, i) for i in range(3)) / 3
+    from_moving = sum(anchor_loss(moving, fixed, i) for i in range(3)) / 3
+    f, m = torch.tensor([fixed]), torch.tensor([moving])
+    assert losses.dense_info_nce(f, m, tau).item() == pytest.approx(0.5 * (from_fixed + from_moving), rel=1e-5)
+    # per sample, then the mean over the batch
+    matched = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]])
+    both = losses.dense_info_nce(torch.cat([f, matched]), torch.cat([m, matched]), tau).item()
+    alone = losses.dense_info_nce(matched, matched, tau).item()
+    assert both == pytest.approx(0.5 * (0.5 * (from_fixed + from_moving) + alone), rel=1e-5)

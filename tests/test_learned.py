@@ -21,7 +21,7 @@ from conftest import run_cli  # noqa: E402
 
 TINY = {"shape": [32, 32, 32], "crop": [32, 32, 32]}
 TINY_NETS = {
-    "contrastive": {**TINY, "enc_channels": [4, 8, 8, 8], "dec_channels": [8, 8, 8, 4], "proj_dim": 8},
+    "contrastive": {**TINY, "stem_channels": 4, "unet_channels": [8, 8, 8], "head_channels": 4, "proj_dim": 8, "points": 16},
     "voxelmorph": {**TINY, "enc_channels": [4, 8, 8, 8], "dec_channels": [8, 8, 8, 8, 8, 4, 4]},
 }
 
@@ -42,7 +42,7 @@ def test_learned_backends_are_listed_on_cpu():
 
 def test_model_file_with_pickled_object_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
-    torch.save({"format": 1, "backend": "voxelmorph", "weights": {}, "config": {}, "payload": TrainSettings([], tmp_path)}, path)
+    torch.save({"format": 1, "backend": "voxelmorph", "weights": {}, "config": {}, "payload": TrainSettings(tmp_path)}, path)
     with pytest.raises(AtlasregError, match="refused"):
         load_model_file(path)
     (tmp_path / "junk.pt").write_bytes(b"not a model")
@@ -77,8 +77,8 @@ def test_switching_a_loss_off_removes_it_from_the_gradient():
         backend.total_loss(terms, {**config, "losses": losses}).backward()
         return {n: (p.grad.abs().sum().item() if p.grad is not None else 0.0) for n, p in network.named_parameters()}
 
-    head = [n for n in grads(["contrast"]) if "proj" in n]
-    assert head, "the projection head's parameters should be named *proj*"
+    head = [n for n in grads(["contrast"]) if "projection" in n]
+    assert head, "the projection head's parameters should be named *projection*"
     with_contrast = grads(["recon", "smooth", "contrast"])
     without = grads(["recon", "smooth"])
     assert all(with_contrast[n] > 0 for n in head)
@@ -92,9 +92,10 @@ def test_train_resume_and_register(tmp_path, files, pair):
         images=[files["subject"]],
         atlas=(files["atlas"], files["atlas_seg"]),
         output=tmp_path / "vm.pt",
-        iterations=2,
+        steps=2,
         batch_size=1,
         progress=False,
+        val_every=1,
         val_images=[files["subject"]],
         val_labels=[files["subject_seg"]],
         val_protocol="labels",
@@ -106,7 +107,7 @@ def test_train_resume_and_register(tmp_path, files, pair):
     records = [json.loads(line) for line in (tmp_path / "vm.pt.log.jsonl").read_text().splitlines()]
     assert {"sim", "smooth", "loss"} <= set(records[0]) and any("val_mean_dice" in r for r in records)
     assert len(list((tmp_path / "vm.pt.cache").glob("affine-*.json"))) == 1  # one pair (training = validation here), cached once
-    settings.iterations, settings.resume = 3, tmp_path / "vm.pt"
+    settings.steps, settings.resume = 3, tmp_path / "vm.pt"
     train("voxelmorph", settings)
     assert load_model_file(tmp_path / "vm.pt")["step"] == 3
     moving, moving_labels, fixed, _ = pair
@@ -137,10 +138,10 @@ def test_affine_cache_follows_file_contents(tmp_path, files, monkeypatch):
     np.testing.assert_array_equal(first.moving, again.moving)
 
 
-def test_learned_register_needs_a_model(pair):
+def test_learned_register_refuses_a_model_that_is_neither_name_nor_file(pair):
     moving, _, fixed, _ = pair
-    with pytest.raises(AtlasregError, match="model file is needed"):
-        atlasreg.register(moving, fixed, backend="contrastive")
+    with pytest.raises(AtlasregError, match="neither a declared model name"):
+        atlasreg.register(moving, fixed, backend="contrastive", model="no-such-model")
 
 
 def test_aligned_pair_is_on_the_working_grid(pair):
@@ -160,12 +161,12 @@ def test_cli_train_then_segment_with_model(tmp_path, files, capsys):
     model = tmp_path / "c.pt"
     tiny = TINY_NETS["contrastive"]
     code, err = run("train", "-b", "contrastive", "--images", files["subject"], "--atlas", files["atlas"], files["atlas_seg"],
-               "--iterations", 1, "--batch-size", 1, "--shape", "32,32,32", "--crop", "32,32,32", "--losses", "recon,smooth",
-               "--weight", "smooth=0.5", "-C", f"enc_channels={json.dumps(tiny['enc_channels'])}",
-               "-C", f"dec_channels={json.dumps(tiny['dec_channels'])}", "-C", "proj_dim=8", "-o", model)
+               "--steps", 1, "--batch-size", 1, "--shape", "32,32,32", "--crop", "32,32,32", "--losses", "recon,smooth",
+               "--weight", "smooth=0.5", "-C", "stem_channels=4", "-C", f"unet_channels={json.dumps(tiny['unet_channels'])}",
+               "-C", "head_channels=4", "-o", model)
     assert code == 0, err
     config = load_model_file(model)["config"]
-    assert config["losses"] == ["recon", "smooth"] and config["weights"]["smooth"] == 0.5 and config["weights"]["contrast"] == 0.01
+    assert config["losses"] == ["recon", "smooth"] and config["weights"]["smooth"] == 0.5 and config["weights"]["contrast"] == 0.05
     out = tmp_path / "seg.nii.gz"
     code, err = run("segment", files["subject"], "-a", files["atlas"], files["atlas_seg"], "-b", "contrastive", "--model", model, "-o", out)
     assert code == 0, err
@@ -178,7 +179,7 @@ def test_train_on_random_subject_pairs_without_atlas(tmp_path, files):
     settings = TrainSettings(
         images=[files["subject"], files["atlas"]],
         output=tmp_path / "pairs.pt",
-        iterations=2,
+        steps=2,
         batch_size=2,
         progress=False,
         config=TINY_NETS["contrastive"],
@@ -188,7 +189,7 @@ def test_train_on_random_subject_pairs_without_atlas(tmp_path, files):
     assert [r["pairs"] for r in records if "loss" in r] == [2, 2]
     assert all(np.isfinite(r["contrast"]) for r in records if "loss" in r)
     with pytest.raises(AtlasregError, match="needs --atlas"):
-        train("contrastive", TrainSettings(images=[files["subject"], files["atlas"]], output=tmp_path / "v.pt", iterations=1,
+        train("contrastive", TrainSettings(images=[files["subject"], files["atlas"]], output=tmp_path / "v.pt", steps=1,
                                            progress=False, val_images=[files["subject"]], val_labels=[files["subject_seg"]],
                                            config=TINY_NETS["contrastive"]))
     with pytest.raises(AtlasregError, match="does not learn"):
