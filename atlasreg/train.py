@@ -222,6 +222,7 @@ class SynthSource:
         if cached.exists():
             return np.load(cached)
         array = aligned(labels, reference, spacing, shape, cache, identity=labels == reference, label_maps=True).moving_labels
+        cache.mkdir(parents=True, exist_ok=True)
         tmp = cache / f"labels-{key}.{os.getpid()}.tmp.npy"
         np.save(tmp, array.astype(np.int16))
         tmp.replace(cached)
