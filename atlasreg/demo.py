@@ -32,9 +32,9 @@ from .spatial import crop_to_foreground, reorient, resample_to_spacing
 from .synth import synthesize
 from .volume import Volume
 
-# The backends that need no model file and the options the demo runs them with (ANTs' quality
-# preset takes minutes per pair: too slow for a first run).
-BACKEND_OPTIONS: dict[str, dict[str, Any]] = {"affine": {}, "simpleitk": {}, "ants": {"preset": "fast"}, "svf": {}}
+# The backends and the options the demo runs them with (ANTs' quality preset takes minutes per
+# pair: too slow for a first run; contrastive runs its shipped pretrained model).
+BACKEND_OPTIONS: dict[str, dict[str, Any]] = {"affine": {}, "simpleitk": {}, "ants": {"preset": "fast"}, "svf": {}, "contrastive": {}}
 ATLAS_DONOR = DONORS[0]
 TARGET_DONORS = DONORS[1:]
 DEFAULT_TARGETS = len(TARGET_DONORS)

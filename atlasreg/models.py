@@ -16,7 +16,7 @@ from .errors import AtlasregError
 from .plugin_api import ModelSpec
 from .registry import registry
 
-__all__ = ["list_models", "get_model", "default_model", "resolve", "verify", "sha256"]
+__all__ = ["list_models", "get_model", "default_model", "resolve", "verify", "sha256", "publish"]
 
 
 def sha256(path: str | Path) -> str:
@@ -78,3 +78,18 @@ def resolve(backend: str, spec: str) -> Path:
     if not path.is_file():
         raise AtlasregError(f"model {spec!r}: neither a declared model name (see `atlasreg models`) nor an existing file")
     return path
+
+
+def publish(model_file: str | Path, output: str | Path) -> str:
+    """Write the shippable part of a training checkpoint (weights, config, step, training settings;
+    no optimiser state) to ``output`` and return its SHA-256, for a plugin's ``ModelSpec``."""
+    from .learned import load_model_file, save_model
+    from .registry import get_backend
+
+    state = load_model_file(model_file)
+    backend = get_backend(state["backend"])
+    config = backend.config(state["config"])
+    network = backend.build_network(config)
+    network.load_state_dict(state["weights"])
+    extra = {key: state[key] for key in ("step", "training") if key in state}
+    return sha256(save_model(output, state["backend"], config, network, extra))

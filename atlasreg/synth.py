@@ -17,7 +17,7 @@ from .errors import AtlasregError
 from .volume import Volume, image, label_map
 
 NON_BRAIN = 100  # labels >= 100 are skull, scalp, eyes, ... (not brain)
-CONTRASTS = ("t1", "random")
+CONTRASTS = ("t1", "t2", "random")
 MAX_LABEL = 65535  # the per-label parameter table is indexed by label value
 
 _BIAS_GRID = 4  # control points per axis of the bias field
@@ -40,6 +40,22 @@ _T1_TISSUES: dict[tuple[int, ...], tuple[float, float]] = {
     (25, 57, 77): (60.0, 6.0),  # lesions, white-matter hypointensities
     (4, 5, 14, 15, 24, 43, 44, 72): (25.0, 5.0),  # CSF and ventricles
 }
+# T2-weighted (mean, std): fluid bright, white matter dark; the same 0-150 scale.
+_T2_TISSUES: dict[tuple[int, ...], tuple[float, float]] = {
+    (2, 41, 7, 46, 85): (55.0, 4.0),
+    (13, 52, 16): (60.0, 4.0),
+    (28, 60): (62.0, 4.0),
+    (10, 49): (68.0, 4.0),
+    (12, 51): (78.0, 5.0),
+    (11, 50, 8, 47): (85.0, 5.0),
+    (26, 58): (85.0, 5.0),
+    (3, 42): (90.0, 5.0),
+    (18, 54): (92.0, 5.0),
+    (17, 53): (95.0, 5.0),
+    (25, 57, 77): (120.0, 6.0),
+    (4, 5, 14, 15, 24, 43, 44, 72): (145.0, 5.0),
+}
+_PRESETS = {"t1": _T1_TISSUES, "t2": _T2_TISSUES}
 _T1_OTHER_BRAIN = (75.0, 5.0)  # any other label in 1-99: grey-matter-like
 _T1_NON_BRAIN_MEAN = (10.0, 150.0)  # range drawn per label: dark (bone) to bright (fat)
 _T1_NON_BRAIN_STD = (3.0, 10.0)
@@ -74,9 +90,10 @@ def _label_parameters(rng: np.random.Generator, contrast: str) -> tuple[np.ndarr
         mean = _RANDOM_MEAN[0] + u[:, 0] * (_RANDOM_MEAN[1] - _RANDOM_MEAN[0])
         std = _RANDOM_STD[0] + u[:, 1] * (_RANDOM_STD[1] - _RANDOM_STD[0])
     else:
-        mean = np.full(MAX_LABEL + 1, _T1_OTHER_BRAIN[0])
-        std = np.full(MAX_LABEL + 1, _T1_OTHER_BRAIN[1])
-        for tissue_labels, (tissue_mean, tissue_std) in _T1_TISSUES.items():
+        other = _T1_OTHER_BRAIN if contrast == "t1" else _T2_TISSUES[(3, 42)]  # cortex-like
+        mean = np.full(MAX_LABEL + 1, other[0])
+        std = np.full(MAX_LABEL + 1, other[1])
+        for tissue_labels, (tissue_mean, tissue_std) in _PRESETS[contrast].items():
             mean[list(tissue_labels)], std[list(tissue_labels)] = tissue_mean, tissue_std
         mean *= 1.0 + _T1_JITTER * (2.0 * u[:, 0] - 1.0)
         lo, hi = _T1_NON_BRAIN_MEAN
@@ -139,8 +156,8 @@ def synthesize(
 ) -> Volume:
     """Image (float32 Volume on the same grid and affine) from a label map.
 
-    contrast: ``"t1"`` (realistic T1 tissue ordering, 0-150 scale, means jittered ±5 % per seed) or
-        ``"random"`` (every label's mean uniform in [0, 255): contrast-agnostic training data).
+    contrast: ``"t1"`` (realistic T1 tissue ordering, 0-150 scale, means jittered ±5 % per seed),
+        ``"t2"`` (T2-like: fluid bright, white matter dark; same scale and jitter) or ``"random"`` (every label's mean uniform in [0, 255): contrast-agnostic training data).
     skull_strip: zero labels >= 100 first, so the head outside the brain is background.
     blur_mm: std (mm) of the Gaussian partial-volume blur.
     bias_strength: std of the log of the smooth multiplicative bias field (0 = none).

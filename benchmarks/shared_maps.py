@@ -19,14 +19,14 @@ from atlasreg.volume import Volume
 LABELMAPS = Path(os.environ.get("ATLASREG_LABELMAPS", Path(__file__).resolve().parents[2] / "shared" / "data" / "labelmaps"))
 
 
-def subject(number: int, spacing: float = 2.0, margin: int = 6) -> tuple[Volume, Volume]:
+def subject(number: int, spacing: float = 2.0, margin: int = 6, contrast: str = "t1") -> tuple[Volume, Volume]:
     """(image, labels) of shared subject ``number`` at ``spacing`` mm; image seed = subject number."""
     path = LABELMAPS / f"subject{number:02d}.nii.gz"
     if not path.exists():
         sys.exit(f"shared label map not found: {path} (set ATLASREG_LABELMAPS)")
     labels = skull_strip(atlasreg.load(path, labels=True))
     labels = crop_to_foreground(resample_to_spacing(labels, spacing), margin)
-    return synthesize(labels, seed=number), labels
+    return synthesize(labels, seed=number, contrast=contrast), labels
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""The shipped learned models (no instance optimisation) against affine and ANTs on held-out
+shared-map subjects, on the T1 preset and on a contrast no model was trained on (T2-like: the
+training contrasts are random per label), in one run.
+
+    python benchmarks/shipped.py [--targets 8,9,10] [--atlas 1] [--contrasts t1,t2] [--quality]
+        [--model contrastive=NAME|PATH ...] [-o benchmarks/results/shipped.md]
+
+Atlas and target images of one row share the contrast. Images come from benchmarks/shared_maps.py
+(2 mm, skull-stripped, synthesized with seed = subject number). Learned seconds = network + warp
+of the atlas labels after the affine stage (add the affine row for the whole pipeline).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from statistics import mean
+
+import click
+import torch
+
+import atlasreg
+from atlasreg.learned import align_pair, transform_from_flow
+from atlasreg.models import resolve
+from atlasreg.registry import get_backend
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import header  # noqa: E402
+from shared_maps import subject  # noqa: E402
+
+
+@click.command()
+@click.option("--targets", default="8,9,10", show_default=True)
+@click.option("--atlas", default=1, show_default=True)
+@click.option("--contrasts", default="t1,t2", show_default=True)
+@click.option("--backends", default="contrastive,voxelmorph", show_default=True)
+@click.option("--model", "models", multiple=True, metavar="BACKEND=NAME|PATH", help="Instead of the backend's shipped model.")
+@click.option("--quality", is_flag=True, help="Also run ANTs quality (minutes per pair on 2 cores).")
+@click.option("-o", "--output", default=None)
+def main(targets: str, atlas: int, contrasts: str, backends: str, models: tuple[str, ...], quality: bool, output: str | None) -> None:
+    torch.set_num_threads(2)
+    chosen = dict(spec.split("=", 1) for spec in models)
+    networks = {}
+    for name in backends.split(","):
+        backend = get_backend(name)
+        model = resolve(name, chosen.get(name, ""))
+        networks[name] = (backend, model, *backend.load_network(model, "cpu"))
+    numbers = [int(n) for n in targets.split(",")]
+    command = "python benchmarks/shipped.py " + " ".join(sys.argv[1:])
+    lines = [header(command), f"- torch {torch.__version__}, {torch.get_num_threads()} threads; models: "
+             + ", ".join(f"{n} = {Path(v[1]).name}" for n, v in networks.items()), ""]
+    for contrast in contrasts.split(","):
+        rows: dict[str, list[tuple[float, float]]] = {}
+        atlas_img, atlas_lab = subject(atlas, contrast=contrast)
+        for n in numbers:
+            target_img, target_lab = subject(n, contrast=contrast)
+            start = time.perf_counter()
+            affine = atlasreg.register(atlas_img, target_img, backend="affine")
+            _add(rows, "affine", affine, atlas_lab, target_lab, start, n, contrast)
+            presets = ("fast", "quality") if quality else ("fast",)
+            for preset in presets:
+                start = time.perf_counter()
+                ants = atlasreg.register(atlas_img, target_img, backend="ants", preset=preset)
+                _add(rows, f"ants {preset}", ants, atlas_lab, target_lab, start, n, contrast)
+            for name, (backend, _, network, config) in networks.items():
+                pair = align_pair(atlas_img, target_img, config["spacing"], tuple(config["shape"]), matrix=affine.matrix)
+                start = time.perf_counter()
+                moving = torch.from_numpy(pair.moving)[None, None]
+                fixed = torch.from_numpy(pair.fixed)[None, None]
+                transform = transform_from_flow(backend.predict_flow(network, moving, fixed, config)[0], pair, target_img)
+                _add(rows, f"{name} (shipped, no instance optimisation)", transform, atlas_lab, target_lab, start, n, contrast)
+        base = mean(d for d, _ in rows["affine"])
+        ants_s = mean(s for _, s in rows["ants fast"])
+        lines += [f"### {contrast.upper()} (atlas {atlas:02d} → {', '.join(f'{n:02d}' for n in numbers)}, mean Dice over the 28 aseg structures)", "",
+                  "| method | mean Dice | per target | Δ vs affine | s / pair | × ANTs fast time |", "|---|---|---|---|---|---|"]
+        for label, values in rows.items():
+            d, s = mean(v[0] for v in values), mean(v[1] for v in values)
+            each = " / ".join(f"{v[0]:.3f}" for v in values)
+            lines.append(f"| {label} | {d:.3f} | {each} | {d - base:+.3f} | {s:.2f} | {s / ants_s:.2f} |")
+        lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if output:
+        Path(output).write_text(text)
+
+
+def _add(rows, label, transform, atlas_labels, target_labels, start, number, contrast) -> None:
+    warped = transform.warp_labels(atlas_labels)
+    seconds = time.perf_counter() - start
+    score = atlasreg.evaluate(warped, target_labels, "aseg")["mean_dice"]
+    rows.setdefault(label, []).append((score, seconds))
+    print(f"{contrast} -> {number:02d} {label:<48} Dice {score:.3f} {seconds:6.2f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
