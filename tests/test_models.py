@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 import atlasreg  # noqa: E402
 from atlasreg import AtlasregError  # noqa: E402
 from atlasreg.hookspecs import hookimpl  # noqa: E402
-from atlasreg.learned import save_model  # noqa: E402
-from atlasreg.models import default_model, list_models, resolve, sha256, verify  # noqa: E402
+from atlasreg.learned import load_model_file, save_model  # noqa: E402
+from atlasreg.models import default_model, list_models, publish, resolve, sha256, verify  # noqa: E402
 from atlasreg.plugin_api import ModelSpec  # noqa: E402
 from atlasreg.registry import get_backend, registry  # noqa: E402
 
@@ -93,3 +93,15 @@ def test_shipped_default_model_verifies_and_is_used_without_a_model_argument(bac
     moving, moving_labels, fixed, _ = pair
     transform = atlasreg.register(moving, fixed, backend=backend, device="cpu")
     assert transform.shape == fixed.shape and transform.field is not None
+
+
+def test_publish_keeps_weights_and_provenance_and_drops_the_optimiser(declared, tmp_path):
+    checkpoint = tmp_path / "tiny.pt"
+    state = load_model_file(checkpoint)
+    save_model(checkpoint, "voxelmorph", state["config"], get_backend("voxelmorph").build_network(state["config"]),
+               {"step": 7, "optimizer": {"state": {}, "param_groups": []}, "training": {"steps": 7}})
+    digest = publish(checkpoint, tmp_path / "shipped.pt")
+    shipped = load_model_file(tmp_path / "shipped.pt")
+    assert digest == sha256(tmp_path / "shipped.pt")
+    assert "optimizer" not in shipped and shipped["step"] == 7 and shipped["training"] == {"steps": 7}
+    assert all(torch.equal(shipped["weights"][k], v) for k, v in load_model_file(checkpoint)["weights"].items())

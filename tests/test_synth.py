@@ -117,6 +117,14 @@ def test_t1_orders_wm_over_cortex_over_csf_on_phantom():
         assert wm > cortex + 15 > csf + 35
 
 
+def test_t2_reverses_the_t1_order_csf_over_cortex_over_wm():
+    labels = phantom()
+    for seed in range(3):
+        img = synthesize(labels, seed=seed, contrast="t2", blur_mm=1.0).array
+        wm, cortex, csf = (region_mean(img, labels.array, ids) for ids in (WM, CORTEX, CSF))
+        assert csf > cortex + 10 and cortex > wm + 20  # CSF is a thin shell next to the background: blur lowers it
+
+
 def test_t1_orders_wm_over_cortex_over_csf_on_real_label_maps():
     for labels in real_labelmaps(3):
         for seed in (0, 1):
