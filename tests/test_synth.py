@@ -230,7 +230,7 @@ def test_downsampling_lowers_the_resolution():
 def test_bad_arguments_raise_atlasreg_error():
     labels = phantom()
     with pytest.raises(AtlasregError, match="contrast"):
-        synthesize(labels, contrast="t2")
+        synthesize(labels, contrast="pd")
     with pytest.raises(AtlasregError, match="noise"):
         synthesize(labels, noise=-1.0)
     with pytest.raises(AtlasregError, match="blur_mm"):
