@@ -150,7 +150,7 @@ class Method:
 class Backend(Method):
     """A registration method: ``register(moving, fixed)`` returns the Transform pulling moving onto fixed."""
 
-    kind: ClassVar[str] = "classical"  # or "learned" (needs a model file)
+    kind: ClassVar[str] = "classical"  # or "learned" (runs a trained model)
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
     def register(self, moving: "Volume", fixed: "Volume", **options: Any) -> "Transform":

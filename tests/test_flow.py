@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from atlasreg.flow import compose, identity, integrate, jacobian_determinant, resize, warp  # noqa: E402
+from atlasreg.flow import compose, identity, integrate, jacobian_determinant, resize, upsample2, warp  # noqa: E402
 
 SHAPE = (6, 7, 8)  # distinct sizes: a mix-up of the axes cannot pass
 
@@ -225,3 +225,16 @@ def test_cuda_follows_input():
     assert flow.device.type == "cuda" and warp(src, flow).device.type == "cuda"
     assert jacobian_determinant(flow).device.type == "cuda" and resize(flow, (8, 8, 8)).device.type == "cuda"
     assert torch.allclose(flow.cpu(), integrate(velocity.cpu()), atol=1e-4)
+
+
+def test_upsample2_puts_coarse_voxel_i_on_fine_voxel_2i():
+    """The inverse of a stride-2, padding-1 convolution's grid: a linear ramp stays a ramp of half the slope."""
+    conv = torch.nn.Conv3d(1, 1, 3, stride=2, padding=1)
+    fine_shape = (10, 7, 8)  # even and odd sizes
+    coarse_shape = conv(torch.zeros(1, 1, *fine_shape)).shape[2:]
+    coarse = identity(coarse_shape)  # (1, 3, ...): each component is its coarse index
+    fine = upsample2(coarse, fine_shape)
+    expected = identity(fine_shape) / 2  # fine voxel p sits at coarse coordinate p / 2 ...
+    last = torch.tensor([n - 1 for n in coarse_shape], dtype=torch.float32).view(1, 3, 1, 1, 1)
+    expected = torch.minimum(expected, last)  # ... up to the border, past the last coarse voxel
+    assert torch.allclose(fine, expected, atol=1e-5)

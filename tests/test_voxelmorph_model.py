@@ -25,10 +25,21 @@ def test_output_shape_and_near_identity_start(full_size):
     torch.manual_seed(0)
     net = VoxelMorphNet(**SMALL, full_size=full_size)
     out = net(*_pair())
-    assert set(out) == {"velocity"} and out["velocity"].shape == (2, 3, *SHAPE)
+    assert set(out) == {"velocity", "flow"} and out["velocity"].shape == (2, 3, *SHAPE)
     assert out["velocity"].abs().max() < 1e-2  # flow head ~ N(0, 1e-5)
-    flow = net.flow(out["velocity"])
+    flow = out["flow"]
+    assert torch.equal(flow, net.flow(out["velocity"]))
     assert flow.shape == (2, 3, *SHAPE) and jacobian_determinant(flow).min() > 0.5
+
+
+def test_half_resolution_velocity_is_upsampled_onto_the_stride_2_grid():
+    """Fine voxel 2 i holds coarse voxel i (where the stride-2 convolutions computed it), doubled."""
+    torch.manual_seed(0)
+    net = VoxelMorphNet(**SMALL)
+    captured = {}
+    net.flow_head.register_forward_hook(lambda module, args, output: captured.setdefault("coarse", output))
+    out = net(*_pair(batch=1, shape=(16, 18, 20)))
+    assert torch.allclose(out["velocity"][..., ::2, ::2, ::2], 2 * captured["coarse"], atol=1e-9)
 
 
 def test_full_size_adds_the_input_skip():
