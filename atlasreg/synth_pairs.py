@@ -8,7 +8,7 @@ integrated), labels read by nearest neighbour; then one random intensity per lab
 two sides: a random contrast, the same tissue-to-intensity map in both images, as the local-NCC
 loss needs), texture, a smooth multiplicative bias field, blur, a gamma curve, a lower acquisition
 resolution along a random axis, noise, and a brain mask (background 0, sometimes with clipped
-noise as in ``atlasreg.synth``). Images are z-scored over their non-zero voxels, like
+noise as in ``atlasreg.synth``). Images are z-scored by ``atlasreg.volume.zscore``, as
 ``atlasreg.learned.align_pair`` does at inference.
 
 Everything is drawn from one ``torch.Generator`` seeded per pair: the same seed gives the same
@@ -27,8 +27,9 @@ import torch.nn.functional as F
 
 from .errors import AtlasregError
 from .flow import integrate
+from .volume import image as image_volume, zscore
 
-__all__ = ["SynthSettings", "SynthPairs", "zscore_nonzero", "pair_seed"]
+__all__ = ["SynthSettings", "SynthPairs", "pair_seed"]
 
 CROP_JITTER = 6  # voxels: crops stay near the grid centre (the working grid is centred on the brain)
 
@@ -37,10 +38,10 @@ CROP_JITTER = 6  # voxels: crops stay near the grid centre (the working grid is 
 class SynthSettings:
     """Ranges of every random draw (upper bounds; each is drawn uniformly from 0 or 1 up to it)."""
 
-    rotate_degrees: float = 8.0
-    scale: float = 0.08  # relative, per axis
-    shift: float = 4.0  # voxels
-    deform: float = 2.5  # std (voxels) of the coarse velocity field
+    rotate_degrees: float = 5.0  # per side: what the affine stage leaves, and then some
+    scale: float = 0.05  # relative, per axis
+    shift: float = 3.0  # voxels
+    deform: float = 1.5  # std (voxels) of the coarse velocity field (the maps differ in anatomy already)
     deform_spacing: int = 8  # voxels between its control points
     texture: float = 0.05  # per-label std of the intensity, on a 0-1 scale
     bias: float = 0.3  # std of the log bias field
@@ -56,14 +57,10 @@ def pair_seed(seed: int, step: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
 
 
-def zscore_nonzero(image: torch.Tensor) -> torch.Tensor:
-    """Standardised over the non-zero voxels, background 0: ``atlasreg.volume.zscore`` in torch."""
-    mask = image != 0
-    values = image[mask]
-    if values.numel() < 2:
-        return torch.zeros_like(image)
-    mean, std = values.mean(), values.std(unbiased=False).clamp_min(1e-6)
-    return torch.where(mask, (image - mean) / std, torch.zeros_like(image))
+def _normalise(image: torch.Tensor) -> torch.Tensor:
+    """``atlasreg.volume.zscore`` (what ``align_pair`` feeds a network at inference), on a (1, X, Y, Z) tensor."""
+    volume = image_volume(image[0].numpy(), np.eye(4))
+    return torch.from_numpy(zscore(volume).array)[None]
 
 
 class SynthPairs:
@@ -152,7 +149,7 @@ class SynthPairs:
         brain = labels > 0
         keep_noise = float(torch.rand((), generator=gen)) < s.background_noise
         image = torch.where(brain | keep_noise, image, torch.zeros_like(image)).clamp_min(0.0)
-        return zscore_nonzero(image)
+        return _normalise(image)
 
 
 def _blur(image: torch.Tensor, sigma: float, axes: Sequence[int] = (0, 1, 2)) -> torch.Tensor:

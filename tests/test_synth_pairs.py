@@ -6,8 +6,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from atlasreg import AtlasregError  # noqa: E402
-from atlasreg.synth_pairs import SynthPairs, pair_seed, zscore_nonzero  # noqa: E402
-from atlasreg.volume import Volume, zscore  # noqa: E402
+from atlasreg.synth_pairs import SynthPairs, pair_seed  # noqa: E402
+from atlasreg.volume import image, zscore  # noqa: E402
 
 from conftest import blob_labels  # noqa: E402
 
@@ -30,9 +30,8 @@ def test_shapes_labels_and_normalisation(pairs):
     moving, fixed, moving_labels, fixed_labels = pairs.pair(3)
     assert moving.shape == fixed.shape == moving_labels.shape == fixed_labels.shape == (1, 24, 24, 24)
     assert set(torch.unique(moving_labels).tolist()) <= {0, 1, 2, 3, 4, 8}  # original label values, nothing new
-    for image in (moving, fixed):
-        inside = image[image != 0]
-        assert abs(inside.mean().item()) < 1e-4 and abs(inside.std(unbiased=False).item() - 1) < 1e-3
+    for img in (moving, fixed):
+        assert img.dtype == torch.float32 and torch.isfinite(img).all()
 
 
 def test_contrast_is_randomised_per_pair_and_shared_within_it(pairs):
@@ -59,11 +58,9 @@ def test_sides_are_deformed_independently(pairs):
     assert not torch.equal(moving_labels, fixed_labels)
 
 
-def test_torch_zscore_matches_the_core(affine):
-    rng = np.random.default_rng(0)
-    array = np.where(rng.random((6, 7, 8)) > 0.3, rng.normal(50, 10, (6, 7, 8)), 0).astype(np.float32)
-    expected = zscore(Volume(array, affine)).array
-    np.testing.assert_allclose(zscore_nonzero(torch.from_numpy(array)).numpy(), expected, atol=1e-5)
+def test_images_are_normalised_like_the_network_input_at_inference(pairs):
+    moving = pairs.pair(2)[0][0].numpy()
+    np.testing.assert_allclose(zscore(image(moving, np.eye(4))).array, moving, atol=1e-5)  # already z-scored: a fixed point
 
 
 def test_pair_seed_depends_on_seed_step_and_index_only():
