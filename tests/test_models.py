@@ -14,6 +14,8 @@ from atlasreg.models import default_model, list_models, publish, resolve, sha256
 from atlasreg.plugin_api import ModelSpec  # noqa: E402
 from atlasreg.registry import get_backend, registry  # noqa: E402
 
+from conftest import run_cli  # noqa: E402
+
 
 class _ModelPlugin:
     """A third-party plugin that only declares a model."""
@@ -40,24 +42,12 @@ def declared(tmp_path):
     registry().manager.unregister(plugin)
 
 
-def _run(capsys, *args):
-    from atlasreg.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_hook_declares_models_and_cli_lists_them(declared, capsys):
     assert declared.name in {spec.name for spec, _ in list_models()}
-    code, out, _ = _run(capsys, "models", "--json")
+    code, out, _ = run_cli(capsys, "models", "--json")
     rows = {row["name"]: row for row in json.loads(out)}
     assert code == 0 and rows["tiny-vm"]["status"] == "ok" and rows["tiny-vm"]["plugin"] == "test-models"
-    code, out, _ = _run(capsys, "models")
+    code, out, _ = run_cli(capsys, "models")
     assert code == 0 and "tiny-vm" in out and "a tiny test model" in out
 
 
@@ -78,7 +68,7 @@ def test_damaged_or_missing_model_file_is_refused(declared, tmp_path, capsys, pa
     moving, _, fixed, _ = pair
     with pytest.raises(AtlasregError, match="does not match its declared SHA-256"):
         atlasreg.register(moving, fixed, backend="voxelmorph", model="tiny-vm")
-    code, out, _ = _run(capsys, "models", "--json")
+    code, out, _ = run_cli(capsys, "models", "--json")
     assert "does not match" in {row["name"]: row for row in json.loads(out)}["tiny-vm"]["status"]
     path.unlink()
     with pytest.raises(AtlasregError, match="is missing"):
@@ -105,3 +95,12 @@ def test_publish_keeps_weights_and_provenance_and_drops_the_optimiser(declared, 
     assert digest == sha256(tmp_path / "shipped.pt")
     assert "optimizer" not in shipped and shipped["step"] == 7 and shipped["training"] == {"steps": 7}
     assert all(torch.equal(shipped["weights"][k], v) for k, v in load_model_file(checkpoint)["weights"].items())
+
+
+def test_segment_with_the_contrastive_backend_needs_no_model_argument(tmp_path, pair, capsys):
+    """The command the project exists for, on a fresh install: the shipped model, offline."""
+    moving, moving_labels, fixed, _ = pair
+    paths = [atlasreg.save(v, tmp_path / f"{n}.nii.gz") for n, v in (("atlas", moving), ("atlas_seg", moving_labels), ("scan", fixed))]
+    code, _, err = run_cli(capsys, "segment", paths[2], "-a", paths[0], paths[1], "-b", "contrastive", "-o", tmp_path / "out.nii.gz")
+    assert code == 0, err
+    assert atlasreg.load(tmp_path / "out.nii.gz", labels=True).same_grid(fixed)
