@@ -173,10 +173,12 @@ class ImagePairs:
         return both[0], both[1]
 
 
-def augment(images, crop: Sequence[int], rng: np.random.Generator, max_degrees: float = 10.0, spacing: Sequence[float] = (1.0, 1.0, 1.0)):
+def augment(images, crop: Sequence[int], rng: np.random.Generator, max_degrees: float = 10.0):
     """The paper's augmentation, one draw applied to every image of ``images`` (N, 1, X, Y, Z): flip
-    along y, a rotation < ``max_degrees`` about a random axis through the grid centre (in mm, with
-    voxel sizes ``spacing``), a random crop."""
+    along y, a rotation < ``max_degrees`` about a random axis through the grid centre, a random crop.
+
+    The rotation acts on voxel coordinates of the isotropic working grid, so it is rigid whatever
+    the grid's shape (in grid_sample's normalised coordinates it would be a shear on a non-cubic grid)."""
     import torch
     import torch.nn.functional as F
 
@@ -189,8 +191,7 @@ def augment(images, crop: Sequence[int], rng: np.random.Generator, max_degrees: 
         angle = math.radians(rng.uniform(-max_degrees, max_degrees))
         k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
         rotation = np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
-        mm = np.diag(np.asarray(spacing, float))
-        in_voxels = torch.as_tensor(np.linalg.inv(mm) @ rotation @ mm, dtype=images.dtype)
+        in_voxels = torch.as_tensor(rotation, dtype=images.dtype)
         axes = [torch.arange(n, dtype=images.dtype) for n in shape]
         centre = (torch.tensor(shape, dtype=images.dtype) - 1) / 2
         points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1) - centre

@@ -242,3 +242,19 @@ def test_segment_loads_the_model_once_and_inference_computes_no_loss(tmp_path, n
 
 def test_registry_builds_each_method_once():
     assert get_backend("affine") is get_backend("affine")
+
+
+def test_augmentation_rotation_is_rigid_on_a_non_cubic_grid():
+    """A centred ball stays a ball (in normalised grid_sample coordinates it would turn into an ellipsoid)."""
+    from atlasreg.train import augment
+
+    shape = (24, 40, 28)
+    grid = np.stack(np.meshgrid(*(np.arange(n) - (n - 1) / 2 for n in shape), indexing="ij"))
+    ball = torch.from_numpy((np.sqrt((grid**2).sum(0)) < 7).astype(np.float32))[None, None]
+    for seed in range(4):
+        out = augment(torch.cat([ball, ball]), shape, np.random.default_rng(seed), max_degrees=30.0)
+        assert torch.equal(out[0], out[1])  # one draw for both images of the pair
+        points = np.argwhere(out[0, 0].numpy() > 0.5).astype(float)
+        spread = np.linalg.eigvalsh(np.cov(points.T))
+        assert spread.max() / spread.min() < 1.1
+        assert abs(len(points) - ball.sum().item()) / ball.sum().item() < 0.05
