@@ -28,11 +28,17 @@ def _box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
 def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
     """Minus the mean local (squared) normalised cross-correlation over ``window``^3 neighbourhoods.
 
-    At each voxel, with sums over the window (zero padding at the borders, n = window^3):
-    cc = cov(I, J)^2 / (var(I) var(J) + eps) where cov = sum(IJ) - sum(I) sum(J) / n and
-    var = sum(I^2) - sum(I)^2 / n (VoxelMorph's NCC). Returns -mean(cc) in [-1, 0]: -1 is a
-    perfect local linear match. Invariant to a local gain and offset, so it needs no noise model
-    of the intensities (unlike MSE) and carries over between synthetic and real contrasts.
+    At each voxel, with means over the window (zero padding at the borders, n = window^3):
+    cc = cov(I, J)^2 / (var(I) var(J) + eps) where cov = mean(IJ) - mean(I) mean(J) and
+    var = mean(I^2) - mean(I)^2 (VoxelMorph's NCC, written with means instead of sums). Returns
+    -mean(cc) in [-1, 0]: -1 is a perfect local linear match. Invariant to a local gain and offset,
+    so it needs no noise model of the intensities (unlike MSE) and carries over between synthetic
+    and real contrasts.
+
+    Means, not sums: ``eps`` is then in units of intensity^4 and dominates where a window is
+    flat (a constant background, e.g. 0 after z-scoring), where the sums' rounding noise
+    (float32, values ~ n * intensity^2) would otherwise give cc >> 1 -- a spurious optimum that
+    a network learns to exploit by folding its field.
     """
     if fixed.shape != warped.shape:
         raise ValueError(f"local_ncc: fixed {tuple(fixed.shape)} and warped {tuple(warped.shape)} differ")
@@ -40,11 +46,10 @@ def local_ncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: f
         raise ValueError(f"local_ncc: window must be a positive odd number, got {window}")
     channels = fixed.shape[1]
     stacked = torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1)
-    sums = _box_sum(stacked, window)
-    s_i, s_j, s_ii, s_jj, s_ij = torch.split(sums, channels, dim=1)
-    n = float(window**3)
-    cross = s_ij - s_i * s_j / n
-    var_i = (s_ii - s_i * s_i / n).clamp_min(0.0)  # >= 0 up to rounding
-    var_j = (s_jj - s_j * s_j / n).clamp_min(0.0)
+    means = _box_sum(stacked, window) / float(window**3)
+    m_i, m_j, m_ii, m_jj, m_ij = torch.split(means, channels, dim=1)
+    cross = m_ij - m_i * m_j
+    var_i = (m_ii - m_i * m_i).clamp_min(0.0)  # >= 0 up to rounding
+    var_j = (m_jj - m_j * m_j).clamp_min(0.0)
     cc = cross * cross / (var_i * var_j + eps)
     return -cc.mean()
