@@ -97,14 +97,13 @@ def test_mse_by_hand():
 def _ncc_brute_force(a: np.ndarray, b: np.ndarray, window: int) -> float:
     r = window // 2
     pa, pb = np.pad(a, r), np.pad(b, r)  # zero padding
-    n = window**3
     values = []
     for idx in np.ndindex(a.shape):
         wa = pa[idx[0] : idx[0] + window, idx[1] : idx[1] + window, idx[2] : idx[2] + window]
         wb = pb[idx[0] : idx[0] + window, idx[1] : idx[1] + window, idx[2] : idx[2] + window]
-        cross = (wa * wb).sum() - wa.sum() * wb.sum() / n
-        var_a = (wa * wa).sum() - wa.sum() ** 2 / n
-        var_b = (wb * wb).sum() - wb.sum() ** 2 / n
+        cross = (wa * wb).mean() - wa.mean() * wb.mean()  # window means (zero padding counts)
+        var_a = (wa * wa).mean() - wa.mean() ** 2
+        var_b = (wb * wb).mean() - wb.mean() ** 2
         values.append(cross**2 / (var_a * var_b + 1e-5))
     return -float(np.mean(values))
 
@@ -135,3 +134,13 @@ def test_grad_smoothness_by_hand():
     # forward differences: (a, 0, 0) along axis 0, 0 along axes 1 and 2 -> (a^2 / 3 + 0 + 0) / 3
     assert losses.grad_smoothness(flow).item() == pytest.approx(a**2 / 9)
     assert losses.grad_smoothness(torch.full((1, 3, *shape), 7.0)).item() == 0.0
+
+
+def test_local_ncc_stays_in_range_on_a_flat_offset_background():
+    """A constant non-zero background (a z-scored skull-stripped image): no window may score above 1."""
+    gen = torch.Generator().manual_seed(0)
+    fixed = torch.full((1, 1, 24, 24, 24), -2.0)
+    fixed[..., 8:16, 8:16, 8:16] += torch.rand(1, 1, 8, 8, 8, generator=gen)
+    moving = fixed.roll(1, dims=2)
+    assert -1.0 <= losses.local_ncc(fixed, moving).item() <= 0.0
+    assert losses.local_ncc(fixed, fixed).item() > -1.0  # flat windows score 0, not 1
