@@ -61,7 +61,7 @@ def main(targets: str, atlas: int, contrasts: str, backends: str, models: tuple[
             presets = ("fast", "quality") if quality else ("fast",)
             for preset in presets:
                 start = time.perf_counter()
-                ants = atlasreg.register(atlas_img, target_img, backend="ants", preset=preset)
+                ants = atlasreg.register(atlas_img, target_img, backend="ants", options={"preset": preset})
                 _add(rows, f"ants {preset}", ants, atlas_lab, target_lab, start, n, contrast)
             for name, (backend, _, network, config) in networks.items():
                 pair = align_pair(atlas_img, target_img, config["spacing"], tuple(config["shape"]), matrix=affine.matrix)

@@ -141,7 +141,7 @@ def test_affine_cache_follows_file_contents(tmp_path, files, monkeypatch):
 def test_learned_register_refuses_a_model_that_is_neither_name_nor_file(pair):
     moving, _, fixed, _ = pair
     with pytest.raises(AtlasregError, match="neither a declared model name"):
-        atlasreg.register(moving, fixed, backend="contrastive", model="no-such-model")
+        atlasreg.register(moving, fixed, backend="contrastive", options={"model": "no-such-model"})
 
 
 def test_aligned_pair_is_on_the_working_grid(pair):

@@ -67,7 +67,7 @@ def test_damaged_or_missing_model_file_is_refused(declared, tmp_path, capsys, pa
         verify(declared)
     moving, _, fixed, _ = pair
     with pytest.raises(AtlasregError, match="does not match its declared SHA-256"):
-        atlasreg.register(moving, fixed, backend="voxelmorph", model="tiny-vm")
+        atlasreg.register(moving, fixed, backend="voxelmorph", options={"model": "tiny-vm"})
     code, out, _ = run_cli(capsys, "models", "--json")
     assert "does not match" in {row["name"]: row for row in json.loads(out)}["tiny-vm"]["status"]
     path.unlink()
@@ -81,7 +81,7 @@ def test_shipped_default_model_verifies_and_is_used_without_a_model_argument(bac
     assert spec is not None and spec.backend == backend
     assert verify(spec).is_file()
     moving, moving_labels, fixed, _ = pair
-    transform = atlasreg.register(moving, fixed, backend=backend, device="cpu")
+    transform = atlasreg.register(moving, fixed, backend=backend, options={"device": "cpu"})
     assert transform.shape == fixed.shape and transform.field is not None
 
 
