@@ -48,3 +48,11 @@ def test_every_source_package_and_data_file_is_in_the_wheel(wheel):
     for data in (ROOT / "atlasreg" / "data").rglob("*"):
         if data.is_file():
             assert data.relative_to(ROOT).as_posix() in names, data
+
+
+def test_shipped_model_weights_are_in_the_wheel(wheel):
+    names = set(wheel.namelist())
+    shipped = sorted((ROOT / "plugins" / "atlasreg_plugins").glob("*/models/*.pt"))
+    assert {p.parent.parent.name for p in shipped} >= {"contrastive", "voxelmorph"}
+    for model in shipped:
+        assert model.relative_to(ROOT / "plugins").as_posix() in names, model
