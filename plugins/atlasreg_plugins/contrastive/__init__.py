@@ -23,7 +23,7 @@ def atlasreg_models():
             name="contrastive-synth",
             backend="contrastive",
             file=str(MODELS / "contrastive-synth.pt"),
-            sha256="SHA_CONTRASTIVE",
+            sha256="b56454acc1d430aac6a1713e0b1f8ef5ecb57dc6e592bb571118a072e2b309e7",
             description="any atlas to any skull-stripped target, any contrast: trained on pairs synthesized from 7 label maps (CPU-trained; docs/models.md)",
             default=True,
         )

@@ -23,7 +23,7 @@ def atlasreg_models():
             name="voxelmorph-synth",
             backend="voxelmorph",
             file=str(MODELS / "voxelmorph-synth.pt"),
-            sha256="SHA_VOXELMORPH",
+            sha256="2b8afad1bd78d8e55a666f402c733f88547587aea96ef93891701f1f84335357",
             description="the learned baseline, trained like contrastive-synth at the same budget (CPU-trained; docs/models.md)",
             default=True,
         )
