@@ -190,8 +190,8 @@ def test_a_live_writers_temporary_is_kept(tmp_path, files):
 
 # --- 6: train arguments ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("flag", [("--epochs", "0"), ("--batch-size", "-1"), ("--lr", "0"), ("--lr", "nan"),
-                                  ("--max-minutes", "-1"), ("--iterations", "-2"), ("--seed", "-1")])
+@pytest.mark.parametrize("flag", [("--steps", "0"), ("--batch-size", "-1"), ("--lr", "0"), ("--lr", "nan"),
+                                  ("--max-minutes", "-1"), ("--lr-floor", "0"), ("--seed", "-1")])
 def test_train_refuses_arguments_that_train_nothing(capsys, files, tmp_path, flag):
     refused(capsys, tmp_path, flag[0].lstrip("-").replace("-", "_"), "train", "-b", "voxelmorph", "--images", files["target"],
             "--atlas", files["atlas"], files["atlas_seg"], "-o", tmp_path / "model.pt", *flag)
@@ -356,8 +356,9 @@ def test_missing_model_found_before_the_atlas_is_built(capsys, files, tmp_path, 
         raise AssertionError("the built-in atlas was built before the options were checked")
 
     monkeypatch.setattr(atlasreg.atlases, "load_atlas", no_atlas)
-    refused(capsys, tmp_path, "a model file is needed", "segment", files["target"], "-b", "contrastive", "-o", tmp_path / "o.nii.gz")
-    refused(capsys, tmp_path, "no such model file", "segment", files["target"], "-b", "voxelmorph", "--model", tmp_path / "nope.pt",
+    refused(capsys, tmp_path, "neither a declared model name", "segment", files["target"], "-b", "contrastive",
+            "--model", "no-such-model", "-o", tmp_path / "o.nii.gz")
+    refused(capsys, tmp_path, "neither a declared model name", "segment", files["target"], "-b", "voxelmorph", "--model", tmp_path / "nope.pt",
             "-o", tmp_path / "o.nii.gz")
 
 
@@ -365,7 +366,7 @@ def test_compare_checks_every_methods_model_before_any_pair(capsys, files, tmp_p
     out = tmp_path / "report"
     args = _compare(files, out)
     args[args.index("affine")] = "affine,voxelmorph"
-    refused(capsys, tmp_path, "voxelmorph: a model file is needed", *args)
+    refused(capsys, tmp_path, "neither a declared model name", *args, "--model", f"voxelmorph={tmp_path / 'nope.pt'}")
     assert not out.exists()
 
 

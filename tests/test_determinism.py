@@ -16,10 +16,10 @@ from atlasreg.volume import Volume
 from conftest import blob_labels, image_from_labels, run_cli
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
-TINY = {"shape": [32, 32, 32], "crop": [32, 32, 32], "enc_channels": [4, 8, 8, 8]}
+TINY = {"shape": [32, 32, 32], "crop": [32, 32, 32]}
 TINY_NETS = {
-    "contrastive": {**TINY, "dec_channels": [8, 8, 8, 4], "proj_dim": 8},
-    "voxelmorph": {**TINY, "dec_channels": [8, 8, 8, 8, 8, 4, 4]},
+    "contrastive": {**TINY, "stem_channels": 4, "unet_channels": [8, 8, 8], "head_channels": 4, "proj_dim": 8, "points": 16},
+    "voxelmorph": {**TINY, "enc_channels": [4, 8, 8, 8], "dec_channels": [8, 8, 8, 8, 8, 4, 4]},
 }
 
 
@@ -124,7 +124,7 @@ def test_learned_training_and_inference_give_the_same_bytes_twice(capsys, files,
         model = tmp_path / f"{name}{attempt}.pt"
         config = [arg for key, value in TINY_NETS[name].items() for arg in ("-C", f"{key}={json.dumps(value)}")]
         code, _, err = run_cli(capsys, "train", "-b", name, "--images", files["fix"], "--atlas", files["mov"], files["mov_seg"],
-                               "--iterations", 1, "--batch-size", 1, "--seed", 3, *config, "-o", model)
+                               "--steps", 1, "--batch-size", 1, "--seed", 3, *config, "-o", model)
         assert code == 0, err
         models.append(load_model_file(model)["weights"])
     assert models[0].keys() == models[1].keys() and all(torch.equal(models[0][k], models[1][k]) for k in models[0])
