@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from atlasreg.flow import jacobian_determinant, warp  # noqa: E402
-from atlasreg.losses import local_ncc  # noqa: E402
+from atlasreg.engine.similarity import lncc as local_ncc  # noqa: E402
 from atlasreg_plugins.contrastive import losses  # noqa: E402
 from atlasreg_plugins.contrastive.network import ContrastiveRegNet, sample_points  # noqa: E402
 

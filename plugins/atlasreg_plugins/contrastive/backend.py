@@ -60,7 +60,7 @@ class ContrastiveBackend(LearnedBackend):
 
     def loss_terms(self, network, moving, fixed, config: Mapping[str, Any], sample: bool):
         from atlasreg.flow import warp
-        from atlasreg.losses import local_ncc
+        from atlasreg.engine.similarity import lncc
 
         from . import losses
 
@@ -69,7 +69,7 @@ class ContrastiveBackend(LearnedBackend):
         if config["recon"] == "mse":
             terms = {"recon": losses.recon_mse(fixed, warped, config["image_sigma"])}
         else:
-            terms = {"recon": local_ncc(fixed, warped, int(config["ncc_window"]))}
+            terms = {"recon": lncc(fixed, warped, int(config["ncc_window"]))}
         if config["smooth"] == "paper":
             terms["smooth"] = losses.kl_paper(out["mean"], out["log_var"])
         else:

@@ -1,5 +1,5 @@
 """Loss terms of the VoxelMorph baseline, kept separate (the backend weights them): image similarity
-(``mse`` or ``local_ncc``, the latter from the core) + lambda * ``grad_smoothness`` of the flow (Balakrishnan et al., 2019).
+(``mse`` or ``local_ncc``, the engine's LNCC) + lambda * ``grad_smoothness`` of the flow (Balakrishnan et al., 2019).
 
 Shapes: images ``(B, C, X, Y, Z)``, flows ``(B, 3, X, Y, Z)`` in voxels. Lower is better for all.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from atlasreg.losses import local_ncc
+from atlasreg.engine.similarity import lncc as local_ncc
 
 __all__ = ["mse", "local_ncc", "grad_smoothness"]
 
