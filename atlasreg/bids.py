@@ -15,7 +15,6 @@ subject's volumes into ``OUTPUT_DIR/desc-<desc>_volumes.tsv`` and rewrites the i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Sequence
 from .errors import AtlasregError
 from .io import atomic_path
 from .lut import label_table, write_dseg_tsv
+from .models import resolve, sha256
 from .pipeline import Atlas, SegmentSettings, SubjectJob, method_label, segment_subjects, study_atlases
 from .registry import get_backend
 
@@ -82,14 +82,6 @@ def derivative_jobs(images: Sequence[Path], out_dir: Path, desc: str) -> list[Su
     return jobs
 
 
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def generated_by(settings: SegmentSettings, atlases: Sequence[Atlas] | None, builtin_atlas: str | None) -> dict[str, Any]:
     """The ``GeneratedBy`` entry: what made these derivatives, enough to make them again."""
     from . import __version__
@@ -106,9 +98,8 @@ def generated_by(settings: SegmentSettings, atlases: Sequence[Atlas] | None, bui
         "LabelInterpolation": settings.label_interp,
         "Atlases": [[str(Path(i).resolve()), str(Path(l).resolve())] for i, l in atlases] if atlases else (builtin_atlas or DEFAULT_ATLAS),
     }
-    model = settings.backend_options.get("model")
-    if model:
-        entry["ModelSHA256"] = sha256(model)
+    if get_backend(settings.backend).kind == "learned":  # the model actually run: a file, a name or the shipped default
+        entry["ModelSHA256"] = sha256(resolve(settings.backend, settings.backend_options.get("model", "")))
     return json.loads(json.dumps(entry))  # tuples become lists, as they read back
 
 
