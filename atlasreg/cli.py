@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -373,6 +374,20 @@ def _parse_config(pairs: tuple[str, ...]) -> dict[str, Any]:
     return config
 
 
+def _loss_weights(pairs: tuple[str, ...]) -> dict[str, float]:
+    """--weight TERM=VALUE pairs as numbers; a value that is not a finite number >= 0 is refused."""
+    weights = {}
+    for term, text in parse_assignments(pairs, "--weight").items():
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (math.isfinite(value) and value >= 0):
+            raise AtlasregError(f"--weight {term}={text!r}: expected a finite number >= 0")
+        weights[term] = value
+    return weights
+
+
 def _ints(text: str | None) -> list[int] | None:
     return [int(v) for v in text.split(",")] if text else None
 
@@ -435,7 +450,7 @@ def train(backend: str, synth: tuple, images: tuple, atlas: tuple | None, output
 
         known = get_backend(backend)
         base = dict(getattr(known, "default_config", {}).get("weights", {}))
-        base.update({k: float(v) for k, v in parse_assignments(weights, "--weight").items()})
+        base.update(_loss_weights(weights))
         config["weights"] = base
     settings = TrainSettings(
         output=Path(output),

@@ -191,7 +191,8 @@ def test_a_live_writers_temporary_is_kept(tmp_path, files):
 # --- 6: train arguments ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flag", [("--steps", "0"), ("--batch-size", "-1"), ("--lr", "0"), ("--lr", "nan"),
-                                  ("--max-minutes", "-1"), ("--lr-floor", "0"), ("--seed", "-1")])
+                                  ("--max-minutes", "-1"), ("--lr-floor", "0"), ("--seed", "-1"),
+                                  ("--weight", "smooth=abc"), ("--weight", "smooth=-1")])
 def test_train_refuses_arguments_that_train_nothing(capsys, files, tmp_path, flag):
     refused(capsys, tmp_path, flag[0].lstrip("-").replace("-", "_"), "train", "-b", "voxelmorph", "--images", files["target"],
             "--atlas", files["atlas"], files["atlas_seg"], "-o", tmp_path / "model.pt", *flag)
