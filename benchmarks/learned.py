@@ -65,8 +65,10 @@ def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int,
             for steps in (0, optimize_steps) if optimize_steps else (0,):
                 start = time.perf_counter()
                 lr = optimize_lr or backend.options["optimize_lr"].default
-                net = backend.optimize(network, moving, fixed, config, steps, lr) if steps else network
-                flow = backend.predict_flow(net, moving, fixed, config)
+                if steps:  # instance optimisation refines the network's velocity and returns the flow
+                    flow = backend.optimize(network, moving, fixed, config, steps, lr)
+                else:
+                    flow = backend.predict_flow(network, moving, fixed, config)
                 transform = transform_from_flow(flow[0], pair, target_img)
                 warped = transform.warp_labels(atlas_lab)
                 seconds = time.perf_counter() - start
