@@ -122,7 +122,7 @@ def options(name: str) -> None:
 @click.option("--transform-out", help="Also write the transform as an ITK-convention NIfTI displacement field.")
 @click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE", help="Backend option (repeatable; `atlasreg options NAME` lists them).")
 @click.option("--model", help="Learned backends: a model NAME (see `atlasreg models`) or file  [default: the shipped model]")
-@click.option("--optimize-steps", type=int, help="Learned backends: fine-tune on this pair for N steps first (instance optimisation).")
+@click.option("--optimize-steps", type=int, help="Learned backends: refine the network's velocity field on this pair by N Adam steps (instance optimisation; the weights stay as trained).")
 def register(moving: str, fixed: str, backend: str, output: str, transform_out: str | None, opts: tuple[str, ...],
              model: str | None, optimize_steps: int | None) -> None:
     """Register MOVING to FIXED and write MOVING resampled onto FIXED's grid."""
@@ -164,7 +164,7 @@ def _study_options(command):
 @click.option("-F", "--fusion-option", "fusion_opts", multiple=True, metavar="KEY=VALUE", help="Fusion option (repeatable).")
 @click.option("--label-interp", type=click.Choice(LABEL_INTERPOLATIONS), default="nearest", show_default=True, help="How atlas labels are resampled.")
 @click.option("--model", help="Learned backends: a model NAME (see `atlasreg models`) or file  [default: the shipped model]")
-@click.option("--optimize-steps", type=int, help="Learned backends: fine-tune on this pair for N steps first (instance optimisation).")
+@click.option("--optimize-steps", type=int, help="Learned backends: refine the network's velocity field on this pair by N Adam steps (instance optimisation; the weights stay as trained).")
 @click.option("--builtin-atlas", help=f"Use this built-in atlas (see `atlasreg atlases`); the default when no -a is given: {DEFAULT_ATLAS}.")
 @_study_options
 def segment(targets: tuple[str, ...], atlases: tuple, backend: str, fusion: str, output: str, opts: tuple, fusion_opts: tuple, label_interp: str,

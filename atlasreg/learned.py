@@ -177,7 +177,7 @@ def load_model_file(path: str | os.PathLike) -> dict:
 def _cached_network(backend: "LearnedBackend", path: str, device: str, mtime_ns: int, size: int):
     """One loaded network per (backend, model file version, device): ``segment`` with N atlases
     reads and builds the model once, not N times. Callers never modify it (instance optimisation
-    fine-tunes a copy)."""
+    refines the velocity field, not the weights)."""
     state = load_model_file(path)
     if state["backend"] != backend.name:
         raise AtlasregError(f"{path}: a {state['backend']} model, not a {backend.name} model")

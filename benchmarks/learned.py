@@ -81,7 +81,7 @@ def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int,
     ants_s = mean(s for _, s in rows["ants fast"])
     command = "python benchmarks/learned.py " + " ".join(sys.argv[1:])
     lines = [header(command), f"- device: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads", "",
-             f"Atlas {atlas:02d} → targets {', '.join(f'{n:02d}' for n in numbers)} (held out), mean Dice over the 28 aseg structures.",
+             f"Atlas {atlas:02d} → targets {', '.join(f'{n:02d}' for n in numbers)}, mean Dice over the 28 aseg structures.",
              "Seconds: affine and ANTs = whole registration; learned rows = network (+ instance optimisation) + warp of the atlas labels, "
              "after the affine stage (add the affine row's seconds for the whole pipeline).", "",
              "| method | mean Dice | Δ vs affine | s / pair | × ANTs fast time | % folding (brain) |", "|---|---|---|---|---|---|"]
