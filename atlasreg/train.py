@@ -82,7 +82,7 @@ class TrainSettings:
 
 
 #: part of every cache key: bump when the affine stage (algorithm or default options) changes, so old matrices are not reused
-AFFINE_STAGE_VERSION = 3  # 2: rigid stage before the affine one; 3: the torch affine stage (atlasreg.engine)
+AFFINE_STAGE_VERSION = 4  # 2: rigid stage before the affine one; 3: the torch affine stage (atlasreg.engine); 4: sampled MI, 8/4 mm
 
 
 def _content_hash(path: Path) -> str:

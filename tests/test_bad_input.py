@@ -203,7 +203,8 @@ def test_train_refuses_arguments_that_train_nothing(capsys, files, tmp_path, fla
 @pytest.mark.parametrize("backend,option,message", [
     ("affine", "levels=nan", "finite"), ("affine", "levels=8,inf", "finite"), ("affine", "levels=0", ">= 0.1 and <= 64"),
     ("affine", "levels=", "at least one"), ("affine", "metric=ssd", "choose one of"),
-    ("affine", "iterations=-5", ">= 1"), ("affine", "iterations=99999999999", "<= 100000"),
+    ("affine", "rigid_iterations=-5,5", ">= 0"), ("affine", "affine_iterations=99999999999,1", "<= 100000"),
+    ("affine", "rigid_iterations=10", "one count per level"), ("affine", "samples=10", ">= 100"),
     ("svf", "window=4", "odd"), ("svf", "regularisation=-1", ">= 0"), ("svf", "iterations=10,10", "one count per level"),
     ("simpleitk", "grid_mm=0", "> 0"), ("simpleitk", "smoothing=-1", ">= 0"), ("simpleitk", "iterations=10,10", "one value per level"),
     ("ants", "iterations=-1,-1", ">= 0"), ("ants", "seed=-3", ">= 0"), ("voxelmorph", "optimize_steps=-3", ">= 0"),
@@ -237,7 +238,7 @@ def test_every_first_party_option_declares_a_range_where_numeric(capsys):
             if numeric:
                 assert option.range_text(), f"{name}: option {key} declares no valid range"
     code, out, _ = run(capsys, "options", "affine")
-    assert code == 0 and "levels=8.0,4.0,2.0 (>= 0.1 and <= 64)" in out and "iterations=100 (>= 1 and <= 100000)" in out
+    assert code == 0 and "levels=8.0,4.0 (>= 0.1 and <= 64)" in out and "rigid_iterations=100,30 (>= 0 and <= 100000)" in out
 
 
 # --- 8: all-zero images --------------------------------------------------------------------------
@@ -425,6 +426,6 @@ def test_one_key_value_parser_for_every_flag(capsys, files, tmp_path):
     refused(capsys, tmp_path, "expected KEY=VALUE", *_segment(files, "-O", "=3", "-o", tmp_path / "o.nii.gz"))
     refused(capsys, tmp_path, "expected KEY=VALUE", *_segment(files, "-F", "nothing", "-o", tmp_path / "o.nii.gz"))
     args = _compare(files, tmp_path / "report")
-    args[args.index("affine")] = "affine:iterations"
+    args[args.index("affine")] = "affine:samples"
     refused(capsys, tmp_path, "expected KEY=VALUE", *args)
     refused(capsys, tmp_path, "expected KEY=VALUE", *_compare(files, tmp_path / "report", "--model", "voxelmorph"))

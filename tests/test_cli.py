@@ -76,7 +76,7 @@ def test_segment_with_three_atlases_and_fusion(capsys, files, tmp_path, affine):
     fused = {}
     for fusion in ("majority", "weighted"):
         out = tmp_path / f"{fusion}.nii.gz"
-        code, _, err = run(capsys, "segment", files["fix"], *dissenters, "-b", "affine", "-O", "iterations=50", "-f", fusion, "-o", out)
+        code, _, err = run(capsys, "segment", files["fix"], *dissenters, "-b", "affine", "-O", "samples=2000", "-f", fusion, "-o", out)
         assert code == 0, err
         fused[fusion] = np.asarray(nib.load(out).dataobj)
         assert set(np.unique(fused[fusion])) <= {0, 1, 2, 3, 4}

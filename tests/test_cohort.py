@@ -83,7 +83,7 @@ def test_bids_participant_writes_named_derivatives_and_group_table(bids_dir, atl
     assert description["DatasetType"] == "derivative" and description["BIDSVersion"]
     generated = description["GeneratedBy"][0]
     assert generated["Name"] == "atlasreg" and generated["Version"] == atlasreg.__version__
-    assert generated["Backend"] == "affine" and generated["BackendOptions"]["iterations"] == 100
+    assert generated["Backend"] == "affine" and generated["BackendOptions"]["rigid_iterations"] == [100, 30]
     assert generated["Atlases"] == [[str(atlas[0].resolve()), str(atlas[1].resolve())]]
     dseg = read_tsv(out / "desc-atlas_dseg.tsv")
     assert [(r["index"], r["name"], r["color"]) for r in dseg] == [(str(v), f"label-{v}", "n/a") for v in (1, 2, 3, 4)]

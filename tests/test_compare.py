@@ -59,14 +59,14 @@ def test_parse_methods_specs_and_models(tmp_path):
 def test_compare_writes_every_file_resumes_and_survives_a_failing_method(study, tmp_path, monkeypatch):
     atlas, targets = study
     out = tmp_path / "report"
-    methods = parse_methods(["affine,affine:iterations=5"], {})
+    methods = parse_methods(["affine,affine:samples=500"], {})
     calls = []
     backend_class = type(get_backend("affine"))
     original = backend_class.register
 
-    def flaky(self, moving, fixed, **options):  # the 5-iteration setting fails on the second target only
-        calls.append(options["iterations"])
-        if options["iterations"] == 5 and calls.count(5) == 2:
+    def flaky(self, moving, fixed, **options):  # the 500-sample setting fails on the second target only
+        calls.append(options["samples"])
+        if options["samples"] == 500 and calls.count(500) == 2:
             raise RuntimeError("solver diverged")
         return original(self, moving, fixed, **options)
 
@@ -75,7 +75,7 @@ def test_compare_writes_every_file_resumes_and_survives_a_failing_method(study, 
     assert len(calls) == 4
     rows = _rows(out / "results.csv")
     failed = [r for r in rows if r["status"] == "failed"]
-    assert [(r["method"], r["target"]) for r in failed] == [("affine:iterations=5", "s2")]
+    assert [(r["method"], r["target"]) for r in failed] == [("affine:samples=500", "s2")]
     assert "solver diverged" in failed[0]["error"]
     means = [r for r in rows if r["kind"] == "mean" and r["status"] == "ok"]
     assert len(means) == 3
@@ -98,8 +98,8 @@ def test_compare_writes_every_file_resumes_and_survives_a_failing_method(study, 
         assert path.stat().st_size > 0
     assert (out / "dice_boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "summary.md").read_text()
-    assert "| affine |" in summary and "| affine:iterations=5 |" in summary and "Wilcoxon" in summary
-    assert "affine:iterations=5 failed on: s2" in summary
+    assert "| affine |" in summary and "| affine:samples=500 |" in summary and "Wilcoxon" in summary
+    assert "affine:samples=500 failed on: s2" in summary
     assert (out / "segmentations" / "affine" / "s3.nii.gz").exists()
 
 

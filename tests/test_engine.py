@@ -37,16 +37,17 @@ def test_torch_affine_recovers_a_known_affine_within_half_a_millimetre():
     fixed = image(image_from_labels(labels, 3), grid)
     truth = known_affine()
     moving = Transform.from_matrix(fixed, np.linalg.inv(truth)).warp(fixed)  # moving(M x) = fixed(x)
-    found = affine_stage(moving, fixed, levels=(8.0, 4.0, 2.0))
+    # a 2 mm level on top of the default 8 / 4 mm ones: sub-voxel precision (the defaults: 0.56 mm here)
+    found = affine_stage(moving, fixed, levels=(8.0, 4.0, 2.0), rigid_iterations=(100, 30, 0), affine_iterations=(50, 40, 20))
     brain = Transform.identity(fixed).grid_points()[labels > 0]
     error = np.linalg.norm(brain @ (found - truth)[:3, :3].T + (found - truth)[:3, 3], axis=-1)
     assert error.mean() < 0.5 and error.max() < 1.0, f"max error {error.max():.2f} mm, mean {error.mean():.2f} mm"
 
 
-def test_torch_affine_is_deterministic_and_mi_runs(pair):
+def test_torch_affine_is_deterministic_and_mse_runs(pair):
     moving, _, fixed, _ = pair
     assert np.array_equal(affine_stage(moving, fixed), affine_stage(moving, fixed))
-    assert np.all(np.isfinite(affine_stage(moving, fixed, metric="mi", rigid_iterations=(5, 5, 5), affine_iterations=(5, 5, 5))))
+    assert np.all(np.isfinite(affine_stage(moving, fixed, metric="mse", rigid_iterations=(5, 5), affine_iterations=(5, 5))))
 
 
 def smooth_field(shape, amplitude, seed=0):

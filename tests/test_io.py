@@ -133,7 +133,7 @@ def test_api_accepts_paths_volumes_nibabel_images_and_array_affine_pairs(tmp_pat
         volume = as_image(like)
         assert not volume.is_labels and np.array_equal(volume.array, moving.array)
         np.testing.assert_allclose(volume.affine, moving.affine, atol=1e-6)
-    options = {"iterations": 5}
+    options = {"samples": 500}
     assert atlasreg.register(as_nibabel, fixed_path, backend="affine", options=options).shape == fixed.shape
     labels_pair = (moving_labels.array, moving_labels.affine)
     seg = atlasreg.segment(fixed_path, [(as_nibabel, labels_pair)], backend="affine", backend_options=options)

@@ -1,15 +1,18 @@
 """The affine stage in torch: centre-of-mass start, then rigid, then 12-parameter affine, each by
-Adam on a pyramid of grids (8, 4, then 2 mm by default).
+Adam on a pyramid of grids (8, then 4 mm by default).
 
 The map found is ``y = A (x - c_fixed) + c_moving + t`` (RAS mm, fixed world -> moving world):
 starting from the centres of mass (``A = I, t = 0``) recovers large offsets between native-space
 heads; the rigid stage (``A`` a rotation) comes first so shear and scale cannot absorb a rotation
 (as antsRegistrationSyN does). Levels are voxel sizes in mm, so the cost does not grow with the
-input's resolution.
+input's resolution; each step reads the similarity at ``samples`` fixed-grid voxels drawn afresh
+(stochastic gradients, as ANTs samples a share of the voxels) by a generator of fixed seed, so a
+step costs the same at 2 mm as at 8 mm and the result is the same bytes every run.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -18,7 +21,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ..volume import Volume, foreground, zscore
-from .similarity import downsample, similarity
+from .defaults import AFFINE_ITERATIONS, AFFINE_LEVELS, AFFINE_METRICS, AFFINE_RIGID_ITERATIONS, AFFINE_SAMPLES
+from .similarity import downsample, intensity_range, mse, mutual_information
 
 #: Adam step sizes: rotation (radians), translation (mm), affine matrix entries
 LR_ROTATION, LR_TRANSLATION, LR_MATRIX = 0.01, 0.5, 0.005
@@ -62,14 +66,22 @@ def _rotation(angles: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_exp(skew)
 
 
+def _voxel_points(shape: Sequence[int], dtype: torch.dtype, device: str) -> torch.Tensor:
+    """Homogeneous normalised coordinates ``(N, 4)`` of every voxel of a grid, in ``reshape(-1)`` order
+    (``affine_grid``'s (x, y, z) = (k, j, i), ``align_corners=True``)."""
+    axes = [torch.linspace(-1.0, 1.0, int(n), dtype=dtype, device=device) if n > 1 else torch.full((1,), -1.0, dtype=dtype, device=device) for n in shape]
+    i, j, k = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([k, j, i, torch.ones_like(i)], dim=-1).reshape(-1, 4)
+
+
 def affine_stage(
     moving: Volume,
     fixed: Volume,
-    levels: Sequence[float] = (8.0, 4.0, 2.0),
-    rigid_iterations: Sequence[int] = (100, 50, 25),
-    affine_iterations: Sequence[int] = (100, 50, 25),
-    metric: str = "mse",
-    window: int = 5,
+    levels: Sequence[float] = AFFINE_LEVELS,
+    rigid_iterations: Sequence[int] = AFFINE_RIGID_ITERATIONS,
+    affine_iterations: Sequence[int] = AFFINE_ITERATIONS,
+    metric: str = "mi",
+    samples: int | None = AFFINE_SAMPLES,
     device: str = "cpu",
 ) -> np.ndarray:
     """4x4 RAS matrix mapping fixed-world points into moving space (``Transform.from_matrix``'s convention).
@@ -77,11 +89,14 @@ def affine_stage(
     Args:
         levels: voxel size (mm) of each pyramid level, coarse to fine.
         rigid_iterations, affine_iterations: Adam steps per level of each stage (0 skips a level).
-        metric: ``mse`` (on z-scored images) for same-contrast pairs, ``mi`` across contrasts; ``lncc``
-            (window ``window`` voxels) is offered but captures rotations poorly at coarse levels.
+        metric: ``mi`` (mutual information: any contrasts, and intensities that differ by more than
+            a linear map) or ``mse`` (z-scored images of the same contrast).
+        samples: fixed-grid voxels the loss reads per level (``None``: all of them).
     """
     if not (len(levels) == len(rigid_iterations) == len(affine_iterations)):
         raise ValueError("affine_stage: levels, rigid_iterations and affine_iterations need the same length")
+    if metric not in AFFINE_METRICS:
+        raise ValueError(f"affine_stage: metric {metric!r}: choose one of {', '.join(AFFINE_METRICS)}")
     dtype = torch.float64 if device == "cpu" else torch.float32
     f64 = dict(device=device, dtype=dtype)
     c_fixed = torch.tensor(_centre_of_mass(fixed), **f64)
@@ -95,7 +110,11 @@ def affine_stage(
         # theta = after @ [A | b] @ before, in affine_grid's normalised coordinates of each grid
         after = torch.tensor(_normalised(moving_l.shape[2:]) @ np.linalg.inv(moving_affine), **f64)
         before = torch.tensor(fixed_affine @ np.linalg.inv(_normalised(fixed_l.shape[2:])), **f64)
-        pyramid.append((fixed_l, moving_l, after, before))
+        if metric == "mse":
+            similarity = mse
+        else:  # intensity ranges fixed per level, so the bins do not move under the optimiser
+            similarity = partial(mutual_information, fixed_range=intensity_range(fixed_l), warped_range=intensity_range(moving_l))
+        pyramid.append((_voxel_points(fixed_l.shape[2:], moving_l.dtype, device), fixed_l.reshape(-1), moving_l, after, before, similarity))
 
     angles = torch.zeros(3, **f64, requires_grad=True)
     translation = torch.zeros(3, **f64, requires_grad=True)
@@ -106,17 +125,19 @@ def affine_stage(
         top = torch.cat([linear, (c_moving + translation - linear @ c_fixed)[:, None]], dim=1)
         return torch.cat([top, torch.tensor([[0.0, 0.0, 0.0, 1.0]], **f64)])
 
-    def loss(level, linear: torch.Tensor) -> torch.Tensor:
-        fixed_l, moving_l, after, before = level
-        theta = (after @ world_map(linear) @ before)[None, :3].to(moving_l.dtype)
-        grid = F.affine_grid(theta, list(fixed_l.shape), align_corners=True)
-        warped = F.grid_sample(moving_l, grid, mode="bilinear", padding_mode="border", align_corners=True)
-        return similarity(metric, fixed_l, warped, window)
+    generator = torch.Generator(device).manual_seed(0)
 
-    for params, lrs, iterations, linear in (
-        ((angles, translation), (LR_ROTATION, LR_TRANSLATION), rigid_iterations, lambda: _rotation(angles)),
-        ((matrix, translation), (LR_MATRIX, LR_TRANSLATION), affine_iterations, lambda: _rotation(angles).detach() + matrix),
-    ):
+    def loss(level, linear: torch.Tensor) -> torch.Tensor:
+        points, values, moving_l, after, before, similarity = level
+        if samples is not None and samples < len(values):  # a fresh draw each step: no voxel left out for long
+            index = torch.randint(len(values), (samples,), generator=generator, device=device)
+            points, values = points[index], values[index]
+        theta = (after @ world_map(linear) @ before)[:3].to(moving_l.dtype)
+        grid = (points @ theta.T).view(1, -1, 1, 1, 3)
+        warped = F.grid_sample(moving_l, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return similarity(values, warped.reshape(-1))
+
+    def optimise(params, lrs, iterations, linear) -> None:
         for level, steps in zip(pyramid, iterations):
             optimizer = torch.optim.Adam([{"params": [p], "lr": lr} for p, lr in zip(params, lrs)])
             # step sizes decay tenfold over each level: large moves first, then settle without jitter
@@ -127,5 +148,10 @@ def affine_stage(
                 optimizer.step()
                 schedule.step()
 
+    optimise((angles, translation), (LR_ROTATION, LR_TRANSLATION), rigid_iterations, lambda: _rotation(angles))
     with torch.no_grad():
-        return world_map(_rotation(angles) + matrix).cpu().numpy()
+        rotation = _rotation(angles)
+    optimise((matrix, translation), (LR_MATRIX, LR_TRANSLATION), affine_iterations, lambda: rotation + matrix)
+
+    with torch.no_grad():
+        return world_map(rotation + matrix).cpu().numpy()

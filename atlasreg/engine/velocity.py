@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from ..flow import integrate, resize, warp
+from .defaults import SVF_ITERATIONS, SVF_LEVELS, SVF_LR, SVF_SMOOTHING, SVF_WEIGHT, SVF_WINDOW
 from .similarity import downsample, gaussian_blur, lncc
 
 INTEGRATION_STEPS = 6
@@ -33,12 +34,12 @@ def optimize_velocity(
     moving: torch.Tensor,
     fixed: torch.Tensor,
     velocity: torch.Tensor | None = None,
-    levels: Sequence[int] = (4, 2, 1),
-    iterations: Sequence[int] = (100, 50, 20),
-    window: int = 5,
-    weight: float = 0.3,
-    smoothing: float = 1.0,
-    lr: float = 0.2,
+    levels: Sequence[int] = SVF_LEVELS,
+    iterations: Sequence[int] = SVF_ITERATIONS,
+    window: int = SVF_WINDOW,
+    weight: float = SVF_WEIGHT,
+    smoothing: float = SVF_SMOOTHING,
+    lr: float = SVF_LR,
 ) -> torch.Tensor:
     """Velocity ``(1, 3, X', Y', Z')`` of ``exp(v)`` pulling ``moving`` onto ``fixed``, in voxels of its
     own grid, half as fine as the input's (the field is smooth; its coarse grid makes the squaring

@@ -5,32 +5,40 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from atlasreg.engine import defaults
+from atlasreg.errors import AtlasregError
 from atlasreg.hookspecs import hookimpl
 from atlasreg.plugin_api import MAX_ITERATIONS, Backend, Option
 from atlasreg.transform import Transform
 from atlasreg.volume import Volume
 
-METRICS = ("mse", "mi", "lncc")
-
 
 class AffineBackend(Backend):
     name = "affine"
-    description = "centre of mass, rigid, then 12-parameter affine by Adam on a 8/4/2 mm pyramid (torch)"
+    description = "centre of mass, rigid, then 12-parameter affine by Adam on a 8/4 mm pyramid (torch, mutual information)"
     requires = ("torch",)
     deterministic = True  # no random sampling; same bytes on CPU (tests/test_engine.py)
     options = {
-        "metric": Option("mse", "mse (z-scored, same contrast), mi (mutual information, across contrasts) or lncc", METRICS),
-        "levels": Option((8.0, 4.0, 2.0), "voxel size in mm of each pyramid level, coarse to fine", minimum=0.1, maximum=64),
-        "iterations": Option(100, "Adam steps at the coarsest level, halved at each finer one (rigid, then again affine)",
-                             minimum=1, maximum=MAX_ITERATIONS),
+        "metric": Option("mi", "mi (mutual information: any contrasts) or mse (z-scored, same contrast)", defaults.AFFINE_METRICS),
+        "levels": Option(defaults.AFFINE_LEVELS, "voxel size in mm of each pyramid level, coarse to fine", minimum=0.1, maximum=64),
+        "rigid_iterations": Option(defaults.AFFINE_RIGID_ITERATIONS, "Adam steps per level of the rigid stage", minimum=0, maximum=MAX_ITERATIONS),
+        "affine_iterations": Option(defaults.AFFINE_ITERATIONS, "Adam steps per level of the 12-parameter stage", minimum=0, maximum=MAX_ITERATIONS),
+        "samples": Option(defaults.AFFINE_SAMPLES, "voxels the similarity reads per step (drawn afresh, fixed seed)", minimum=100, maximum=10**8),
     }
+
+    def check_options(self, resolved: Mapping[str, Any]) -> None:
+        """One iteration count per level in each stage."""
+        for stage in ("rigid_iterations", "affine_iterations"):
+            if len(resolved[stage]) != len(resolved["levels"]):
+                raise AtlasregError(f"affine: {stage} needs one count per level ({len(resolved['levels'])} levels)")
 
     def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
         from atlasreg.engine import affine_stage
 
-        levels = tuple(float(mm) for mm in options["levels"])
-        iterations = tuple(max(1, options["iterations"] // 2**i) for i in range(len(levels)))
-        matrix = affine_stage(moving, fixed, levels=levels, rigid_iterations=iterations, affine_iterations=iterations, metric=options["metric"])
+        matrix = affine_stage(
+            moving, fixed, levels=tuple(float(mm) for mm in options["levels"]), rigid_iterations=options["rigid_iterations"],
+            affine_iterations=options["affine_iterations"], metric=options["metric"], samples=options["samples"],
+        )
         return Transform.from_matrix(fixed, matrix)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from atlasreg.engine import defaults
 from atlasreg.errors import AtlasregError
 from atlasreg.learned import align_pair, covering_shape, pick_device, transform_from_flow
 from atlasreg.plugin_api import MAX_ITERATIONS, MAX_SHRINK, Backend, Option
@@ -20,12 +21,12 @@ class SvfBackend(Backend):
     requires = ("torch",)
     deterministic = True  # no random element; same bytes on CPU (tests/test_engine.py)
     options = {
-        "levels": Option((4, 2, 1), "shrink factor of each pyramid level, coarse to fine, 1 = the working grid", minimum=1, maximum=MAX_SHRINK),
-        "iterations": Option((100, 50, 20), "Adam steps per level", minimum=0, maximum=MAX_ITERATIONS),
-        "window": Option(5, "LNCC window in voxels (odd)", minimum=3, maximum=31),
-        "regularisation": Option(0.3, "weight of the diffusion regulariser on the velocity", minimum=0),
-        "smoothing": Option(1.0, "sigma in voxels of the Gaussian smoothing each update (0 = none)", minimum=0, maximum=10),
-        "lr": Option(0.2, "Adam step size in voxels", minimum=0, exclusive_minimum=True, maximum=10),
+        "levels": Option(defaults.SVF_LEVELS, "shrink factor of each pyramid level, coarse to fine, 1 = the working grid", minimum=1, maximum=MAX_SHRINK),
+        "iterations": Option(defaults.SVF_ITERATIONS, "Adam steps per level", minimum=0, maximum=MAX_ITERATIONS),
+        "window": Option(defaults.SVF_WINDOW, "LNCC window in voxels (odd)", minimum=3, maximum=31),
+        "regularisation": Option(defaults.SVF_WEIGHT, "weight of the diffusion regulariser on the velocity", minimum=0),
+        "smoothing": Option(defaults.SVF_SMOOTHING, "sigma in voxels of the Gaussian smoothing each update (0 = none)", minimum=0, maximum=10),
+        "lr": Option(defaults.SVF_LR, "Adam step size in voxels", minimum=0, exclusive_minimum=True, maximum=10),
         "spacing": Option(2.0, "voxel size of the working grid in mm", minimum=0.25, maximum=8),
         "device": Option("auto", "where the optimisation runs", ("auto", "cpu", "cuda")),
     }

@@ -1,0 +1,16 @@
+"""The engine's default settings, in a module without torch: plugins show them as option defaults
+without importing torch when the plugins are collected. Chosen on validation pairs only (atlas 01 ->
+subjects 02-07; benchmarks/RESULTS.md), never on the test subjects 08-10."""
+
+AFFINE_METRICS = ("mi", "mse")
+AFFINE_LEVELS = (8.0, 4.0)  # voxel size (mm) of each pyramid level
+AFFINE_RIGID_ITERATIONS = (100, 30)  # Adam steps per level, rigid stage
+AFFINE_ITERATIONS = (50, 40)  # Adam steps per level, 12-parameter stage
+AFFINE_SAMPLES = 5_000  # voxels the similarity reads per step
+
+SVF_LEVELS = (4, 2, 1)  # shrink factor of each pyramid level (1: the working grid)
+SVF_ITERATIONS = (100, 50, 20)
+SVF_WINDOW = 5  # LNCC window, voxels
+SVF_WEIGHT = 0.3  # diffusion regulariser
+SVF_SMOOTHING = 1.0  # sigma (voxels) of the Gaussian on each update
+SVF_LR = 0.2  # Adam step, voxels
