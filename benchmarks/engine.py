@@ -1,5 +1,7 @@
 """The engine benchmark (issue 11): ANTs' affine, the torch affine stage, the SimpleITK affine stage,
-ANTs fast, ANTs quality, the torch ``svf`` backend and FireANTs, side by side in one run.
+ANTs fast, ANTs quality, the torch ``svf`` backend, the shipped learned models with and without
+instance optimisation (whole pipeline: affine stage, network, engine steps) and FireANTs, side by
+side in one run.
 
     nice -n 10 python benchmarks/engine.py [--pairs 1:8,1:9,1:10,1:2,3:4,5:6,7:8] [--threads 2] \
         [--fireants-python /work/fireants-venv/bin/python] [--one-mm] [-o benchmarks/results/engine.md]
@@ -38,6 +40,9 @@ METHODS = [
     ("ANTs fast", "ants", {"preset": "fast"}),
     ("svf", "svf", {}),
     ("ANTs quality", "ants", {"preset": "quality"}),
+    ("contrastive (shipped)", "contrastive", {}),
+    ("contrastive + 20 steps", "contrastive", {"optimize_steps": 20}),
+    ("voxelmorph + 20 steps", "voxelmorph", {"optimize_steps": 20}),
 ]
 
 

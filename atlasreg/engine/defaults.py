@@ -9,7 +9,7 @@ AFFINE_ITERATIONS = (50, 40)  # Adam steps per level, 12-parameter stage
 AFFINE_SAMPLES = 5_000  # voxels the similarity reads per step
 
 SVF_LEVELS = (4, 2, 1)  # shrink factor of each pyramid level (1: the working grid)
-SVF_ITERATIONS = (100, 50, 20)
+SVF_ITERATIONS = (100, 30, 10)  # 100, 50, 20: +0.003 Dice for 1.6x the time
 SVF_WINDOW = 5  # LNCC window, voxels
 SVF_WEIGHT = 0.3  # diffusion regulariser
 SVF_SMOOTHING = 1.0  # sigma (voxels) of the Gaussian on each update
