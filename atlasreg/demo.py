@@ -32,9 +32,17 @@ from .spatial import crop_to_foreground, reorient, resample_to_spacing
 from .synth import synthesize
 from .volume import Volume
 
-# The backends and the options the demo runs them with (ANTs' quality preset takes minutes per
-# pair: too slow for a first run; contrastive runs its shipped pretrained model).
-BACKEND_OPTIONS: dict[str, dict[str, Any]] = {"affine": {}, "simpleitk": {}, "ants": {"preset": "fast"}, "svf": {}, "contrastive": {}}
+# The demo's methods: name -> (backend, options). ANTs' quality preset takes minutes per pair: too
+# slow for a first run; contrastive runs its shipped pretrained model, alone and with 20 steps of
+# instance optimisation (the engine refining the network's velocity field on each pair).
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "affine": ("affine", {}),
+    "simpleitk": ("simpleitk", {}),
+    "ants": ("ants", {"preset": "fast"}),
+    "svf": ("svf", {}),
+    "contrastive": ("contrastive", {}),
+    "contrastive+io": ("contrastive", {"optimize_steps": 20}),
+}
 ATLAS_DONOR = DONORS[0]
 TARGET_DONORS = DONORS[1:]
 DEFAULT_TARGETS = len(TARGET_DONORS)
@@ -56,25 +64,25 @@ def score(pred: Volume, truth: Volume) -> dict[str, Any]:
     }
 
 
-def available_backends() -> list[str]:
-    """The demo's backends that can run here, in table order."""
+def available_methods() -> list[str]:
+    """The demo's methods whose backend can run here, in table order."""
     available = {info.name for info in backend_infos() if info.available}
-    return [name for name in BACKEND_OPTIONS if name in available]
+    return [name for name, (backend, _) in METHODS.items() if backend in available]
 
 
-def _check_backends(backends: Sequence[str] | None) -> list[str]:
-    if backends is None:
-        chosen = available_backends()
+def _check_methods(methods: Sequence[str] | None) -> list[str]:
+    if methods is None:
+        chosen = available_methods()
         if not chosen:
-            raise AtlasregError(f"none of the demo's backends ({', '.join(BACKEND_OPTIONS)}) is available here")
+            raise AtlasregError(f"none of the demo's methods ({', '.join(METHODS)}) is available here")
         return chosen
-    unknown = [b for b in backends if b not in BACKEND_OPTIONS]
-    if unknown or not backends:
-        raise AtlasregError(f"demo backends: choose from {', '.join(BACKEND_OPTIONS)} (got {', '.join(backends) or 'none'})")
-    missing = [b for b in backends if b not in available_backends()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise AtlasregError(f"demo backends: choose from {', '.join(METHODS)} (got {', '.join(methods) or 'none'})")
+    missing = [m for m in methods if m not in available_methods()]
     if missing:
-        raise AtlasregError(f"backend {missing[0]!r} is unavailable here (see `atlasreg backends`)")
-    return list(dict.fromkeys(backends))
+        raise AtlasregError(f"backend {METHODS[missing[0]][0]!r} is unavailable here (see `atlasreg backends`)")
+    return list(dict.fromkeys(methods))
 
 
 def run_demo(
@@ -86,10 +94,10 @@ def run_demo(
 ) -> dict[str, Any]:
     """Segment ``targets`` donors with the atlas donor under each backend; write the table and figure.
 
-    ``backends=None`` runs every demo backend available here. Returns the results as written
-    to ``results.json``.
+    ``backends`` are names of ``METHODS``; ``None`` runs every one available here. Returns the
+    results as written to ``results.json``.
     """
-    chosen = _check_backends(backends)
+    chosen = _check_methods(backends)
     if not 1 <= targets <= len(TARGET_DONORS):
         raise AtlasregError(f"--targets must be 1 to {len(TARGET_DONORS)}, got {targets}")
     out = Path(output_dir)
@@ -103,19 +111,20 @@ def run_demo(
         "atlas": ATLAS_DONOR,
         "targets": names[1:],
         "spacing_mm": spacing,
-        "backends": {b: {"options": BACKEND_OPTIONS[b], "per_target": {}} for b in chosen},
+        "backends": {m: {"backend": METHODS[m][0], "options": METHODS[m][1], "per_target": {}} for m in chosen},
     }
     predictions: dict[str, Volume] = {}
     with tqdm(total=len(chosen) * targets, desc="segmenting", unit="pair", disable=not progress) as bar:
-        for backend in chosen:
+        for method in chosen:
+            backend, options = METHODS[method]
             for donor in names[1:]:
-                bar.set_postfix_str(f"{backend} -> donor {donor}")
+                bar.set_postfix_str(f"{method} -> donor {donor}")
                 tic = time.perf_counter()
-                pred = segment(subjects[donor][0], [atlas], backend=backend, backend_options=BACKEND_OPTIONS[backend])
+                pred = segment(subjects[donor][0], [atlas], backend=backend, backend_options=options)
                 entry = {"seconds": time.perf_counter() - tic, **score(pred, subjects[donor][1])}
-                results["backends"][backend]["per_target"][donor] = entry
+                results["backends"][method]["per_target"][donor] = entry
                 if donor == names[1]:
-                    predictions[f"{backend} (Dice {entry['mean_dice']:.2f})"] = pred
+                    predictions[f"{method} (Dice {entry['mean_dice']:.2f})"] = pred
                 bar.update()
     for summary in results["backends"].values():
         _summarise(summary)

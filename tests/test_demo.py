@@ -45,7 +45,7 @@ def test_demo_pieces(offline):
     scored = demo.score(labels, labels)
     assert scored["mean_dice"] == 1.0 and scored["region_dice"]["putamen"] == 1.0
 
-    assert demo.available_backends() == list(demo.BACKEND_OPTIONS)  # all three run here, in table order
+    assert demo.available_methods() == list(demo.METHODS)  # all run here, in table order
 
 
 def test_demo_leaves_out_an_unavailable_backend(monkeypatch):
@@ -53,7 +53,7 @@ def test_demo_leaves_out_an_unavailable_backend(monkeypatch):
     from atlasreg_plugins.ants.backend import AntsBackend
 
     monkeypatch.setattr(AntsBackend, "requires", ("no_such_module_xyz",))
-    assert "ants" in demo.BACKEND_OPTIONS and demo.available_backends() == [b for b in demo.BACKEND_OPTIONS if b != "ants"]
+    assert "ants" in demo.METHODS and demo.available_methods() == [m for m in demo.METHODS if m != "ants"]
 
 
 def test_demo_refuses_bad_arguments(capsys, tmp_path):
