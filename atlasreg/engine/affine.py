@@ -91,7 +91,7 @@ def affine_stage(
         rigid_iterations, affine_iterations: Adam steps per level of each stage (0 skips a level).
         metric: ``mi`` (mutual information: any contrasts, and intensities that differ by more than
             a linear map) or ``mse`` (z-scored images of the same contrast).
-        samples: fixed-grid voxels the loss reads per level (``None``: all of them).
+        samples: fixed-grid voxels the loss reads per step, drawn afresh each step (``None``: all of them).
     """
     if not (len(levels) == len(rigid_iterations) == len(affine_iterations)):
         raise ValueError("affine_stage: levels, rigid_iterations and affine_iterations need the same length")

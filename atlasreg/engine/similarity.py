@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+
 def _box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
     """Mean over a ``window``^3 cube around each voxel (zero padding): per axis, a difference of
     cumulative sums (cheaper than pooling or convolution, forward and backward)."""
