@@ -101,18 +101,19 @@ def foreground(array: np.ndarray) -> np.ndarray:
     return binary_fill_holes(array > threshold_otsu(array))
 
 
-def zscore(volume: Volume) -> Volume:
+def zscore(volume: Volume, mask: np.ndarray | None = None) -> Volume:
     """Every voxel rescaled by the mean and standard deviation of the image's ``foreground``.
 
     The one z-score of atlasreg (learned backends' inputs, dataset preprocessing, weighted
     voting). Only the statistics come from the foreground: the same linear map applies to every
     voxel, so no tissue is masked away (a mask that dropped dark CSF would erase its contrast);
-    a background of exactly 0 maps to one constant value.
+    a background of exactly 0 maps to one constant value. ``mask``: the image's ``foreground``,
+    when the caller has computed it already.
     """
     array = volume.array
     if array.min() == array.max():
         raise AtlasregError("image is empty (all zero)" if not array.any() else "cannot z-score an image of constant intensity")
-    values = array[foreground(array)].astype(np.float64)
+    values = array[foreground(array) if mask is None else mask].astype(np.float64)
     std = values.std()
     if std == 0:
         raise AtlasregError("cannot z-score: every foreground voxel has the same intensity")

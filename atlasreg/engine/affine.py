@@ -28,9 +28,8 @@ from .similarity import downsample, intensity_range, mse, mutual_information
 LR_ROTATION, LR_TRANSLATION, LR_MATRIX = 0.01, 0.5, 0.005
 
 
-def _centre_of_mass(volume: Volume) -> np.ndarray:
-    """World (RAS mm) centre of the image's foreground (the head or, once skull-stripped, the brain)."""
-    mask = foreground(volume.array)
+def _centre_of_mass(volume: Volume, mask: np.ndarray) -> np.ndarray:
+    """World (RAS mm) centre of the image's foreground ``mask`` (the head or, once skull-stripped, the brain)."""
     voxel = np.array(ndimage.center_of_mass(mask)) if mask.any() else (np.array(volume.shape) - 1) / 2.0
     return volume.affine[:3, :3] @ voxel + volume.affine[:3, 3]
 
@@ -99,10 +98,11 @@ def affine_stage(
         raise ValueError(f"affine_stage: metric {metric!r}: choose one of {', '.join(AFFINE_METRICS)}")
     dtype = torch.float64 if device == "cpu" else torch.float32
     f64 = dict(device=device, dtype=dtype)
-    c_fixed = torch.tensor(_centre_of_mass(fixed), **f64)
-    c_moving = torch.tensor(_centre_of_mass(moving), **f64)
-    fixed_t = torch.from_numpy(zscore(fixed).array)[None, None].to(device)
-    moving_t = torch.from_numpy(zscore(moving).array)[None, None].to(device)
+    fixed_mask, moving_mask = foreground(fixed.array), foreground(moving.array)  # once each: centre and z-score
+    c_fixed = torch.tensor(_centre_of_mass(fixed, fixed_mask), **f64)
+    c_moving = torch.tensor(_centre_of_mass(moving, moving_mask), **f64)
+    fixed_t = torch.from_numpy(zscore(fixed, fixed_mask).array)[None, None].to(device)
+    moving_t = torch.from_numpy(zscore(moving, moving_mask).array)[None, None].to(device)
     pyramid = []
     for mm in levels:
         fixed_l, fixed_affine = _level(fixed, fixed_t, mm)
