@@ -27,8 +27,10 @@ def lncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 5, eps: float 
     """Minus the mean squared local normalised cross-correlation over ``window``^3 neighbourhoods, in [-1, 0]."""
     if window < 1 or window % 2 == 0:
         raise ValueError(f"lncc: window must be a positive odd number, got {window}")
-    means = _box_mean(torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1), window)
-    m_f, m_w, m_ff, m_ww, m_fw = means.unbind(1)
+    # the fixed image's window means apart: when only ``warped`` needs a gradient (registration,
+    # training), the backward pass runs through 3 channels of box sums instead of 5
+    m_f, m_ff = _box_mean(torch.cat([fixed, fixed * fixed], dim=1), window).unbind(1)
+    m_w, m_ww, m_fw = _box_mean(torch.cat([warped, warped * warped, fixed * warped], dim=1), window).unbind(1)
     cross = m_fw - m_f * m_w
     var_f = (m_ff - m_f * m_f).clamp_min(0.0)
     var_w = (m_ww - m_w * m_w).clamp_min(0.0)
