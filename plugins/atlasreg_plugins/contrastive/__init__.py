@@ -23,7 +23,7 @@ def atlasreg_models():
             name="contrastive-synth",
             backend="contrastive",
             file=str(MODELS / "contrastive-synth.pt"),
-            sha256="b56454acc1d430aac6a1713e0b1f8ef5ecb57dc6e592bb571118a072e2b309e7",
+            sha256="5e7fa77615824857f86f940e3276a4b2ef61dc22dcbed2ab3915b75e238067e5",
             description="any atlas to any skull-stripped target, any contrast: trained on pairs synthesized from 7 label maps (CPU-trained; docs/models.md)",
             default=True,
         )

@@ -23,7 +23,7 @@ def atlasreg_models():
             name="voxelmorph-synth",
             backend="voxelmorph",
             file=str(MODELS / "voxelmorph-synth.pt"),
-            sha256="2b8afad1bd78d8e55a666f402c733f88547587aea96ef93891701f1f84335357",
+            sha256="39789e415096c6a4049e787a98dc4c98e7957352a4db1e82fda028f32d5da510",
             description="the learned baseline, trained like contrastive-synth at the same budget (CPU-trained; docs/models.md)",
             default=True,
         )
