@@ -381,17 +381,53 @@ def test_ctrl_c_stops_a_call_that_holds_the_gil(tmp_path):
     script = ("import multiprocessing, sys\nfrom atlasreg_plugins.ants.child import run_in_child\nprint('go', flush=True)\n"
               "try:\n    run_in_child(sum, range(10**13))\nexcept KeyboardInterrupt:\n"
               "    print(len(multiprocessing.active_children()), flush=True)\n    sys.exit(130)\n")
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert process.stdout.readline() == "go\n"
         time.sleep(0.5)
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=60)  # in-process, the sum would run for hours
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        _kill_session(process.pid)
     assert process.returncode == 130 and out.strip() == "0"
+
+
+def test_ctrl_c_right_after_the_fork_leaves_no_child(tmp_path):
+    """A Ctrl-C that lands between the child's fork and the code that stops it (forced here: the
+    parent interrupts itself right after the fork, before multiprocessing knows the child) still
+    stops the child."""
+    script = ("import multiprocessing.popen_fork as pf, os, signal, sys\n"
+              "from atlasreg_plugins.ants.child import run_in_child\n"
+              "launch = pf.Popen._launch\n"  # forks; multiprocessing registers the child only after it
+              "def launch_then_ctrl_c(self, process_obj):\n    launch(self, process_obj)\n    os.kill(os.getpid(), signal.SIGINT)\n"
+              "pf.Popen._launch = launch_then_ctrl_c\n"
+              "try:\n    run_in_child(sum, range(10**13))\nexcept KeyboardInterrupt:\n    sys.exit(130)\n")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert process.wait(timeout=60) == 130
+        deadline = time.monotonic() + 10  # the child is stopped before the parent exits; allow for slow reaping
+        while _session_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _session_alive(process.pid), "the child of run_in_child outlived its parent"
+    finally:
+        _kill_session(process.pid)
+
+
+def _session_alive(pid: int) -> bool:
+    """Whether any process of the process group led by ``pid`` is left."""
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _kill_session(pid: int) -> None:
+    """Kill whatever is left of the process group led by ``pid`` (so a failing test leaves no busy child)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def test_ctrl_c_during_ants_exits_cleanly(tmp_path, files):

@@ -9,6 +9,7 @@ runs in-process, and an interrupt waits for ANTs as before.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import sys
 from typing import Any, Callable
 
@@ -28,9 +29,18 @@ def run_in_child(function: Callable[..., Any], *args: Any) -> Any:
     sys.stdout.flush()
     sys.stderr.flush()  # the child must not write the parent's buffered output a second time
     child = context.Process(target=_child, args=(send, function, args), daemon=True)
-    child.start()
-    send.close()
+    # a Ctrl-C between the fork and the ``try`` below would leave the child running, unknown to
+    # anyone: hold SIGINT until the ``finally`` that stops the child is in place (the child keeps
+    # it held: the parent stops it)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
+        child.start()
+    except BaseException:  # no child (e.g. fork failed): nothing to stop
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a Ctrl-C that came meanwhile is raised here
+        send.close()
         try:
             failed, value = receive.recv()
         except EOFError:
