@@ -17,7 +17,7 @@ class AffineBackend(Backend):
     name = "affine"
     description = "centre of mass, rigid, then 12-parameter affine by Adam on a 8/4 mm pyramid (torch, mutual information)"
     requires = ("torch",)
-    deterministic = True  # no random sampling; same bytes on CPU (tests/test_engine.py)
+    deterministic = True  # voxels sampled by a fixed-seed generator: same bytes on CPU (tests/test_engine.py)
     options = {
         "metric": Option("mi", "mi (mutual information: any contrasts) or mse (z-scored, same contrast)", defaults.AFFINE_METRICS),
         "levels": Option(defaults.AFFINE_LEVELS, "voxel size in mm of each pyramid level, coarse to fine", minimum=0.1, maximum=64),
