@@ -407,12 +407,14 @@ def _ints(text: str | None) -> list[int] | None:
 @click.option("--batch-size", type=int, default=2, show_default=True, help="Pairs per step, over all processes (torchrun).")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate at step 0.")
 @click.option("--lr-floor", type=float, default=0.01, show_default=True, help="The cosine schedule ends at lr x this.")
-@click.option("--losses", help="Comma-separated loss terms to use (contrastive: recon,smooth,contrast; voxelmorph: sim,smooth).")
+@click.option("--losses", help="Comma-separated loss terms to use (contrastive: recon,dice,smooth,contrast; voxelmorph: sim,dice,smooth). "
+              "dice (label overlap) is the data term of --synth pairs, recon / sim (image similarity) that of --images.")
 @click.option("--weight", "weights", multiple=True, metavar="TERM=VALUE", help="Loss weight, e.g. smooth=0.01 contrast=0.05 (repeatable).")
 @click.option("-C", "--config", "config_pairs", multiple=True, metavar="KEY=VALUE", help="Any other model config key, e.g. contrast=global, recon=mse (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--resume", help="Continue from this model file (weights, optimiser, step).")
+@click.option("--init", help="Fine-tune: start from this model file's weights and config, with a fresh optimiser and schedule (step 0).")
 @click.option("--save-every", type=int, default=100, show_default=True, help="Steps between model file rewrites.")
 @click.option("--val-images", multiple=True, metavar="GLOB", help="Validation images: Dice reported every --val-every steps (needs --atlas).")
 @click.option("--val-labels", multiple=True, metavar="GLOB", help="Validation label maps, in the same order as --val-images.")
@@ -422,18 +424,20 @@ def _ints(text: str | None) -> list[int] | None:
 @click.option("--cache-dir", help="Where affine pre-alignments are cached (share it between models)  [default: MODEL.pt.cache]")
 def train(backend: str, synth: tuple, images: tuple, atlas: tuple | None, output: str, spacing: float | None, shape: str | None,
           crop: str | None, steps: int, max_minutes: float, batch_size: int, lr: float, lr_floor: float, losses: str | None,
-          weights: tuple, config_pairs: tuple, seed: int, device: str, resume: str | None, save_every: int, val_images: tuple,
+          weights: tuple, config_pairs: tuple, seed: int, device: str, resume: str | None, init: str | None, save_every: int, val_images: tuple,
           val_labels: tuple, val_every: int, val_protocol: str, log: str | None, cache_dir: str | None) -> None:
     """Train a learned registration backend, unsupervised: on label maps (--synth) or images.
 
-    --synth: every pair is synthesized from two random label maps (random deformation, contrast,
-    bias, blur, resolution, noise), so the model works for any atlas, any target, any contrast.
+    --synth: every pair is synthesized from two random label maps (random deformation; each image its
+    own random contrast, bias, blur, resolution, noise) and trained on the overlap of their labels
+    (soft Dice), so the model works for any atlas, any target, any contrast, across contrasts.
     --images: images are affinely pre-aligned once (cached by content), then trained on augmented
     pairs (flip, rotation < 10 degrees, crop). Runs unchanged under `torchrun --nproc_per_node N`.
 
     \b
     Example:
       atlasreg train -b contrastive --synth 'maps/*_seg.nii.gz' --steps 2000 -o contrastive.pt
+      atlasreg train -b contrastive --synth 'maps/*.nii.gz' --init old.pt --losses dice,smooth,contrast -C contrast=cross -o new.pt
       torchrun --nproc_per_node 4 -m atlasreg train -b voxelmorph --synth 'maps/*.nii.gz' --batch-size 8 -o vm.pt
     """
     from .train import TrainSettings, train as run_training
@@ -459,7 +463,7 @@ def train(backend: str, synth: tuple, images: tuple, atlas: tuple | None, output
         synth=_glob_paths(synth, "--synth") if synth else [],
         atlas=(Path(atlas[0]), Path(atlas[1])) if atlas else None,
         steps=steps, max_minutes=max_minutes, batch_size=batch_size, lr=lr, lr_floor=lr_floor, seed=seed, device=device,
-        resume=Path(resume) if resume else None, save_every=save_every, val_every=val_every,
+        resume=Path(resume) if resume else None, init=Path(init) if init else None, save_every=save_every, val_every=val_every,
         val_images=_glob_paths(val_images, "--val-images") if val_images else [],
         val_labels=_glob_paths(val_labels, "--val-labels") if val_labels else [],
         val_protocol=val_protocol, log=Path(log) if log else None, cache_dir=Path(cache_dir) if cache_dir else None, config=config,

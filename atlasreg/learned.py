@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import numpy as np
 from scipy import ndimage
@@ -23,6 +23,9 @@ from .errors import AtlasregError
 from .plugin_api import MAX_ITERATIONS, Backend, Option
 from .transform import Transform
 from .volume import Volume, zscore
+
+if TYPE_CHECKING:
+    from .recipe import TrainingPair
 
 MODEL_FORMAT = 1
 
@@ -183,19 +186,13 @@ def _cached_network(backend: "LearnedBackend", path: str, device: str, mtime_ns:
         raise AtlasregError(f"{path}: a {state['backend']} model, not a {backend.name} model")
     config = backend.config(state["config"])
     network = backend.build_network(config)
-    try:
-        network.load_state_dict(state["weights"])
-    except RuntimeError as exc:  # size mismatch / missing or unexpected keys
-        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
-        described = ", ".join(f"{key}={config[key]}" for key in backend.architecture_keys)
-        raise AtlasregError(f"{path}: its weights do not fit the {backend.name} network its config describes "
-                            f"({described}): {first}") from None
+    backend.load_weights(network, config, state["weights"], path)
     return network.to(device).eval(), config
 
 
 class LearnedBackend(Backend):
     """A network backend. Subclasses set ``default_config`` and implement ``build_network``,
-    ``mean_flow`` and ``loss_terms``."""
+    ``network_terms`` and ``image_similarity``."""
 
     kind = "learned"
     devices = ("cpu", "cuda")
@@ -211,6 +208,8 @@ class LearnedBackend(Backend):
     default_config: ClassVar[dict[str, Any]] = {}
     #: loss term names, in the order they are reported
     loss_names: ClassVar[tuple[str, ...]] = ()
+    #: the name of the image similarity term (the data term of image pairs; label maps use ``dice``)
+    image_term: ClassVar[str] = "sim"
     #: config keys that fix the network's weight shapes (named when a model file does not fit)
     architecture_keys: ClassVar[tuple[str, ...]] = ()
 
@@ -218,11 +217,35 @@ class LearnedBackend(Backend):
         """The untrained torch module for ``config``."""
         raise NotImplementedError
 
-    def loss_terms(self, network, moving, fixed, config: Mapping[str, Any], sample: bool) -> tuple[Any, dict[str, Any]]:
-        """(flow in voxels (B, 3, X, Y, Z), unweighted loss terms) for a batch; ``sample`` draws z in training.
-
-        Calls ``network`` once (its ``forward`` computes all the loss needs: one call under DDP)."""
+    def network_terms(self, network, pair: TrainingPair, config: Mapping[str, Any], sample: bool) -> tuple[Any, dict[str, Any]]:
+        """(flow in voxels (B, 3, X, Y, Z), the backend's own unweighted loss terms: its smoothness
+        and any other term) for a batch; ``sample`` draws z in training. Calls ``network`` once (its
+        ``forward`` computes all the loss needs: one call under DDP). The data term is not here:
+        ``loss_terms`` adds it."""
         raise NotImplementedError
+
+    def image_similarity(self, fixed, warped, config: Mapping[str, Any]):
+        """The backend's image term (lower is better), named ``image_term``: the data term of image pairs."""
+        raise NotImplementedError
+
+    def needs_view(self, config: Mapping[str, Any]) -> bool:
+        """Whether ``config``'s loss needs ``TrainingPair.fixed_view`` (a second rendering of the fixed labels)."""
+        return False
+
+    def loss_terms(self, network, pair: TrainingPair, config: Mapping[str, Any], sample: bool) -> tuple[Any, dict[str, Any]]:
+        """``network_terms`` plus the data term every learned backend shares: ``dice`` (label overlap,
+        ``atlasreg.recipe.label_overlap``) where the pair carries labels (``--synth``), the backend's
+        image similarity (``image_term``) otherwise. Synthesized pairs get no image similarity: their two
+        images have independent contrasts."""
+        from .flow import warp
+        from .recipe import label_overlap
+
+        flow, terms = self.network_terms(network, pair, config, sample)
+        if pair.moving_labels is not None:
+            terms["dice"] = label_overlap(pair.moving_labels, pair.fixed_labels, flow)
+        else:
+            terms[self.image_term] = self.image_similarity(pair.fixed, warp(pair.moving, flow), config)
+        return flow, terms
 
     def mean_flow(self, network, moving, fixed, config: Mapping[str, Any]):
         """The deterministic flow in voxels (B, 3, X, Y, Z) (the mean transformation), no loss terms:
@@ -243,12 +266,16 @@ class LearnedBackend(Backend):
 
     # --- shared machinery -------------------------------------------------------------------
     def config(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Default config with ``overrides``; unknown keys are refused."""
+        """Default config with ``overrides``; unknown keys are refused. A dict value (``weights``)
+        updates the default dict: a model file written before a term existed gets its default weight."""
         merged = copy.deepcopy(self.default_config)
         for key, value in (overrides or {}).items():
             if key not in merged:
                 raise AtlasregError(f"{self.name}: unknown config key {key!r} (known: {', '.join(sorted(merged))})")
-            merged[key] = value
+            if isinstance(merged[key], dict) and isinstance(value, dict):
+                merged[key].update(value)
+            else:
+                merged[key] = value
         return merged
 
     def total_loss(self, terms: Mapping[str, Any], config: Mapping[str, Any]):
@@ -256,7 +283,21 @@ class LearnedBackend(Backend):
         enabled = [name for name in config["losses"] if name in terms]
         if not enabled:
             raise AtlasregError(f"{self.name}: no loss term enabled (choose from {', '.join(self.loss_names)})")
+        unweighted = [name for name in enabled if name not in config["weights"]]
+        if unweighted:
+            raise AtlasregError(f"{self.name}: no weight for loss term(s) {', '.join(unweighted)} (give --weight NAME=VALUE)")
         return sum(config["weights"][name] * terms[name] for name in enabled)
+
+    def load_weights(self, network, config: Mapping[str, Any], weights: Mapping[str, Any], path: str | os.PathLike) -> None:
+        """``weights`` (of the model file ``path``) into ``network``, built from ``config``; weights that
+        do not fit (size mismatch, missing or unexpected keys) raise one line naming the architecture."""
+        try:
+            network.load_state_dict(weights)
+        except RuntimeError as exc:
+            first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+            described = ", ".join(f"{key}={config[key]}" for key in self.architecture_keys)
+            raise AtlasregError(f"{path}: its weights do not fit the {self.name} network its config describes "
+                                f"({described}): {first}") from None
 
     def load_network(self, path: str | os.PathLike, device: str):
         """(network in eval mode on ``device``, config) from a model file; cached while the file is unchanged."""

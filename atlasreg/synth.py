@@ -78,6 +78,14 @@ def skull_strip(labels: Volume) -> Volume:
         raise AtlasregError("label map has no brain labels (1-99) left after skull stripping") from None
 
 
+def preset_means(labels: np.ndarray, contrast: str) -> np.ndarray:
+    """The ``contrast`` preset's mean intensity (0-150 scale, no jitter) of each label value in
+    ``labels`` (``t1`` or ``t2``; other brain labels are cortex-like, background and non-brain 0)."""
+    other = _T1_OTHER_BRAIN if contrast == "t1" else _T2_TISSUES[(3, 42)]
+    table = {label: mean for tissue_labels, (mean, _) in _PRESETS[contrast].items() for label in tissue_labels}
+    return np.array([table.get(int(v), other[0]) if 0 < v < NON_BRAIN else 0.0 for v in labels], np.float32)
+
+
 def _label_parameters(rng: np.random.Generator, contrast: str) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of every label 0..MAX_LABEL, indexed by label value (background stays 0).
 

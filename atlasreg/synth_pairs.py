@@ -4,15 +4,20 @@ al., 2022), in torch so that a CPU keeps up with training.
 Each pair takes two label maps already on one working grid (affinely pre-aligned), and for each
 side draws: a rigid-plus-scale affine jitter (built in voxel space of the isotropic grid, so it is
 a true rotation) composed with a smooth random diffeomorphism (a coarse random velocity field,
-integrated), labels read by nearest neighbour; then one random intensity per label (shared by the
-two sides: a random contrast, the same tissue-to-intensity map in both images, as the local-NCC
-loss needs), texture, a smooth multiplicative bias field, blur, a gamma curve, a lower acquisition
-resolution along a random axis, noise, and a brain mask (background 0, sometimes with clipped
-noise as in ``atlasreg.synth``). Images are z-scored by ``atlasreg.volume.zscore``, as
+integrated), labels read by nearest neighbour; then the side's OWN contrast (``_contrast``: every
+label's mean intensity uniform at random, any order of tissues, or a realistic table, T1-like,
+T2-like or inverted T1 (dark white matter, bright CSF), jittered per label), texture, a smooth
+multiplicative bias field, blur, a gamma curve, a lower acquisition resolution along a random
+axis, noise, and a brain mask (background 0, sometimes with clipped noise as in
+``atlasreg.synth``). The two images of a pair share no contrast: training compares their labels
+(``atlasreg.recipe.label_overlap``), not their intensities. On request the fixed label map is
+rendered once more under a third, independent contrast (``fixed_view``: the same anatomy voxel for
+voxel, for a cross-contrast term). Images are z-scored by ``atlasreg.volume.zscore``, as
 ``atlasreg.learned.align_pair`` does at inference.
 
 Everything is drawn from one ``torch.Generator`` seeded per pair: the same seed gives the same
-pair, byte for byte, whatever else runs (one process or many).
+pair, byte for byte, whatever else runs (one process or many); the view is drawn last, so asking
+for it leaves the pair itself unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import torch.nn.functional as F
 
 from .errors import AtlasregError
 from .flow import integrate
+from .recipe import TrainingPair
+from .synth import preset_means
 from .volume import image as image_volume, zscore
 
 __all__ = ["SynthSettings", "SynthPairs", "pair_seed"]
@@ -44,6 +51,8 @@ class SynthSettings:
     deform: float = 1.5  # std (voxels) of the coarse velocity field (the maps differ in anatomy already)
     deform_spacing: int = 8  # voxels between its control points
     texture: float = 0.05  # per-label std of the intensity, on a 0-1 scale
+    presets: float = 0.5  # probability that a side's contrast is a realistic table (T1, T2-like, inverted T1), not random
+    preset_jitter: float = 0.1  # per-label jitter of a table's means, on a 0-1 scale
     bias: float = 0.3  # std of the log bias field
     blur: float = 1.0  # std (voxels) of the Gaussian blur
     gamma: float = 0.25  # std of the log gamma exponent
@@ -64,7 +73,8 @@ def _normalise(image: torch.Tensor) -> torch.Tensor:
 
 
 class SynthPairs:
-    """Pairs (moving, fixed, moving_labels, fixed_labels) of shape ``crop`` from label maps on one grid."""
+    """``TrainingPair`` samples (moving, fixed, their labels, optionally ``fixed_view``) of shape ``crop``
+    from label maps on one grid."""
 
     def __init__(self, maps: Sequence[np.ndarray], crop: Sequence[int], settings: SynthSettings = SynthSettings()) -> None:
         if not maps:
@@ -76,32 +86,51 @@ class SynthPairs:
         self.crop = tuple(int(c) for c in crop)
         if any(c > n for c, n in zip(self.crop, self.shape)):
             raise AtlasregError(f"crop {self.crop} is larger than the grid {self.shape}")
-        self.labels = np.unique(np.concatenate([np.unique(m) for m in maps]))
+        self.labels = np.unique(np.concatenate([[0], *(np.unique(m) for m in maps)]))  # index 0 = background
         lookup = np.zeros(int(self.labels.max()) + 1, np.int64)
         lookup[self.labels] = np.arange(len(self.labels))
         # compact label indices (0 = background), as float for grid_sample (nearest keeps them whole)
         self.maps = [torch.from_numpy(lookup[m].astype(np.float32))[None, None] for m in maps]
         self.settings = settings
+        t1 = torch.from_numpy(preset_means(self.labels, "t1")) / 150.0
+        t2 = torch.from_numpy(preset_means(self.labels, "t2")) / 150.0
+        brain = torch.from_numpy(self.labels > 0)
+        # realistic tissue tables on a 0-1 scale: T1, T2-like, inverted T1 (dark white matter, bright CSF)
+        self.tables = torch.stack([t1, t2, torch.where(brain, 1.0 - t1, 0.0)])
 
     def __len__(self) -> int:
         return len(self.maps)
 
-    def pair(self, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Images (1, X, Y, Z) float32 z-scored, labels (1, X, Y, Z) int64 (original label values)."""
+    def pair(self, seed: int, view: bool = False) -> TrainingPair:
+        """Images (1, X, Y, Z) float32 z-scored, labels (1, X, Y, Z) int64 (original label values);
+        ``view``: also the fixed labels rendered under a third, independent contrast."""
         gen = torch.Generator().manual_seed(int(seed))
         first, second = (int(i) for i in torch.randint(len(self.maps), (2,), generator=gen))
         start = [min(max(0, (n - c) // 2 + int(torch.randint(-CROP_JITTER, CROP_JITTER + 1, (1,), generator=gen))), n - c)
                  for n, c in zip(self.shape, self.crop)]  # near the centre, where the brain is
-        means = torch.rand(len(self.labels), generator=gen)
-        stds = torch.rand(len(self.labels), generator=gen) * self.settings.texture
+        moving_labels = self._labels(self.maps[first], start, gen)
+        fixed_labels = self._labels(self.maps[second], start, gen)
+        moving = self._image(moving_labels, *self._contrast(gen), gen)
+        fixed = self._image(fixed_labels, *self._contrast(gen), gen)
+        fixed_view = self._image(fixed_labels, *self._contrast(gen), gen) if view else None
+        table = torch.from_numpy(self.labels.astype(np.int64))
+        return TrainingPair(moving, fixed, table[moving_labels], table[fixed_labels], fixed_view)
+
+    def _contrast(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image's (means, stds) per compact label, background 0: with probability 1 - ``presets``
+        every mean uniform in [0, 1] (any order of tissues), else a realistic table (T1, T2-like or
+        inverted T1, equally likely) jittered by up to ``preset_jitter`` per label. The same draws
+        are made on every branch."""
+        s = self.settings
+        uniform, jitter = torch.rand(2, len(self.labels), generator=gen)
+        stds = torch.rand(len(self.labels), generator=gen) * s.texture
+        choice, table = torch.rand(2, generator=gen)
+        if float(choice) < s.presets:
+            means = (self.tables[min(int(table * len(self.tables)), len(self.tables) - 1)] + s.preset_jitter * (2 * jitter - 1)).clamp(0, 1)
+        else:
+            means = uniform
         means[0] = stds[0] = 0.0
-        out = []
-        for index in (first, second):
-            labels = self._labels(self.maps[index], start, gen)
-            out.append((self._image(labels, means, stds, gen), labels))
-        (moving, moving_labels), (fixed, fixed_labels) = out
-        table = torch.from_numpy(self.labels)
-        return moving, fixed, table[moving_labels], table[fixed_labels]
+        return means, stds
 
     def _uniform(self, gen: torch.Generator, low: float, high: float, size=()) -> torch.Tensor:
         return low + (high - low) * torch.rand(size, generator=gen)

@@ -57,7 +57,8 @@ class TrainSettings:
     lr_floor: float = 0.01  # the cosine schedule ends at lr * lr_floor
     seed: int = 0
     device: str = "auto"
-    resume: Path | None = None
+    resume: Path | None = None  # continue this run: weights, optimiser, schedule and step
+    init: Path | None = None  # fine-tune: start from this model's weights and config, fresh optimiser and schedule
     save_every: int = 100
     val_every: int = 250
     val_images: Sequence[Path] = ()
@@ -158,7 +159,7 @@ class ImagePairs:
             self.volumes = [aligned(image, reference, spacing, shape, cache, identity=image == reference).moving for image in pending]
 
     def pair(self, seed: int):
-        """(moving, fixed), each (1, X, Y, Z) on the crop, augmented alike."""
+        """(moving, fixed), each (1, X, Y, Z) on the crop, augmented alike; no labels."""
         import torch
 
         rng = np.random.default_rng(seed)
@@ -170,7 +171,9 @@ class ImagePairs:
             moving, fixed = self.volumes[i], self.volumes[j]
         both = torch.from_numpy(np.stack([moving, fixed]))[:, None]
         both = augment(both, self.crop, rng)
-        return both[0], both[1]
+        from .recipe import TrainingPair
+
+        return TrainingPair(both[0], both[1])
 
 
 def augment(images, crop: Sequence[int], rng: np.random.Generator, max_degrees: float = 10.0):
@@ -206,9 +209,10 @@ def augment(images, crop: Sequence[int], rng: np.random.Generator, max_degrees: 
 class SynthSource:
     """Training pairs synthesized from label maps pre-aligned to the first one."""
 
-    def __init__(self, settings: TrainSettings, config: Mapping[str, Any], cache: Path) -> None:
+    def __init__(self, settings: TrainSettings, config: Mapping[str, Any], cache: Path, view: bool) -> None:
         from .synth_pairs import SynthPairs
 
+        self.view = view
         spacing, shape = float(config["spacing"]), tuple(config["shape"])
         maps = [Path(p) for p in settings.synth]
         pending = tqdm(maps, desc="affine pre-alignment of the label maps (cached)", unit="map", disable=not settings.progress)
@@ -230,8 +234,8 @@ class SynthSource:
         return array
 
     def pair(self, seed: int):
-        moving, fixed, _, _ = self.pairs.pair(seed)
-        return moving, fixed
+        """A ``TrainingPair`` sample: images, labels, and the fixed labels' second rendering if asked."""
+        return self.pairs.pair(seed, view=self.view)
 
 
 def _cosine(step: int, steps: int, floor: float) -> float:
@@ -263,6 +267,7 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
     import torch
     import torch.distributed as dist
 
+    from .recipe import TrainingPair
     from .synth_pairs import pair_seed
 
     backend = get_backend(backend_name)
@@ -281,10 +286,14 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
         torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick its fastest 3-D convolutions
     torch.manual_seed(settings.seed + rank)  # the networks' own draws (posterior samples, contrast locations)
 
-    resumed = load_model_file(settings.resume) if settings.resume else None
+    if settings.resume and settings.init:
+        raise AtlasregError("--resume continues a run, --init starts a new one from a model's weights: give one of them")
+    start_from = settings.resume or settings.init
+    resumed = load_model_file(start_from) if start_from else None
     if resumed and resumed["backend"] != backend_name:
-        raise AtlasregError(f"{settings.resume}: a {resumed['backend']} model, not {backend_name}")
+        raise AtlasregError(f"{start_from}: a {resumed['backend']} model, not {backend_name}")
     config = backend.config({**(resumed["config"] if resumed else {}), **settings.config})
+    _check_recipe(backend, config, bool(settings.synth))
     torch.manual_seed(settings.seed)  # the same initial weights on every rank
     network = backend.build_network(config).to(device)
     torch.manual_seed(settings.seed + rank)
@@ -292,7 +301,8 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine(s, settings.steps, settings.lr_floor))
     step = 0
     if resumed:
-        network.load_state_dict(resumed["weights"])
+        backend.load_weights(network, config, resumed["weights"], start_from)
+    if resumed and settings.resume:
         if "optimizer" in resumed:
             optimizer.load_state_dict(resumed["optimizer"])
             scheduler.load_state_dict(resumed["scheduler"])
@@ -305,7 +315,7 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
         raise AtlasregError(f"nothing to train: {settings.resume} already has {step} steps (of {settings.steps} asked); "
                             "raise --steps to continue")
     cache = settings.cache_dir or settings.output.with_name(settings.output.name + ".cache")
-    source = SynthSource(settings, config, cache) if settings.synth else ImagePairs(settings, config, cache)
+    source = SynthSource(settings, config, cache, backend.needs_view(config)) if settings.synth else ImagePairs(settings, config, cache)
     validation = _validation_pairs(settings, config, cache) if rank == 0 else []
     log_path = settings.log or settings.output.with_name(settings.output.name + ".log.jsonl")
     started = time.perf_counter()
@@ -315,10 +325,8 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
         while step < settings.steps:
             network.train()
             draws = [source.pair(pair_seed(settings.seed, step, k)) for k in range(rank, settings.batch_size, world)]
-            moving = torch.stack([d[0] for d in draws]).to(device)
-            fixed = torch.stack([d[1] for d in draws]).to(device)
             optimizer.zero_grad()
-            _, terms = backend.loss_terms(model, moving, fixed, config, sample=True)
+            _, terms = backend.loss_terms(model, TrainingPair.stack(draws, device), config, sample=True)
             loss = backend.total_loss(terms, config)
             loss.backward()
             optimizer.step()
@@ -355,12 +363,26 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
     return settings.output
 
 
+def _check_recipe(backend: LearnedBackend, config: Mapping[str, Any], synth: bool) -> None:
+    """Refuse a config whose data term the pairs cannot feed: --synth pairs train on label overlap
+    (``dice``; their images have independent contrasts), image pairs on the backend's image term."""
+    term = "dice" if synth else backend.image_term
+    if term not in config["losses"]:
+        source = "--synth pairs train on label overlap" if synth else "image pairs train on image similarity"
+        wanted = ",".join([term, *(n for n in config["losses"] if n not in ("dice", backend.image_term))])
+        raise AtlasregError(f"{source}: {term!r} is not among the losses ({', '.join(config['losses'])}); give --losses {wanted}")
+    if not synth and backend.needs_view(config):
+        raise AtlasregError("this contrastive term needs two renderings of one label map: train it with --synth, "
+                            "or choose another (-C contrast=dense, global or none)")
+
+
 def _settings_record(settings: TrainSettings, world: int) -> dict:
     """The run's settings as plain values (stored in the model file for provenance)."""
     return {
         "images": [str(p) for p in settings.images],
         "synth": [str(p) for p in settings.synth],
         "atlas": [str(p) for p in settings.atlas] if settings.atlas else None,
+        "init": str(settings.init) if settings.init else None,
         "steps": settings.steps,
         "batch_size": settings.batch_size,
         "lr": settings.lr,

@@ -8,6 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import torch.nn.functional as F  # noqa: E402
+
 from atlasreg.flow import jacobian_determinant, warp  # noqa: E402
 from atlasreg.engine.similarity import lncc as local_ncc  # noqa: E402
 from atlasreg_plugins.contrastive import losses  # noqa: E402
@@ -30,15 +32,19 @@ def _pair(batch=2, shape=SHAPE, seed=1):
 # --- network ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("contrast", ["dense", "global", "none"])
+@pytest.mark.parametrize("contrast", ["cross", "dense", "global", "none"])
 def test_output_shapes(contrast):
     net = _net(contrast=contrast)
     moving, fixed = _pair()
-    out = net(moving, fixed, contrast=True)
+    labels = torch.randint(0, 4, fixed.shape)
+    out = net(moving, fixed, contrast=True, view=fixed.flip(0), labels=labels)
     assert out["velocity"].shape == out["flow"].shape == (2, 3, *SHAPE)
     half = tuple(-(-n // 2) for n in SHAPE)
     assert out["mean"].shape == out["log_var"].shape == (2, 3, *half)
-    if contrast == "dense":
+    if contrast == "cross":
+        assert out["points_fixed"].shape == out["points_view"].shape == (2, 32, 6) and out["points_labels"].shape == (2, 32)
+        assert (out["points_labels"] > 0).all()  # anchors in the brain only
+    elif contrast == "dense":
         assert out["points_fixed"].shape == out["points_moving"].shape == (2, 32, 6)
     elif contrast == "global":
         assert out["proj_fixed"].shape == out["proj_moving"].shape == (2, 6)
@@ -271,3 +277,28 @@ def test_dense_info_nce_by_hand():
     both = losses.dense_info_nce(torch.cat([f, matched]), torch.cat([m, matched]), tau).item()
     alone = losses.dense_info_nce(matched, matched, tau).item()
     assert both == pytest.approx(0.5 * (0.5 * (from_fixed + from_moving) + alone), rel=1e-5)
+
+
+def test_cross_contrast_negatives_are_other_structures_only():
+    """With labels, a location of the anchor's own structure is neither positive nor negative: it
+    leaves the denominator; the flow plays no part (the gradient reaches the encoder and the head)."""
+    f = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.2]]])
+    v = torch.tensor([[[1.0, 0.1], [0.1, 1.0], [0.9, 0.3]]])
+    labels = torch.tensor([[1, 2, 1]])
+    logits = F.normalize(f, dim=2) @ F.normalize(v, dim=2).transpose(1, 2) / 0.1
+    same = torch.tensor([[False, False, True], [False, False, False], [True, False, False]])
+    masked = logits[0].masked_fill(same, float("-inf"))
+    rows = torch.logsumexp(masked, 1) - masked.diagonal()
+    cols = torch.logsumexp(masked, 0) - masked.diagonal()
+    expected = 0.5 * (rows.mean() + cols.mean())
+    assert losses.dense_info_nce(f, v, 0.1, labels).item() == pytest.approx(expected.item(), rel=1e-3)
+    assert losses.dense_info_nce(f, v, 0.1, labels) < losses.dense_info_nce(f, v, 0.1)  # fewer (false) negatives
+    net = _net(contrast="cross").train()
+    moving, fixed = _pair(batch=1)
+    out = net(moving, fixed, contrast=True, view=-fixed, labels=torch.randint(0, 3, fixed.shape))
+    losses.dense_info_nce(out["points_fixed"], out["points_view"], 0.1, out["points_labels"]).backward()
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in grads if n.startswith(("encoder", "projection")))
+    assert all(grads[n] is None for n in grads if n.startswith(("mean_head", "down", "up")))
+    with pytest.raises(ValueError, match="needs a view"):
+        net(moving, fixed, contrast=True)

@@ -13,11 +13,13 @@ torch = pytest.importorskip("torch")
 import atlasreg  # noqa: E402
 from atlasreg import AtlasregError  # noqa: E402
 from atlasreg.learned import align_pair, load_model_file, save_model  # noqa: E402
+from atlasreg.recipe import TrainingPair, label_overlap  # noqa: E402
 from atlasreg.registry import get_backend  # noqa: E402
 from atlasreg.train import TrainSettings, train  # noqa: E402
 from atlasreg.transform import Transform  # noqa: E402
 from atlasreg.volume import foreground  # noqa: E402
-from conftest import run_cli  # noqa: E402
+from atlasreg.volume import label_map  # noqa: E402
+from conftest import blob_labels, run_cli  # noqa: E402
 
 TINY = {"shape": [32, 32, 32], "crop": [32, 32, 32]}
 TINY_NETS = {
@@ -73,7 +75,7 @@ def test_switching_a_loss_off_removes_it_from_the_gradient():
 
     def grads(losses):
         network.zero_grad()
-        _, terms = backend.loss_terms(network, moving, fixed, config, sample=False)
+        _, terms = backend.loss_terms(network, TrainingPair(moving, fixed), config, sample=False)
         backend.total_loss(terms, {**config, "losses": losses}).backward()
         return {n: (p.grad.abs().sum().item() if p.grad is not None else 0.0) for n, p in network.named_parameters()}
 
@@ -258,3 +260,68 @@ def test_augmentation_rotation_is_rigid_on_a_non_cubic_grid():
         spread = np.linalg.eigvalsh(np.cov(points.T))
         assert spread.max() / spread.min() < 1.1
         assert abs(len(points) - ball.sum().item()) / ball.sum().item() < 0.05
+
+
+def test_label_overlap_scores_the_warped_moving_labels():
+    """0 for a flow that carries the moving labels exactly onto the fixed ones, the background left
+    out, and a gradient that reaches the flow."""
+    labels = torch.nn.functional.pad(torch.from_numpy(blob_labels((12, 18, 14))).long(), (0, 0, 0, 0, 2, 2))[None, None]
+    shifted = torch.roll(labels, 2, dims=2)  # fixed(p) = moving(p - 2 e_x); two background slices each side
+    flow = torch.zeros(1, 3, 16, 18, 14, requires_grad=True)
+    before = label_overlap(labels, shifted, flow)
+    assert 0.1 < before.item() < 1.0
+    before.backward()
+    assert flow.grad.abs().sum() > 0
+    back = torch.zeros(1, 3, 16, 18, 14)
+    back[:, 0] = -2.0  # warped(p) = moving(p - 2 e_x)
+    assert label_overlap(labels, shifted, back).item() == pytest.approx(0.0, abs=1e-6)
+    background = torch.zeros_like(labels)
+    assert label_overlap(background, background, back).item() == 0.0  # no structure: nothing to score
+
+
+@pytest.fixture
+def label_maps(tmp_path, affine):
+    paths = []
+    for i, shift in enumerate([(0, 0, 0), (2, -1, 1)]):
+        paths.append(atlasreg.save(label_map(blob_labels((36, 36, 36), shift=shift), affine), tmp_path / f"map{i}.nii.gz"))
+    return paths
+
+
+def test_synth_training_trains_on_label_overlap_and_the_cross_contrast_term(tmp_path, label_maps):
+    config = {**TINY_NETS["contrastive"], "contrast": "cross"}
+    settings = TrainSettings(synth=label_maps, output=tmp_path / "c.pt", steps=2, batch_size=2, progress=False, config=config,
+                             cache_dir=tmp_path / "cache")
+    train("contrastive", settings)
+    records = [json.loads(line) for line in (tmp_path / "c.pt.log.jsonl").read_text().splitlines()]
+    assert all({"dice", "smooth", "contrast"} <= set(r) and "recon" not in r for r in records)
+    assert all(np.isfinite(r["contrast"]) and 0 < r["dice"] < 1 for r in records)
+    # --init: a new run from the weights (the config and its overrides carried), at step 0 with a fresh schedule
+    tuned = TrainSettings(synth=label_maps, output=tmp_path / "t.pt", steps=1, batch_size=1, progress=False, init=tmp_path / "c.pt",
+                          config={"weights": {"contrast": 0.2}}, cache_dir=tmp_path / "cache")
+    train("contrastive", tuned)
+    state = load_model_file(tmp_path / "t.pt")
+    assert state["step"] == 1 and state["training"]["init"] == str(tmp_path / "c.pt")
+    assert state["config"]["contrast"] == "cross" and state["config"]["weights"] == {"recon": 1.0, "dice": 1.0, "smooth": 0.01, "contrast": 0.2}
+
+
+def test_training_refuses_a_data_term_its_pairs_cannot_feed(tmp_path, files, label_maps):
+    old_recipe = {**TINY_NETS["voxelmorph"], "losses": ["sim", "smooth"]}  # a model file from before label overlap
+    with pytest.raises(AtlasregError, match="give --losses dice,smooth"):
+        train("voxelmorph", TrainSettings(synth=label_maps, output=tmp_path / "v.pt", steps=1, progress=False, config=old_recipe))
+    with pytest.raises(AtlasregError, match="needs two renderings"):
+        train("contrastive", TrainSettings(images=[files["subject"], files["atlas"]], output=tmp_path / "c.pt", steps=1,
+                                           progress=False, config={**TINY_NETS["contrastive"], "contrast": "cross"}))
+    with pytest.raises(AtlasregError, match="one of them"):
+        train("voxelmorph", TrainSettings(synth=label_maps, output=tmp_path / "v.pt", steps=1, progress=False,
+                                          resume=tmp_path / "a.pt", init=tmp_path / "b.pt"))
+
+
+@pytest.mark.parametrize("name", ["contrastive", "voxelmorph"])
+def test_a_model_file_that_does_not_fit_its_config_names_the_architecture(tmp_path, name):
+    backend = get_backend(name)
+    config = backend.config(TINY_NETS[name])
+    path = save_model(tmp_path / "m.pt", name, {**config, "head_channels": 6} if name == "contrastive" else
+                      {**config, "dec_channels": [8, 8, 8, 8, 8, 4, 6]}, backend.build_network(config))
+    with pytest.raises(AtlasregError, match="do not fit") as caught:
+        backend.load_network(path, "cpu")
+    assert all(f"{key}=" in str(caught.value) for key in backend.architecture_keys)

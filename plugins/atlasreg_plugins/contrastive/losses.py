@@ -134,7 +134,8 @@ def info_nce(proj_moving: torch.Tensor, proj_fixed: torch.Tensor, tau: float = 0
     return losses.mean() if symmetric else losses[:batch].mean()
 
 
-def dense_info_nce(points_fixed: torch.Tensor, points_moving: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+def dense_info_nce(points_fixed: torch.Tensor, points_moving: torch.Tensor, tau: float = 0.1,
+                   labels: torch.Tensor | None = None) -> torch.Tensor:
     """Correspondence InfoNCE over sampled locations, per sample, mean over anchors and batch.
 
     ``points_fixed[b, i]`` is the projection of the fixed image's features at location p_i and
@@ -146,13 +147,20 @@ def dense_info_nce(points_fixed: torch.Tensor, points_moving: torch.Tensor, tau:
         l_i = -log exp(sim(f_i, m_i)/tau) / sum_j exp(sim(f_i, m_j)/tau)
 
     with cosine similarity, averaged with the symmetric term (anchors m_i against all f_j).
-    Shapes ``(B, N, D)``.
+    Shapes ``(B, N, D)``. With ``labels`` (B, N), the structure at each location, only locations of
+    another structure are negatives (j with labels_j == labels_i, j != i, leave the denominator):
+    the cross-contrast term, where the second set of points is the same anatomy under another
+    contrast.
     """
     if points_fixed.shape != points_moving.shape or points_fixed.dim() != 3:
         raise ValueError(f"dense_info_nce: expected two (B, N, D) tensors, got {tuple(points_fixed.shape)} and {tuple(points_moving.shape)}")
     f = F.normalize(points_fixed, dim=2)
     m = F.normalize(points_moving, dim=2)
     logits = f @ m.transpose(1, 2) / tau  # (B, N, N): row i = anchor f_i against every m_j
+    if labels is not None:
+        same = labels[:, :, None] == labels[:, None, :]
+        same &= ~torch.eye(same.shape[1], dtype=torch.bool, device=same.device)
+        logits = logits.masked_fill(same, float("-inf"))
     target = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
     rows = F.cross_entropy(logits.transpose(1, 2), target)  # anchors f_i (class dim = m_j)
     cols = F.cross_entropy(logits, target)  # anchors m_j (class dim = f_i)

@@ -16,7 +16,11 @@ Segmentation, section 3), rebuilt so that its base is at least as strong as Voxe
 * z (in 1/2-grid voxels) becomes the full-resolution velocity ``upsample2(z) * 2``; its
   exponential (scaling and squaring) is the diffeomorphic displacement.
 
-Contrast heads (``contrast``): ``"global"`` is the paper's (global average pooling of each image's
+Contrast heads (``contrast``): ``"cross"`` projects (a small 1x1 MLP) the encoder's features of the
+fixed image and of ``view`` (the same label map rendered under another contrast: exact voxel
+correspondence) at ``points`` locations drawn in the brain (``labels`` > 0), for a per-location
+InfoNCE whose negatives are the other locations of other structures: the encoder learns features
+that name anatomy whatever the contrast, and the flow plays no part. ``"global"`` is the paper's (global average pooling of each image's
 encoder features -> a linear projection, InfoNCE across the batch); ``"dense"`` projects the fixed
 image's features at ``points`` sampled brain locations and the moving image's features warped by
 the current flow at the same locations (a small 1x1 MLP), for a per-location InfoNCE: the
@@ -25,7 +29,8 @@ gradient reaches the encoder and the flow. ``"none"`` builds no head.
 ``forward(moving, fixed, sample=False, contrast=False)`` returns ``velocity`` (B, 3, X, Y, Z, full
 voxels: what instance optimisation can optimise directly), ``flow`` (its exponential, the
 displacement), ``mean`` / ``log_var`` (1/2 grid), and with ``contrast=True`` the head's
-projections. Everything the loss needs is computed inside ``forward`` (one call under DDP).
+projections (``"cross"`` also needs ``view`` and ``labels``, (B, 1, X, Y, Z) like ``fixed``).
+Everything the loss needs is computed inside ``forward`` (one call under DDP).
 """
 
 from __future__ import annotations
@@ -38,11 +43,11 @@ import torch.nn.functional as F
 
 from atlasreg.flow import integrate, upsample2, warp
 
-__all__ = ["ContrastiveRegNet", "CONTRASTS"]
+__all__ = ["ContrastiveRegNet", "CONTRASTS", "sample_anchors", "sample_points"]
 
 LEAKY_SLOPE = 0.2
 LOG_VAR_BIAS = -10.0
-CONTRASTS = ("dense", "global", "none")
+CONTRASTS = ("cross", "dense", "global", "none")
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -90,7 +95,7 @@ class ContrastiveRegNet(nn.Module):
         self.log_var_head = nn.Conv3d(head_channels, 3, 3, padding=1)
         if contrast == "global":
             self.projection = nn.Linear(stem_channels, proj_dim)
-        elif contrast == "dense":
+        elif contrast in ("cross", "dense"):
             self.projection = nn.Sequential(nn.Linear(stem_channels, 2 * stem_channels), nn.ReLU(inplace=True),
                                             nn.Linear(2 * stem_channels, proj_dim))
         self.init_weights()
@@ -108,12 +113,16 @@ class ContrastiveRegNet(nn.Module):
         nn.init.normal_(self.log_var_head.weight, 0.0, 1e-10)
         nn.init.constant_(self.log_var_head.bias, LOG_VAR_BIAS)
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, sample: bool = False, contrast: bool = False) -> dict[str, torch.Tensor]:
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, sample: bool = False, contrast: bool = False,
+                view: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if moving.shape != fixed.shape:
             raise ValueError(f"ContrastiveRegNet: moving {tuple(moving.shape)} and fixed {tuple(fixed.shape)} differ")
+        cross = contrast and self.contrast == "cross"
+        if cross and (view is None or labels is None or view.shape != fixed.shape or labels.shape != fixed.shape):
+            raise ValueError("ContrastiveRegNet: contrast 'cross' needs a view and labels shaped like the fixed image")
         batch, shape = moving.shape[0], moving.shape[2:]
-        features = self.encoder(torch.cat([moving, fixed], dim=0))
-        feat_moving, feat_fixed = features[:batch], features[batch:]
+        features = self.encoder(torch.cat([moving, fixed, view] if cross else [moving, fixed], dim=0))
+        feat_moving, feat_fixed = features[:batch], features[batch : 2 * batch]
         x = torch.cat([feat_moving, feat_fixed, feat_moving * feat_fixed], dim=1)
         skips = [x]
         for conv in self.down:
@@ -127,7 +136,13 @@ class ContrastiveRegNet(nn.Module):
         velocity = upsample2(z, shape) * 2.0
         flow = self.flow(velocity)
         out = {"velocity": velocity, "flow": flow, "mean": mean, "log_var": log_var}
-        if contrast and self.contrast == "global":
+        if cross:  # fine voxel 2 i is coarse voxel i; anchors in the brain only
+            coarse_labels = labels[:, 0, ::2, ::2, ::2]
+            index = sample_anchors(coarse_labels > 0, self.points)
+            out["points_fixed"] = self.projection(_gather(feat_fixed, index))
+            out["points_view"] = self.projection(_gather(features[2 * batch :], index))
+            out["points_labels"] = torch.gather(coarse_labels.flatten(1), 1, index)
+        elif contrast and self.contrast == "global":
             out["proj_moving"] = self.projection(feat_moving.mean(dim=(2, 3, 4)))
             out["proj_fixed"] = self.projection(feat_fixed.mean(dim=(2, 3, 4)))
         elif contrast and self.contrast == "dense":
@@ -150,14 +165,19 @@ def _gather(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(flat, 2, index[:, None, :].expand(-1, flat.shape[1], -1)).transpose(1, 2)
 
 
+def sample_anchors(mask: torch.Tensor, points: int) -> torch.Tensor:
+    """Flat voxel indices (B, points) drawn uniformly (with replacement) in ``mask`` (B, X, Y, Z; the
+    whole grid where a mask is empty)."""
+    weights = mask.flatten(1).float()
+    weights[weights.sum(1) == 0] = 1.0
+    return torch.multinomial(weights, points, replacement=True)
+
+
 def sample_points(mask: torch.Tensor, points: int) -> torch.Tensor:
     """Flat voxel indices (B, points) for the dense contrast: half drawn uniformly in ``mask`` (B, X,
     Y, Z; the whole grid where a mask is empty), half one to two voxels from those (near negatives)."""
     batch, shape = mask.shape[0], mask.shape[1:]
-    anchors = points - points // 2
-    weights = mask.flatten(1).float()
-    weights[weights.sum(1) == 0] = 1.0
-    first = torch.multinomial(weights, anchors, replacement=True)
+    first = sample_anchors(mask, points - points // 2)
     coords = torch.stack(torch.unravel_index(first, shape), dim=-1)  # (B, anchors, 3)
     offsets = torch.randint(-2, 3, (batch, points // 2, 3), device=mask.device)
     offsets[(offsets == 0).all(-1), 0] = 1  # never the anchor itself

@@ -1,6 +1,7 @@
 """The ``voxelmorph`` backend: a VoxelMorph-style U-Net on the concatenated pair predicting a
-stationary velocity field (diffeomorphic by scaling and squaring), trained with image similarity
-(local NCC or MSE) + λ·gradient smoothness. The learned baseline the contrastive model is measured against."""
+stationary velocity field (diffeomorphic by scaling and squaring), trained with a data term + λ·gradient
+smoothness: image similarity (local NCC or MSE) on image pairs, label overlap (``dice``) on pairs
+synthesized from label maps. The learned baseline the contrastive model is measured against."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from atlasreg.learned import LearnedBackend
 class VoxelMorphBackend(LearnedBackend):
     name = "voxelmorph"
     description = "VoxelMorph-style U-Net baseline: learned, diffeomorphic; ships a pretrained model"
-    loss_names = ("sim", "smooth")
+    loss_names = ("sim", "dice", "smooth")
     architecture_keys = ("enc_channels", "dec_channels")
     default_config = {
         "spacing": 2.0,
@@ -22,8 +23,8 @@ class VoxelMorphBackend(LearnedBackend):
         "dec_channels": [32, 32, 32, 32, 32, 16, 16],
         "int_steps": 7,
         "int_downsize": 2,  # scaling and squaring on the half-resolution grid (the decoder's output grid)
-        "losses": ["sim", "smooth"],
-        "weights": {"sim": 1.0, "smooth": 1.0},
+        "losses": ["sim", "dice", "smooth"],  # sim on image pairs, dice (label overlap) on --synth pairs
+        "weights": {"sim": 1.0, "dice": 1.0, "smooth": 1.0},
         "similarity": "ncc",  # "ncc" (local, window 9) or "mse"
         "ncc_window": 9,
     }
@@ -36,15 +37,15 @@ class VoxelMorphBackend(LearnedBackend):
             int_downsize=int(config["int_downsize"]),
         )
 
-    def loss_terms(self, network, moving, fixed, config: Mapping[str, Any], sample: bool):
-        from atlasreg.flow import warp
-
+    def network_terms(self, network, pair, config: Mapping[str, Any], sample: bool):
         from . import losses
 
-        flow = network(moving, fixed)["flow"]
-        warped = warp(moving, flow)
+        flow = network(pair.moving, pair.fixed)["flow"]
+        return flow, {"smooth": losses.grad_smoothness(flow)}
+
+    def image_similarity(self, fixed, warped, config: Mapping[str, Any]):
+        from . import losses
+
         if config["similarity"] == "mse":
-            sim = losses.mse(fixed, warped)
-        else:
-            sim = losses.local_ncc(fixed, warped, int(config["ncc_window"]))
-        return flow, {"sim": sim, "smooth": losses.grad_smoothness(flow)}
+            return losses.mse(fixed, warped)
+        return losses.local_ncc(fixed, warped, int(config["ncc_window"]))
