@@ -12,6 +12,8 @@ knows what "done" means).
   atlases, say) is sent to each worker once.
 - ``client``: a ``dask.distributed.Client`` (a remote scheduler or a ``LocalCluster``); ``shared`` is
   scattered to every worker once, each task limits its threads to the worker's share of its cores.
+  ``DaskLocal(N)`` instead: a ``LocalCluster`` made for the run, of at most N workers (never more
+  than the tasks), with its scratch space in the caller's work folder, removed at the end.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ import logging
 import multiprocessing
 import os
 import sys
+import tempfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from tqdm import tqdm
@@ -44,6 +49,14 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True)
+class DaskLocal:
+    """A Dask ``LocalCluster`` that :func:`run_tasks` starts for its tasks: ``workers`` single-threaded
+    worker processes at most (fewer when there are fewer tasks)."""
+
+    workers: int
 
 
 def cores() -> int:
@@ -128,26 +141,30 @@ def run_tasks(
     client: Any = None,
     desc: str = "tasks",
     progress: bool = True,
+    work_dir: str | os.PathLike | None = None,
 ) -> Iterator[Outcome]:
     """Run ``work(task, *shared)`` for every task; yield each Outcome as it finishes.
 
     ``work`` must be a module-level function (it is sent to other processes by reference).
+    ``work_dir``: the run's output folder, where a ``DaskLocal`` cluster keeps its scratch space
+    (never the system's temporary folder).
     """
     if client is None:
         threads = threads_per_job(jobs, threads)
     elif threads is not None and threads < 1:
         raise AtlasregError(f"--threads {threads}: must be at least 1")
-    bar = tqdm(total=len(tasks), desc=desc, unit="task", disable=not progress or not tasks)
-    try:
-        for outcome in _outcomes(work, list(tasks), tuple(shared), jobs, threads, client):
+    with tqdm(total=len(tasks), desc=desc, unit="task", disable=not progress or not tasks) as bar:
+        for outcome in _outcomes(work, list(tasks), tuple(shared), jobs, threads, client, work_dir):
             bar.update(1)
             yield outcome
-    finally:
-        bar.close()
 
 
-def _outcomes(work, tasks: list, shared: tuple, jobs: int, threads: int | None, client) -> Iterator[Outcome]:
+def _outcomes(work, tasks: list, shared: tuple, jobs: int, threads: int | None, client, work_dir) -> Iterator[Outcome]:
     if not tasks:
+        return
+    if isinstance(client, DaskLocal):
+        with _local_cluster(min(client.workers, len(tasks)), work_dir) as local:
+            yield from _outcomes(work, tasks, shared, jobs, threads, local, work_dir)
         return
     if client is not None:
         from distributed import as_completed
@@ -173,26 +190,38 @@ def _outcomes(work, tasks: list, shared: tuple, jobs: int, threads: int | None, 
                 yield future.result()
 
 
-def dask_client(scheduler: str | None, workers: int):
-    """A ``dask.distributed.Client``: connected to ``scheduler`` (an address such as
-    tcp://host:8786), or to a new ``LocalCluster`` of ``workers`` single-threaded worker processes.
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise AtlasregError("Dask is not installed: pip install 'dask[distributed]'") from None
+    return distributed
+
+
+def dask_client(scheduler: str):
+    """A ``dask.distributed.Client`` connected to ``scheduler`` (an address such as tcp://host:8786).
 
     Workers of an existing cluster must not be daemonic for the ANTs backend (it runs in a child
     process): start them with DASK_DISTRIBUTED__WORKER__DAEMON=False.
     """
+    Client = _distributed().Client
     try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise AtlasregError("Dask is not installed: pip install 'dask[distributed]'") from None
-    if scheduler:
-        try:
-            return Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise AtlasregError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+        return Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise AtlasregError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+
+
+@contextmanager
+def _local_cluster(workers: int, work_dir: str | os.PathLike | None) -> Iterator[Any]:
+    """A client of a new ``LocalCluster`` of ``workers`` single-threaded worker processes whose
+    scratch space is a hidden folder of ``work_dir`` (default: the current folder), removed after."""
+    distributed = _distributed()
     import dask
 
-    # Non-daemonic workers: a backend may start a child process (ANTs runs in one, so Ctrl-C stops it).
-    with dask.config.set({"distributed.worker.daemon": False}):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)  # not its start-up and shutdown chatter
-    return Client(cluster)
+    with tempfile.TemporaryDirectory(prefix=".atlasreg-dask-", dir=Path(work_dir or "."), ignore_cleanup_errors=True) as scratch:
+        # Non-daemonic workers: a backend may start a child process (ANTs runs in one, so Ctrl-C stops it).
+        with dask.config.set({"distributed.worker.daemon": False, "temporary-directory": scratch}):
+            with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                          local_directory=scratch, silence_logs=logging.ERROR) as cluster:  # no start-up chatter
+                with distributed.Client(cluster) as client:
+                    yield client

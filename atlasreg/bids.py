@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import AtlasregError
-from .io import atomic_path
+from .io import check_output
 from .lut import label_table, write_dseg_tsv
-from .models import resolve, sha256
-from .pipeline import Atlas, SegmentSettings, SubjectJob, method_label, segment_subjects, study_atlases
+from .pipeline import (Atlas, SegmentSettings, SubjectJob, check_study_outputs, claim_settings, made_by, method_label, read_json,
+                       segment_subjects, settings_digest, study_atlases)
 from .registry import get_backend
 
 BIDS_VERSION = "1.9.0"
@@ -85,38 +86,25 @@ def derivative_jobs(images: Sequence[Path], out_dir: Path, desc: str) -> list[Su
 def generated_by(settings: SegmentSettings, atlases: Sequence[Atlas] | None, builtin_atlas: str | None) -> dict[str, Any]:
     """The ``GeneratedBy`` entry: what made these derivatives, enough to make them again."""
     from . import __version__
-    from .atlases import DEFAULT_ATLAS
 
-    entry: dict[str, Any] = {
-        "Name": "atlasreg",
-        "Version": __version__,
-        "Description": "registration-based segmentation: atlases registered to each T1w image, labels carried across and fused",
-        "Backend": settings.backend,
-        "BackendOptions": dict(settings.backend_options),
-        "Fusion": settings.fusion,
-        "FusionOptions": dict(settings.fusion_options),
-        "LabelInterpolation": settings.label_interp,
-        "Atlases": [[str(Path(i).resolve()), str(Path(l).resolve())] for i, l in atlases] if atlases else (builtin_atlas or DEFAULT_ATLAS),
-    }
-    if get_backend(settings.backend).kind == "learned":  # the model actually run: a file, a name or the shipped default
-        entry["ModelSHA256"] = sha256(resolve(settings.backend, settings.backend_options.get("model", "")))
-    return json.loads(json.dumps(entry))  # tuples become lists, as they read back
+    return {"Name": "atlasreg", "Version": __version__,
+            "Description": "registration-based segmentation: atlases registered to each T1w image, labels carried across and fused",
+            **made_by(settings, atlases, builtin_atlas)}
 
 
-def claim_output(out_dir: Path, description: dict[str, Any]) -> None:
-    """Write ``dataset_description.json``, or check that an existing one was made with the same settings."""
+def claim_output(out_dir: Path, description: dict[str, Any], redo: bool = False) -> None:
+    """Write ``dataset_description.json``, or check that an existing one was made with the same
+    settings (``redo``: rewrite it for these settings instead of refusing)."""
     path = out_dir / "dataset_description.json"
-    if path.is_file():
-        try:
-            existing = json.loads(path.read_text()).get("GeneratedBy", [{}])[0]
-        except (json.JSONDecodeError, AttributeError, IndexError):
-            raise AtlasregError(f"{path}: not a readable dataset description; use another output folder") from None
-        if existing != description["GeneratedBy"][0]:
-            raise AtlasregError(f"{out_dir} holds outputs made with other settings ({existing.get('Name')} "
-                                f"{existing.get('Version')}, backend {existing.get('Backend')}); use another output folder")
-        return
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(description, indent=2) + "\n")
+    existing = read_json(path)
+    if existing is not None:
+        generated = existing.get("GeneratedBy") if isinstance(existing, dict) else None
+        if not (isinstance(generated, list) and generated and isinstance(generated[0], dict)):
+            raise AtlasregError(f"{path}: not a dataset description atlasreg wrote (no GeneratedBy list of objects); "
+                                "use another output folder")
+        existing = generated[0]
+    claim_settings(path, existing, description["GeneratedBy"][0], redo,
+                   write=lambda tmp: tmp.write_text(json.dumps(description, indent=2) + "\n"))
 
 
 def run_participant(
@@ -136,15 +124,20 @@ def run_participant(
     threads: int | None = None,
     client: Any = None,
     progress: bool = False,
+    redo: bool = False,
 ) -> list[dict[str, Any]]:
-    """Segment the chosen participants' T1w images into BIDS derivatives; one record per image."""
+    """Segment the chosen participants' T1w images into BIDS derivatives; one record per image.
+
+    An OUTPUT_DIR made with other settings is refused, unless ``redo`` (every image made again)."""
     from .qc import write_index
 
-    bids_root, out = Path(bids_dir), Path(out_dir)
+    bids_root, out = Path(bids_dir), check_output(out_dir, suffixes=None, parents=True)
     if out.resolve() == bids_root.resolve():
         raise AtlasregError("OUTPUT_DIR must differ from BIDS_DIR (derivatives go beside the raw data, e.g. BIDS_DIR/derivatives/atlasreg)")
     images = find_t1w(bids_root, participants, sessions)
     desc = desc_for(builtin_atlas, atlases)
+    study_jobs = derivative_jobs(images, out, desc)
+    check_study_outputs(study_jobs, atlases, [out / "dataset_description.json", out / f"desc-{desc}_dseg.tsv", out / "index.html"])
     pairs, names = study_atlases(atlases, builtin_atlas)
     settings = SegmentSettings(backend, fusion, get_backend(backend).resolve_options(backend_options or {}),
                                dict(fusion_options or {}), label_interp, label_names or names)
@@ -152,11 +145,12 @@ def run_participant(
                    "GeneratedBy": [generated_by(settings, atlases, builtin_atlas)],
                    "SourceDatasets": [{"URL": bids_root.resolve().as_uri()}]}
     out.mkdir(parents=True, exist_ok=True)
-    claim_output(out, description)
+    claim_output(out, description, redo)
+    settings = replace(settings, digest=settings_digest(description["GeneratedBy"][0]))
     atlas_labels = sorted({int(v) for _, labels in pairs for v in labels.labels()})
     write_dseg_tsv(label_table(atlas_labels, settings.label_names), out / f"desc-{desc}_dseg.tsv")
-    records = segment_subjects(derivative_jobs(images, out, desc), pairs, settings, jobs=jobs, threads=threads,
-                               client=client, progress=progress)
+    records = segment_subjects(study_jobs, pairs, settings, jobs=jobs, threads=threads,
+                               client=client, progress=progress, work_dir=out)
     write_index(out / "index.html", records,
                 title=f"atlasreg: {bids_root.name}, {len(records)} T1w images, {method_label(backend, settings.backend_options)}")
     return records

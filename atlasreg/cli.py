@@ -147,6 +147,8 @@ def _study_options(command):
         click.option("--scheduler", metavar="ADDRESS", help="Run the targets on an existing Dask cluster, e.g. tcp://host:8786 (its workers read the inputs and write the outputs: they need the same file system; for ANTs start them with DASK_DISTRIBUTED__WORKER__DAEMON=False)."),
         click.option("--lut", type=click.Path(), help="Label names and colours: a FreeSurfer LUT or a BIDS dseg.tsv  [default: the "
                      "built-in atlas's names, else FreeSurfer's aseg names]"),
+        click.option("--redo", is_flag=True, help="The output folder holds outputs of other settings: make every output again with "
+                     "these (without it such a run is refused)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -312,7 +314,7 @@ def compare(specs: tuple[str, ...], atlas: tuple | None, targets: str | None, tr
           --model contrastive=contrastive.pt -a atlas_t1.nii.gz atlas_seg.nii.gz \\
           --targets 'data/*_t1.nii.gz' --truth 'data/*_seg.nii.gz' -o report
     """
-    from .compare import Target, parse_methods, run_compare
+    from .compare import Target, failures, parse_methods, run_compare
     from .datasets import from_globs, open_dataset
     from .report import write_report
 
@@ -345,10 +347,15 @@ def compare(specs: tuple[str, ...], atlas: tuple | None, targets: str | None, tr
     methods = parse_methods(specs, parse_assignments(models, "--model"))
     out = check_output(output, suffixes=None)
     protocol = protocol or "aseg"
-    run_compare(methods, atlas_paths, chosen_targets, protocol, out, retry_failed=not skip_failed, jobs=jobs)
+    results = run_compare(methods, atlas_paths, chosen_targets, protocol, out, retry_failed=not skip_failed, jobs=jobs)
     for path in write_report(out, methods, atlas_paths, chosen_targets, protocol):
         click.echo(f"wrote {path}", err=True)
     click.echo((out / "summary.md").read_text())
+    failed = failures(results, methods, chosen_targets)
+    for line in failed:
+        click.echo(f"  {line}", err=True)
+    if failed:
+        raise AtlasregError(f"{len(failed)} of {len(methods) * len(chosen_targets)} pairs failed (see above)")
 
 
 def _glob_paths(patterns: tuple[str, ...], what: str) -> list[Path]:
@@ -495,21 +502,22 @@ def _expand_targets(targets: tuple[str, ...]) -> list[Path]:
     return paths
 
 
-def _check_study_options_unused(jobs: int, threads: int | None, use_dask: bool, scheduler: str | None, lut: str | None) -> None:
-    if jobs != 1 or threads or use_dask or scheduler or lut:
-        raise AtlasregError("--jobs, --threads, --dask, --scheduler and --lut are for several targets: give -o an output folder")
+def _check_study_options_unused(jobs: int, threads: int | None, use_dask: bool, scheduler: str | None, lut: str | None,
+                                redo: bool) -> None:
+    if jobs != 1 or threads or use_dask or scheduler or lut or redo:
+        raise AtlasregError("--jobs, --threads, --dask, --scheduler, --lut and --redo are for several targets: give -o an output folder")
 
 
-def _study_run(jobs: int, threads: int | None, use_dask: bool, scheduler: str | None, lut: str | None) -> dict[str, Any]:
+def _study_run(jobs: int, threads: int | None, use_dask: bool, scheduler: str | None, lut: str | None, redo: bool) -> dict[str, Any]:
     """Keyword arguments of segment_many / run_participant from the study options (a Dask client if asked)."""
-    from .batch import dask_client, threads_per_job
+    from .batch import DaskLocal, dask_client, threads_per_job
     from .lut import read_lut
 
     threads_per_job(jobs, threads)  # refuse bad numbers before anything starts
     if use_dask and scheduler:
         raise AtlasregError("give --dask (a local cluster) or --scheduler ADDRESS, not both")
-    client = dask_client(scheduler, jobs) if use_dask or scheduler else None
-    return {"jobs": jobs, "threads": threads, "client": client, "label_names": read_lut(lut) if lut else None}
+    client = dask_client(scheduler) if scheduler else DaskLocal(jobs) if use_dask else None
+    return {"jobs": jobs, "threads": threads, "client": client, "label_names": read_lut(lut) if lut else None, "redo": redo}
 
 
 def _report_study(records: list[dict[str, Any]], index: Path) -> None:
@@ -523,11 +531,10 @@ def _report_study(records: list[dict[str, Any]], index: Path) -> None:
 
 
 def _close(client: Any) -> None:
-    if client is not None:
-        cluster = getattr(client, "cluster", None)
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    """Disconnect from a --scheduler cluster (a --dask one is closed by the run that started it)."""
+    close = getattr(client, "close", None)
+    if close is not None:
+        close()
 
 
 def _segment_study(targets: tuple[str, ...], atlases: tuple, backend: str, fusion: str, output: str, backend_options: dict,

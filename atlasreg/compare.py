@@ -28,9 +28,9 @@ import numpy as np
 from .batch import one_line, run_tasks
 from .errors import AtlasregError
 from .figures import deformation_views, grid_image
-from .io import atomic_path, save
+from .io import atomic_path, check_file_name, save
 from .metrics import evaluate, folding_percent
-from .pipeline import as_image, as_labels
+from .pipeline import as_image, as_labels, as_target
 from .plugin_api import parse_assignments
 from .registry import get_backend
 from .transform import Transform
@@ -95,13 +95,24 @@ def segmentation_path(out_dir: Path, method_label: str, target_id: str) -> Path:
     return out_dir / "segmentations" / _safe(method_label) / f"{_safe(target_id)}.nii.gz"
 
 
-def _check_target_ids(targets: Sequence[Target]) -> None:
-    """Refuse target ids that would share a segmentation file once made safe (``a/b`` and ``a_b``)."""
+def _check_file_names(methods: Sequence[Method], targets: Sequence[Target]) -> None:
+    """Refuse, before any pair runs, target ids that would share a segmentation file once made safe
+    (``a/b`` and ``a_b``), and ids or method labels too long for a file name."""
     seen: dict[str, str] = {}
     for target in targets:
         other = seen.setdefault(_safe(target.id), target.id)
         if other != target.id:
             raise AtlasregError(f"target ids {other!r} and {target.id!r} give the same file name {_safe(target.id)!r}; rename one")
+        check_file_name(f"{_safe(target.id)}.nii.gz", f"target id {target.id[:40]!r}")
+    for method in methods:
+        check_file_name(f"{_safe(method.label)}.npz", f"method {method.label[:40]!r}")
+
+
+def failures(results_path: Path, methods: Sequence[Method], targets: Sequence[Target]) -> list[str]:
+    """One line per pair of these methods and targets that ``results_path`` records as failed."""
+    wanted = {(m.label, t.id) for m in methods for t in targets}
+    return [f"{row['method']} on {row['target']}: {row['error']}" for row in read_results(results_path)
+            if row["kind"] == "mean" and row["status"] == "failed" and (row["method"], row["target"]) in wanted]
 
 
 class PeakMemory:
@@ -218,7 +229,7 @@ def run_compare(
     """
     if not targets:
         raise AtlasregError("no targets to compare on")
-    _check_target_ids(targets)
+    _check_file_names(methods, targets)
     results_path = out_dir / "results.csv"
     rows: list[dict[str, Any]] = read_results(results_path)
     done = finished_pairs(rows, retry_failed)
@@ -245,7 +256,7 @@ def _run_pair(pair: tuple[Target, Method], atlas_image: Volume, atlas_labels: Vo
               figure_target: str) -> list[dict[str, Any]]:
     """One (target, method) pair, loaded here so that pairs can run in other processes."""
     target, method = pair
-    image, truth = as_image(target.image, f"target {target.id}"), as_labels(target.truth, f"truth {target.id}")
+    image, truth = as_target(target.image, f"target {target.id}"), as_labels(target.truth, f"truth {target.id}")
     if not image.same_grid(truth):
         raise AtlasregError(f"target {target.id}: image and truth are on different grids")
     return _run_one(method, target, atlas_image, atlas_labels, image, truth, protocol, out_dir, figure=target.id == figure_target)

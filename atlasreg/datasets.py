@@ -195,6 +195,13 @@ def _first_file(folders: list[Path], stem: str, suffixes: tuple[str, ...]) -> Pa
     return None
 
 
+def _volume_file(path: Path, what: str) -> Path:
+    """``path`` if its name is a volume's (NIfTI or Analyze); anything else is refused before any work."""
+    if not path.name.endswith(io.NIFTI_SUFFIXES + ANALYZE_SUFFIXES):
+        raise AtlasregError(f"{what} {path}: not a volume file (expected .nii, .nii.gz, .img, .img.gz or .hdr)")
+    return path
+
+
 def _strip_volume_suffix(name: str) -> str:
     """``S01.nii.gz`` -> ``S01``."""
     for suffix in (".nii.gz", ".img.gz"):
@@ -388,7 +395,7 @@ def _glob_ids(pattern: str, root: Path) -> dict[str, Path]:
         id = "_".join(parts) or _strip_volume_suffix(path.name)
         if id in found:
             raise AtlasregError(f"{pattern!r}: {found[id]} and {path} both give subject id {id!r}")
-        found[id] = path
+        found[id] = _volume_file(path, f"{pattern!r} matches")
     return found
 
 
@@ -439,10 +446,13 @@ def from_csv(path: PathLike, *, name: str | None = None, protocol: str = "labels
     path = Path(path).expanduser().absolute()
     if not path.is_file():
         raise AtlasregError(f"{path}: no such file")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f, skipinitialspace=True)
-        rows = list(reader)
-        columns = [c.strip() for c in reader.fieldnames or []]
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, skipinitialspace=True)
+            rows = list(reader)
+            columns = [c.strip() for c in reader.fieldnames or []]
+    except (UnicodeDecodeError, csv.Error) as exc:  # binary, or not CSV
+        raise AtlasregError(f"{path}: not a CSV text file ({type(exc).__name__})") from None
     missing = [c for c in ("image", "labels") if c not in columns]
     if not rows or missing:
         raise AtlasregError(f"{path}: expected a header row image,labels[,id][,split] and at least one subject row")
@@ -457,7 +467,7 @@ def from_csv(path: PathLike, *, name: str | None = None, protocol: str = "labels
             file = path.parent / Path(row[column]).expanduser()
             if not file.is_file():
                 raise AtlasregError(f"{path}, line {line}: {column} file {file} does not exist")
-            files[column] = file
+            files[column] = _volume_file(file, f"{path}, line {line}: {column} file")
         if files["image"] is None:
             raise AtlasregError(f"{path}, line {line}: empty image cell")
         id = row.get("id") or _strip_volume_suffix(files["image"].name)

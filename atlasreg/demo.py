@@ -46,6 +46,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 ATLAS_DONOR = DONORS[0]
 TARGET_DONORS = DONORS[1:]
 DEFAULT_TARGETS = len(TARGET_DONORS)
+#: the donors' label maps are 1 mm: finer only costs memory; coarser than 8 mm leaves a brain a few voxels wide
+MIN_SPACING, MAX_SPACING = 1.0, 8.0
 
 
 def donor_subject(donor: str, spacing: float = 2.0) -> tuple[Volume, Volume]:
@@ -100,6 +102,8 @@ def run_demo(
     chosen = _check_methods(backends)
     if not 1 <= targets <= len(TARGET_DONORS):
         raise AtlasregError(f"--targets must be 1 to {len(TARGET_DONORS)}, got {targets}")
+    if not MIN_SPACING <= spacing <= MAX_SPACING:  # NaN too: checked before the output folder is made
+        raise AtlasregError(f"--spacing must be {MIN_SPACING:g} to {MAX_SPACING:g} mm, got {spacing}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -138,7 +138,8 @@ def dice_boxplot(path: Path, scores: Mapping[str, Mapping[str, Sequence[float]]]
     ax.set_xticklabels(groups, rotation=45, ha="right")
     ax.set_ylabel("Dice")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if ax.get_legend_handles_labels()[0]:  # no method with a score (every pair failed): no legend, and no warning
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title)
     fig.tight_layout()

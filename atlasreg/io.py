@@ -20,6 +20,10 @@ from .volume import Volume, image, label_map
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 MAX_VOXELS = 2**31  # about 1290^3: far beyond any brain MRI; a header claiming more is corrupt
+#: peak memory of ``segment``/``register`` per voxel of the target's (fixed image's) grid, measured with a
+#: 24^3 atlas on 96^3 and 192^3 uint8 targets (the slope: affine 44, svf 69, voxelmorph 69 bytes), rounded up
+TARGET_BYTES_PER_VOXEL = 80
+NAME_MAX = 255  # bytes in one file name: the limit of ext4, XFS, APFS, NTFS
 GZIP_MAX_RATIO = 1032  # deflate cannot compress better than this: bounds what a .gz file can hold
 _HOST = re.sub(r"[^A-Za-z0-9]+", "-", socket.gethostname()) or "host"
 #: temporary files of atomic_path: .NAME.atlasreg-HOST-PID.RANDOM[SUFFIX]
@@ -31,25 +35,44 @@ def _check_nifti_path(path: Path) -> None:
         raise AtlasregError(f"{path}: expected a NIfTI file ending in .nii or .nii.gz")
 
 
-def load(path: str | os.PathLike, labels: bool = False) -> Volume:
+def load(path: str | os.PathLike, labels: bool = False, bytes_per_voxel: int = 0) -> Volume:
     """Read a NIfTI volume: an image as float32, or with ``labels=True`` a label map as int32.
 
     A trailing axis of length 1 (shape X×Y×Z×1) is dropped; anything else not 3-D is refused.
+    ``bytes_per_voxel``: the memory the caller's work needs per voxel of this volume's grid (e.g.
+    ``TARGET_BYTES_PER_VOXEL``); a volume too large for the memory available is refused before
+    its data is read (see :func:`check_memory`).
     """
     path = Path(path)
     if not path.exists():
-        raise AtlasregError(f"{path}: no such file")
+        raise AtlasregError(f"{path}: {'a broken symlink or a symlink loop' if path.is_symlink() else 'no such file'}")
     _check_nifti_path(path)
     try:
-        img = nib.load(str(path))
+        with _nibabel_quiet():
+            img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise AtlasregError(f"{path}: not a readable NIfTI file ({exc})") from None
     _check_data_size(path, img)
+    _check_voxel_sizes(path, img)
+    if bytes_per_voxel:
+        check_memory(math.prod(int(n) for n in img.shape[:3]), bytes_per_voxel, str(path))
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:
         raise AtlasregError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from None
     return from_array(data, img.affine, labels, str(path))
+
+
+@contextmanager
+def _nibabel_quiet() -> Iterator[None]:
+    """nibabel's header messages ("pixdim[1,2,3] should be positive; setting to abs ...") off: the
+    problems it 'fixes' silently are refused by our own checks, in one line."""
+    logger = nib.imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 def from_array(data: np.ndarray, affine: np.ndarray, labels: bool = False, what: str = "volume") -> Volume:
@@ -88,18 +111,85 @@ def _check_data_size(path: Path, img) -> None:
                             f"has only {size} bytes: corrupt or truncated")
 
 
-def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), suffixes: tuple[str, ...] | None = NIFTI_SUFFIXES) -> Path:
+def _check_voxel_sizes(path: Path, img) -> None:
+    """Refuse a header whose voxel sizes (pixdim) are zero, negative or not finite when no sform
+    gives the grid instead: nibabel silently replaces them (by 1, or their absolute value), and a
+    volume on a guessed grid gives silently wrong results."""
+    header = img.header
+    if not isinstance(header, nib.Nifti1Header) or int(header["sform_code"]) > 0:
+        return
+    with nib.openers.ImageOpener(str(path)) as f:  # the header as stored: nibabel's load has 'fixed' it
+        raw = type(header).from_fileobj(f, check=False)
+    sizes = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+    if not np.all(np.isfinite(sizes) & (sizes > 0)):
+        raise AtlasregError(f"{path}: header gives voxel sizes {', '.join(f'{v:g}' for v in sizes)} (pixdim) and no sform: "
+                            "voxel sizes must be positive; fix the header")
+
+
+def available_memory() -> int:
+    """Bytes this process can still allocate: the least of the system's available memory, the
+    cgroup's limit less its usage, and the address-space limit (ulimit -v) less what is mapped."""
+    import resource
+
+    limits = []
+    meminfo = _read_fields("/proc/meminfo")
+    if "MemAvailable" in meminfo:
+        limits.append(meminfo["MemAvailable"] * 1024)
+    else:  # not Linux: physical memory
+        limits.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    try:
+        cgroup_max = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if cgroup_max != "max":
+            limits.append(int(cgroup_max) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft - _read_fields("/proc/self/status").get("VmSize", 0) * 1024)
+    return max(0, min(limits))
+
+
+def _read_fields(path: str) -> dict[str, int]:
+    """``Name: 123 kB`` lines of a /proc file as {name: number}; {} where there is no such file."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return {}
+    fields = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if value.split() and value.split()[0].isdigit():
+            fields[name] = int(value.split()[0])
+    return fields
+
+
+def check_memory(voxels: int, bytes_per_voxel: int, what: str) -> None:
+    """Refuse, before any work, a grid whose work would need more memory than is available (rather
+    than a MemoryError, or the system killing the process, minutes later)."""
+    needed, available = voxels * bytes_per_voxel, available_memory()
+    if needed > available:
+        raise AtlasregError(f"{what}: {voxels} voxels need about {needed / 2**30:.1f} GiB ({bytes_per_voxel} bytes per voxel) "
+                            f"but only {available / 2**30:.1f} GiB is available: resample it to a coarser grid (e.g. 1 mm) first")
+
+
+def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), suffixes: tuple[str, ...] | None = NIFTI_SUFFIXES,
+                 parents: bool = False) -> Path:
     """Refuse, before any work starts, an output we could not write or that would clobber an input.
 
     ``path`` is a file with one of ``suffixes``, or a folder when ``suffixes`` is None (it may
-    exist). Its folder must exist and be writable; the output must not be any of ``inputs``
-    (compared as files, so ``./x``, symlinks and hard links are caught).
+    exist; with ``parents``, so may its parent folders not, as they will be made). Its folder must
+    exist and be writable; the output must not be any of ``inputs`` (compared as files, so ``./x``,
+    symlinks and hard links are caught).
     """
     out = Path(path)
     if suffixes is None:
         if out.exists() and not out.is_dir():
             raise AtlasregError(f"{out}: exists and is not a folder")
         folder = out if out.is_dir() else out.parent
+        while parents and not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if parents and folder.exists() and not folder.is_dir():
+            raise AtlasregError(f"{folder}: exists and is not a folder")
     else:
         if out.is_dir():
             raise AtlasregError(f"{out}: is a folder; give a file name ending in {' or '.join(suffixes)}")
@@ -110,19 +200,42 @@ def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = 
         raise AtlasregError(f"{folder}: output folder does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise AtlasregError(f"{folder}: output folder is not writable")
-    for given in inputs:
-        if _same_file(out, Path(given)):
-            raise AtlasregError(f"{out}: output would overwrite an input ({given})")
+    check_outputs([out], inputs)
     return out
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
+def check_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse an output that is any of ``inputs``, compared as files (so ``./x``, symlinks and hard
+    links are caught); each path is looked at once, so a study of thousands of targets checks fast."""
+    given: dict[object, str | os.PathLike] = {}
+    for path in inputs:
+        given.update(dict.fromkeys(_file_keys(Path(path)), path))
+    for out in outputs:
+        for key in _file_keys(Path(out)):
+            if key in given:
+                raise AtlasregError(f"{out}: output would overwrite an input ({given[key]})")
+
+
+def check_file_name(name: str, what: str) -> str:
+    """``name`` if a file system takes it as one file name (at most ``NAME_MAX`` bytes), before any work."""
+    if len(name.encode()) > NAME_MAX:
+        raise AtlasregError(f"{what}: the file name {name[:40]}... is {len(name.encode())} bytes long; "
+                            f"file systems take at most {NAME_MAX}: shorten it")
+    return name
+
+
+def _file_keys(path: Path) -> list[object]:
+    """What identifies the file ``path`` names: its resolved path and, if it exists, its (device, inode)."""
     try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet)
-        return False
+        keys: list[object] = [path.resolve()]
+    except (OSError, RuntimeError):  # a symlink loop: it names no file
+        return []
+    try:
+        info = path.stat()
+        keys.append((info.st_dev, info.st_ino))
+    except OSError:  # does not exist (yet)
+        pass
+    return keys
 
 
 def _remove_stale_temporaries(folder: Path) -> None:
@@ -157,7 +270,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise AtlasregError(f"{path.parent}: output folder does not exist")
     _remove_stale_temporaries(path.parent)
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.atlasreg-{_HOST}-{os.getpid()}.", suffix=suffix, dir=path.parent)
+    # the name shortened in the temporary's own, so that any name the file system takes has a temporary
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.atlasreg-{_HOST}-{os.getpid()}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     umask = os.umask(0)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, Tuple, Union
 
@@ -16,7 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from .errors import AtlasregError
-from .io import atomic_path, from_array, load, save
+from .io import TARGET_BYTES_PER_VOXEL, atomic_path, check_file_name, check_memory, check_output, check_outputs, from_array, load, save
 from .lut import LabelInfo
 from .registry import get_backend, get_fusion
 from .transform import Transform
@@ -27,26 +28,36 @@ ImageLike = Union[Volume, str, os.PathLike, nib.spatialimages.SpatialImage, Tupl
 Atlas = Tuple[ImageLike, ImageLike]
 
 
-def _as_volume(value: ImageLike, labels: bool, what: str) -> Volume:
-    if isinstance(value, Volume):
-        return value
-    if isinstance(value, nib.spatialimages.SpatialImage):
-        return from_array(np.asanyarray(value.dataobj), value.affine, labels, what)
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray):
-        return from_array(value[0], np.asarray(value[1]), labels, what)
+def _as_volume(value: ImageLike, labels: bool, what: str, bytes_per_voxel: int = 0) -> Volume:
     if isinstance(value, (str, os.PathLike)):
-        return load(value, labels=labels)
-    raise AtlasregError(f"{what}: expected a path, a Volume, a nibabel image or (array, affine), got {type(value).__name__}")
+        return load(value, labels=labels, bytes_per_voxel=bytes_per_voxel)
+    if isinstance(value, Volume):
+        volume = value
+    elif isinstance(value, nib.spatialimages.SpatialImage):
+        volume = from_array(np.asanyarray(value.dataobj), value.affine, labels, what)
+    elif isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray):
+        volume = from_array(value[0], np.asarray(value[1]), labels, what)
+    else:
+        raise AtlasregError(f"{what}: expected a path, a Volume, a nibabel image or (array, affine), got {type(value).__name__}")
+    if bytes_per_voxel:
+        check_memory(volume.array.size, bytes_per_voxel, what)
+    return volume
 
 
-def as_image(value: ImageLike, what: str = "image") -> Volume:
-    """An intensity-image Volume from any ``ImageLike``."""
-    volume = _as_volume(value, False, what)
+def as_image(value: ImageLike, what: str = "image", bytes_per_voxel: int = 0) -> Volume:
+    """An intensity-image Volume from any ``ImageLike``; ``bytes_per_voxel`` as for :func:`atlasreg.io.load`."""
+    volume = _as_volume(value, False, what, bytes_per_voxel)
     if volume.is_labels:
         raise AtlasregError(f"{what}: expected an intensity image, got a label map")
     if not volume.array.any():
         raise AtlasregError(f"{what}: image is empty (all zero)")
     return volume
+
+
+def as_target(value: ImageLike, what: str = "target image") -> Volume:
+    """The image whose grid the work runs on (a target, a fixed image): one too large for the memory
+    available (:data:`atlasreg.io.TARGET_BYTES_PER_VOXEL`) is refused, from a file before it is read."""
+    return as_image(value, what, TARGET_BYTES_PER_VOXEL)
 
 
 def as_labels(value: ImageLike, what: str = "label map") -> Volume:
@@ -68,7 +79,7 @@ def register(
     """
     method = get_backend(backend)
     resolved = method.resolve_options(options or {})
-    fixed_v, moving_v = as_image(fixed, "fixed image"), as_image(moving, "moving image")
+    fixed_v, moving_v = as_target(fixed, "fixed image"), as_image(moving, "moving image")
     transform = method.register(moving_v, fixed_v, **resolved)
     if transform.shape != fixed_v.shape:
         raise AtlasregError(f"backend {backend!r} returned a transform on the wrong grid")
@@ -117,7 +128,7 @@ def segment(
 
         image, labels, _ = load_atlas(builtin_atlas or DEFAULT_ATLAS)
         atlases = [(image, labels)]
-    target_v = as_image(target, "target image")
+    target_v = as_target(target, "target image")
     pairs = load_atlases(atlases)
     several = len(pairs) > 1
     warped_images, warped_labels = [], []
@@ -155,6 +166,9 @@ class SegmentSettings:
     label_interp: str = "nearest"
     label_names: Mapping[int, LabelInfo] | None = None
     qc: bool = True
+    #: digest of the settings that made a study's outputs (see :func:`made_by`): each subject's record
+    #: carries it, and only a record of the same settings counts as done on a rerun
+    digest: str = ""
 
 
 def plain_jobs(targets: Sequence[ImageLike], out_dir: str | os.PathLike) -> list[SubjectJob]:
@@ -188,24 +202,33 @@ def segment_many(
     client: Any = None,
     qc: bool = True,
     progress: bool = False,
+    redo: bool = False,
 ) -> list[dict[str, Any]]:
     """Segment every target into ``out_dir``: label map, volumes table, QC figure and a record per
     target, and ``index.html`` for the run. Returns one record (dict) per target, in input order.
 
     Finished targets are skipped (resume); a target that fails is recorded with its error and the
     others go on. ``jobs`` processes (``threads`` each) or a Dask ``client`` run targets in parallel.
+    ``out_dir/atlasreg_settings.json`` keeps the settings that made the folder's outputs: a run with
+    other settings is refused, or with ``redo=True`` makes every target again. Before any work, an
+    output that would overwrite an input, or an output folder holding targets, is refused.
     """
-    out = Path(out_dir)
-    if not out.is_dir():
-        if not out.parent.is_dir():
-            raise AtlasregError(f"{out.parent}: output folder does not exist")
-        out.mkdir()
+    out = check_output(out_dir, suffixes=None)
     study_jobs = plain_jobs(targets, out)
+    holding = next((job.target for job in study_jobs if job.target.parent.resolve() == out.resolve()), None)
+    if holding is not None:
+        raise AtlasregError(f"{out}: holds the target {holding}; give the outputs a folder of their own "
+                            "(beside the targets, a rerun would take them for targets)")
+    check_study_outputs(study_jobs, atlases, [out / "index.html", out / STUDY_SETTINGS])
     pairs, names = study_atlases(atlases, builtin_atlas)
     method = get_backend(backend)
     settings = SegmentSettings(backend, fusion, method.resolve_options(backend_options or {}), dict(fusion_options or {}),
                                label_interp, label_names or names, qc)
-    records = segment_subjects(study_jobs, pairs, settings, jobs=jobs, threads=threads, client=client, progress=progress)
+    wanted = {"Version": _version(), **made_by(settings, atlases, builtin_atlas)}
+    out.mkdir(exist_ok=True)
+    claim_settings(out / STUDY_SETTINGS, read_settings(out / STUDY_SETTINGS), wanted, redo)
+    settings = replace(settings, digest=settings_digest(wanted))
+    records = segment_subjects(study_jobs, pairs, settings, jobs=jobs, threads=threads, client=client, progress=progress, work_dir=out)
     from .qc import write_index
 
     write_index(out / "index.html", records, title=f"atlasreg: {len(records)} targets, {method_label(backend, settings.backend_options)}")
@@ -224,21 +247,108 @@ def study_atlases(atlases: Sequence[Atlas] | None, builtin_atlas: str | None) ->
     return [(image, labels)], label_infos(builtin_atlas or DEFAULT_ATLAS)
 
 
+def check_study_outputs(study_jobs: Sequence[SubjectJob], atlases: Sequence[Atlas] | None, others: Iterable[Path] = ()) -> None:
+    """Refuse, before any work, a study output (a subject's, or one of ``others``) that would
+    overwrite an input (a target, an atlas file) or whose name no file system takes."""
+    outputs = [*(path for job in study_jobs for path in (job.labels, job.volumes, job.figure, job.record)), *others]
+    for path in outputs:
+        check_file_name(path.name, f"output in {path.parent}")
+    inputs = [*(job.target for job in study_jobs), *(path for atlas in atlases or () for path in atlas)]
+    check_outputs(outputs, [path for path in inputs if isinstance(path, (str, os.PathLike))])
+
+
+STUDY_SETTINGS = "atlasreg_settings.json"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def made_by(settings: SegmentSettings, atlases: Sequence[Atlas] | None, builtin_atlas: str | None) -> dict[str, Any]:
+    """What makes a study's outputs what they are (the method, its options, the atlases, the model's
+    checksum), as plain JSON values: enough to make them again, and to tell a rerun of other settings."""
+    from .atlases import DEFAULT_ATLAS
+
+    def where(value: Any) -> Any:
+        return str(Path(value).resolve()) if isinstance(value, (str, os.PathLike)) else f"in memory ({type(value).__name__})"
+
+    entry: dict[str, Any] = {
+        "Backend": settings.backend,
+        "BackendOptions": dict(settings.backend_options),
+        "Fusion": settings.fusion,
+        "FusionOptions": dict(settings.fusion_options),
+        "LabelInterpolation": settings.label_interp,
+        "Atlases": [[where(i), where(l)] for i, l in atlases] if atlases else (builtin_atlas or DEFAULT_ATLAS),
+    }
+    if get_backend(settings.backend).kind == "learned":  # the model actually run: a file, a name or the shipped default
+        from .models import resolve, sha256
+
+        entry["ModelSHA256"] = sha256(resolve(settings.backend, settings.backend_options.get("model", "")))
+    return json.loads(json.dumps(entry))  # tuples become lists, as they read back
+
+
+def settings_digest(settings: Mapping[str, Any]) -> str:
+    """A short digest of ``made_by``'s settings, for the records of the subjects they made."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file atlasreg wrote before, or None if there is none; anything unreadable is refused in one line."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    unreadable = f"{path}: not a readable atlasreg settings file"
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AtlasregError(f"{unreadable} ({type(exc).__name__}); use another output folder") from None
+
+
+def read_settings(path: Path) -> dict[str, Any] | None:
+    """The settings a study folder's ``atlasreg_settings.json`` keeps, or None in a new folder."""
+    settings = read_json(path)
+    if settings is not None and not isinstance(settings, dict):
+        raise AtlasregError(f"{path}: not a readable atlasreg settings file (not a JSON object); use another output folder")
+    return settings
+
+
+def claim_settings(path: Path, existing: Mapping[str, Any] | None, wanted: Mapping[str, Any], redo: bool,
+                   write: Any = None) -> None:
+    """Refuse a run whose settings differ from those that made a folder's outputs (``existing``, read
+    from ``path``), unless ``redo``; then record ``wanted`` there (``write(path)`` when the file is
+    more than the settings, as BIDS' dataset_description.json is)."""
+    if existing == wanted:
+        return
+    if existing is not None and not redo:
+        changed = sorted(key for key in {*existing, *wanted} if existing.get(key) != wanted.get(key))
+        raise AtlasregError(f"{path.parent} holds outputs made with other settings (differing: {', '.join(changed)}; "
+                            f"before: backend {existing.get('Backend')}, atlasreg {existing.get('Version')}): "
+                            "use another output folder, or --redo to make every output again with these settings")
+    with atomic_path(path) as tmp:
+        if write is not None:
+            write(tmp)
+        else:
+            tmp.write_text(json.dumps(wanted, indent=2) + "\n")
+
+
 def segment_subjects(study_jobs: Sequence[SubjectJob], atlases: list[tuple[Volume, Volume]], settings: SegmentSettings,
-                     jobs: int = 1, threads: int | None = None, client: Any = None, progress: bool = False) -> list[dict[str, Any]]:
-    """Run :func:`segment_subject` on every job not finished before; records in job order."""
+                     jobs: int = 1, threads: int | None = None, client: Any = None, progress: bool = False,
+                     work_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Run :func:`segment_subject` on every job not finished before with these settings; records in
+    job order. ``work_dir``: the output folder (a local Dask cluster's scratch space goes there)."""
     from .batch import run_tasks
 
     records: dict[str, dict[str, Any]] = {}
     todo = []
     for job in study_jobs:
-        previous = _finished_record(job)
+        previous = _finished_record(job, settings.digest)
         if previous is not None:
             records[job.id] = {**previous, **_job_paths(job), "status": "done before"}
         else:
             todo.append(job)
     for outcome in run_tasks(segment_subject, todo, (atlases, settings), jobs=jobs, threads=threads, client=client,
-                             desc=f"segmenting ({settings.backend})", progress=progress):
+                             desc=f"segmenting ({settings.backend})", progress=progress, work_dir=work_dir):
         job = outcome.task
         records[job.id] = outcome.result if outcome.ok else {**_job_paths(job), "status": "failed", "error": outcome.error,
                                                              "backend": method_label(settings.backend, settings.backend_options)}
@@ -263,14 +373,15 @@ def _job_paths(job: SubjectJob) -> dict[str, Any]:
             "figure": str(job.figure), "record": str(job.record)}
 
 
-def _finished_record(job: SubjectJob) -> dict[str, Any] | None:
+def _finished_record(job: SubjectJob, digest: str) -> dict[str, Any] | None:
+    """The record of a subject finished before with the settings of ``digest``, else None (to do)."""
     if not (job.record.is_file() and job.labels.is_file()):
         return None
     try:
         record = json.loads(job.record.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return record if record.get("status") == "ok" else None
+    return record if isinstance(record, dict) and record.get("status") == "ok" and record.get("settings") == digest else None
 
 
 def segment_subject(job: SubjectJob, atlases: list[tuple[Volume, Volume]], settings: SegmentSettings) -> dict[str, Any]:
@@ -278,7 +389,7 @@ def segment_subject(job: SubjectJob, atlases: list[tuple[Volume, Volume]], setti
     from .volumes import label_volumes, write_volumes
 
     start = time.perf_counter()
-    target = as_image(job.target, f"target {job.id}")
+    target = as_target(job.target, f"target {job.id}")
     labels = segment(target, atlases, settings.backend, settings.fusion, settings.backend_options,
                      settings.fusion_options, settings.label_interp)
     seconds = time.perf_counter() - start
@@ -294,7 +405,7 @@ def segment_subject(job: SubjectJob, atlases: list[tuple[Volume, Volume]], setti
                        names=settings.label_names)
     record = {**_job_paths(job), "backend": method_label(settings.backend, settings.backend_options), "status": "ok", "error": "", "seconds": round(seconds, 2),
               "peak_rss_mb": round(_peak_rss_mb(), 1), "labels_found": len(rows),
-              "total_mm3": round(sum(r["volume_mm3"] for r in rows), 3)}
+              "total_mm3": round(sum(r["volume_mm3"] for r in rows), 3), "settings": settings.digest}
     with atomic_path(job.record) as tmp:
         tmp.write_text(json.dumps(record, indent=1) + "\n")
     return record

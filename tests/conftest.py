@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,53 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
         code = exc.code or 0
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def refused(capsys, folder: Path, message: str, *args) -> str:
+    """Run the CLI; assert a clean one-line refusal mentioning ``message`` that changed nothing under
+    ``folder`` (exit status != 0, one line, no "internal error", no traceback, every file byte-identical)."""
+    before = snapshot(folder)
+    code, _, err = run_cli(capsys, *args)
+    assert code != 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("atlasreg: error: "), err
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert message in err, err
+    assert snapshot(folder) == before
+    return err
+
+
+def unwritable_folder(tmp_path: Path) -> Path:
+    """``tmp_path/locked`` made read-only (the caller makes it writable again), or for root, who
+    writes anywhere chmod allows, /proc/1; skips the test where there is no such folder."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        folder = Path("/proc/1")
+        if not folder.is_dir() or os.access(folder, os.W_OK):
+            pytest.skip("no folder this user cannot write to")
+    return folder
+
+
+SHAPE = (24, 24, 24)
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def case_files(folder: Path) -> dict[str, Path]:
+    """A target and an atlas (image + labels) on a 24^3 2 mm grid, and the target's truth, in ``folder``."""
+    import atlasreg
+    from atlasreg.volume import image, label_map
+
+    atlas_labels, target_labels = blob_labels(SHAPE), blob_labels(SHAPE, shift=(1, -1, 1))
+    volumes = {"atlas": image(image_from_labels(atlas_labels, 1), AFFINE), "atlas_seg": label_map(atlas_labels, AFFINE),
+               "target": image(image_from_labels(target_labels, 2), AFFINE), "target_seg": label_map(target_labels, AFFINE)}
+    return {name: atlasreg.save(volume, folder / f"{name}.nii.gz") for name, volume in volumes.items()}
 
 
 def blob_labels(shape=(32, 36, 30), seed: int = 0, shift=(0, 0, 0)) -> np.ndarray:

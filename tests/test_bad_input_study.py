@@ -1,0 +1,204 @@
+"""Issue 21, studies, BIDS and compare: bad input refused in one line before any work, never an
+input overwritten, never results of other settings kept, never a failure reported as success.
+
+Refusals assert what the first round's do (``conftest.refused``): exit status != 0, one line on
+stderr, no traceback, every file under the test folder byte-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import atlasreg
+from atlasreg.batch import DaskLocal, run_tasks
+from atlasreg.volume import label_map
+
+from conftest import AFFINE, blob_labels, case_files, refused, run_cli as run, unwritable_folder
+
+
+@pytest.fixture
+def files(tmp_path) -> dict[str, Path]:
+    return case_files(tmp_path)
+
+
+def _atlas(files) -> list:
+    return ["-a", files["atlas"], files["atlas_seg"]]
+
+
+#: the affine backend at a few steps: these tests are about which outputs are kept, not their quality
+QUICK = ["-b", "affine", "-O", "rigid_iterations=5,5", "-O", "affine_iterations=5,5"]
+
+
+# --- an output that is an input, in study mode ------------------------------------------------------
+
+def test_study_output_that_is_an_input_is_refused(capsys, files, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    a, b = shutil.copy(files["target"], scans / "a.nii.gz"), shutil.copy(files["target"], scans / "b.nii.gz")
+    a_seg = shutil.copy(files["target_seg"], scans / "a_seg.nii.gz")
+    # the issue's case: a's label map would be written over the second input, then segmented as an image
+    refused(capsys, tmp_path, "holds the target", "segment", a, a_seg, *_atlas(files), "-b", "affine", "-o", scans)
+    # segment DIR -o DIR: a rerun would segment its own outputs
+    refused(capsys, tmp_path, "holds the target", "segment", scans, *_atlas(files), "-b", "affine", "-o", scans)
+    # an output in another folder that is an atlas file
+    out = tmp_path / "out"
+    out.mkdir()
+    labels_in_out = shutil.copy(files["atlas_seg"], out / "a_seg.nii.gz")
+    refused(capsys, tmp_path, "output would overwrite an input", "segment", a, b, "-a", files["atlas"], labels_in_out,
+            "-b", "affine", "-o", out)
+
+
+# --- a study folder remembers the settings that made it ----------------------------------------------
+
+def test_study_folder_refuses_a_rerun_with_other_settings_unless_redo(capsys, files, tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(files["target"], scans / "a.nii.gz")
+    out = tmp_path / "out"
+    study = ["segment", scans, *_atlas(files), *QUICK, "-o", out]
+    code, _, err = run(capsys, *study)
+    assert code == 0 and "1 segmented, 0 done before" in err, err
+    refused(capsys, tmp_path, "made with other settings (differing: BackendOptions", *study, "-O", "metric=mse")
+    code, _, err = run(capsys, *study, "-O", "metric=mse", "--redo")
+    assert code == 0 and "1 segmented, 0 done before" in err, err  # the affine/mi labels were not kept
+    assert json.loads((out / "atlasreg_settings.json").read_text())["BackendOptions"]["metric"] == "mse"
+    record = out / "a_seg.json"
+    assert "metric=mse" in json.loads(record.read_text())["backend"]
+    code, _, err = run(capsys, *study, "-O", "metric=mse")
+    assert code == 0 and "0 segmented, 1 done before" in err, err
+    # a --redo cut short leaves records of the old settings: they are made again, never counted as done
+    record.write_text(json.dumps({**json.loads(record.read_text()), "settings": "of-other-settings"}))
+    code, _, err = run(capsys, *study, "-O", "metric=mse")
+    assert code == 0 and "1 segmented, 0 done before" in err, err
+
+
+# --- BIDS: the output folder ------------------------------------------------------------------------
+
+@pytest.fixture
+def bids_dir(files, tmp_path) -> Path:
+    root = tmp_path / "study"
+    (root / "sub-01" / "anat").mkdir(parents=True)
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "tiny", "BIDSVersion": "1.9.0"}))
+    shutil.copy(files["target"], root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    return root
+
+
+def _bids(bids_dir: Path, out: Path, *extra) -> list:
+    return ["bids", bids_dir, out, "participant", *QUICK, *extra]
+
+
+@pytest.mark.parametrize("description", [{"GeneratedBy": {"Name": "atlasreg"}}, {"GeneratedBy": "atlasreg"},
+                                         {"GeneratedBy": [1]}, b"{\"GeneratedBy\": \"\xff\xfe\"}", "folder"])
+def test_bids_refuses_a_dataset_description_it_did_not_write(capsys, files, bids_dir, tmp_path, description):
+    out = tmp_path / "derivatives"
+    out.mkdir()
+    path = out / "dataset_description.json"
+    if description == "folder":
+        path.mkdir()
+        (path / "keep.txt").write_text("not to be written into")
+    elif isinstance(description, bytes):
+        path.write_bytes(description)
+    else:
+        path.write_text(json.dumps(description))
+    refused(capsys, tmp_path, "dataset_description.json: not a", *_bids(bids_dir, out, *_atlas(files)))
+
+
+def test_bids_refuses_an_output_dir_it_cannot_write(capsys, files, bids_dir, tmp_path):
+    a_file = tmp_path / "derivatives.txt"
+    a_file.write_text("a file")
+    refused(capsys, tmp_path, "exists and is not a folder", *_bids(bids_dir, a_file, *_atlas(files)))
+    refused(capsys, tmp_path, "exists and is not a folder", *_bids(bids_dir, a_file / "atlasreg", *_atlas(files)))
+    locked = unwritable_folder(tmp_path)
+    try:
+        refused(capsys, tmp_path, "output folder is not writable", *_bids(bids_dir, locked / "derivatives" / "atlasreg", *_atlas(files)))
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+
+
+def test_bids_rerun_with_other_settings_is_refused_unless_redo(capsys, files, bids_dir, tmp_path):
+    out = tmp_path / "derivatives"
+    assert run(capsys, *_bids(bids_dir, out, *_atlas(files)))[0] == 0
+    refused(capsys, tmp_path, "made with other settings", *_bids(bids_dir, out, *_atlas(files), "-O", "metric=mse"))
+    code, _, err = run(capsys, *_bids(bids_dir, out, *_atlas(files), "-O", "metric=mse", "--redo"))
+    assert code == 0 and "1 segmented, 0 done before" in err, err
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["GeneratedBy"][0]["BackendOptions"]["metric"] == "mse" and description["DatasetType"] == "derivative"
+
+
+# --- compare ------------------------------------------------------------------------------------------
+
+def _compare(files, listing: Path, out: Path) -> list:
+    return ["compare", "-b", "affine", *_atlas(files), "--dataset", "csv", listing, "--protocol", "labels", "-o", out]
+
+
+def test_compare_exits_1_and_names_every_failed_pair(capsys, files, tmp_path):
+    small = atlasreg.save(label_map(blob_labels((20, 20, 20)), AFFINE), tmp_path / "small_seg.nii.gz")
+    nan = np.array(atlasreg.load(files["target"]).array)
+    nan[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(nan, AFFINE), tmp_path / "nan.nii.gz")
+    listing = tmp_path / "targets.csv"
+    listing.write_text(f"image,labels,id\n{files['target']},{small},grid\n{tmp_path / 'nan.nii.gz'},{files['target_seg']},nan\n")
+    code, _, err = run(capsys, *_compare(files, listing, tmp_path / "report"))
+    lines = err.strip().splitlines()
+    assert code == 1 and "Traceback" not in err and "internal error" not in err, err
+    assert lines[-1] == "atlasreg: error: 2 of 2 pairs failed (see above)", err
+    assert any(line.startswith("  affine on grid: ") and "different grids" in line for line in lines), err
+    assert any(line.startswith("  affine on nan: ") and "NaN" in line for line in lines), err
+    assert (tmp_path / "report" / "summary.md").exists()
+
+
+def test_compare_refuses_a_bad_dataset_csv_before_any_pair(capsys, files, tmp_path):
+    listing = tmp_path / "targets.csv"
+    listing.write_bytes(bytes(range(256)) * 8)
+    refused(capsys, tmp_path, "not a CSV text file", *_compare(files, listing, tmp_path / "report"))
+    listing.write_text(f"image,labels,id\n{files['target']},{files['target_seg']},{'x' * 300}\n")
+    refused(capsys, tmp_path, "file systems take at most 255", *_compare(files, listing, tmp_path / "report"))
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    listing.write_text(f"image,labels,id\n{passwd},{files['target_seg']},t\n")
+    refused(capsys, tmp_path, "not a volume file", *_compare(files, listing, tmp_path / "report"))
+
+
+# --- resources: Dask workers and scratch space --------------------------------------------------------
+
+def _plus_one(task: int) -> int:
+    return task + 1
+
+
+def test_local_dask_cluster_has_no_more_workers_than_tasks_and_its_scratch_in_the_work_folder(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    made: list[dict] = []
+    real = distributed.LocalCluster
+
+    def in_process(**kwargs):  # the same cluster with threads for workers: no process start-up in a test
+        made.append(kwargs)
+        return real(**{**kwargs, "processes": False})
+
+    monkeypatch.setattr(distributed, "LocalCluster", in_process)
+    system_temp = tmp_path / "system-temp"
+    system_temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
+    work = tmp_path / "out"
+    work.mkdir()
+    outcomes = list(run_tasks(_plus_one, [1, 2], client=DaskLocal(6), progress=False, work_dir=work))
+    assert sorted(o.result for o in outcomes) == [2, 3]
+    assert made[0]["n_workers"] == 2 and Path(made[0]["local_directory"]).parent == work
+    assert not list(work.iterdir()), "the scratch space is removed after the run"
+    assert not list(system_temp.iterdir()), "nothing in the system temp folder"
+
+
+# --- label tables ---------------------------------------------------------------------------------------
+
+def test_a_label_listed_twice_in_a_lut_is_refused(capsys, files, tmp_path):
+    lut = tmp_path / "lut.txt"
+    lut.write_text("1 first 10 20 30 0\n2 second 10 20 30 0\n1 again 1 2 3 0\n")
+    refused(capsys, tmp_path, "label 1 is listed twice", "volumes", files["target_seg"], "--lut", lut)
+    lut.write_text("index\tname\n1\tfirst\n1\tagain\n")
+    refused(capsys, tmp_path, "label 1 is listed twice", "volumes", files["target_seg"], "--lut", lut)
