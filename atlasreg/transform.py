@@ -8,6 +8,9 @@ where ``u`` is a dense displacement field sampled on the fixed grid (``field``, 
 optional) and ``M`` a 4x4 affine (``matrix``, identity by default). Warping a moving volume onto
 the fixed grid is sampling it at T(x). This is the ITK/ANTs convention: a point goes through the
 deformable part first, then the affine.
+
+A Transform made by a velocity-field backend keeps its stationary velocity ``v`` (the field is
+``exp(v)``): its inverse is then exact, ``exp(-v)``. Any other field is inverted numerically.
 """
 
 from __future__ import annotations
@@ -22,11 +25,40 @@ from scipy import ndimage
 
 from .errors import AtlasregError
 from .io import _check_nifti_path, atomic_path
+from .itk_space import read_itk_affine
 from .spatial import apply_matrix, sample, voxel_grid
 from .volume import Volume
 
 _RAS_TO_LPS = np.array([-1.0, -1.0, 1.0], dtype=np.float32)
 _NIFTI_INTENT_VECTOR = 1007
+ITK_AFFINE_SUFFIXES = (".mat", ".txt", ".tfm")
+#: numerical inversion: stop when every point maps back within this many mm, or after this many rounds
+INVERSE_TOLERANCE_MM, INVERSE_MAX_ITERATIONS = 0.01, 50
+
+
+@dataclass(frozen=True)
+class Velocity:
+    """A stationary velocity field ``v`` on a working grid: ``exp(v)`` (scaling and squaring in
+    ``steps`` squarings) is a Transform's deformable part, and ``exp(-v)`` its exact inverse.
+
+    ``array`` is (3, X', Y', Z') in voxels of a grid over the working grid's extent (outer voxel
+    edges shared, ``flow.resize``'s convention); ``shape`` and ``affine`` are the working grid's.
+    """
+
+    array: np.ndarray
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+    steps: int
+
+    def exponential(self, sign: float = 1.0) -> "Transform":
+        """``exp(sign * v)`` as a field-only Transform on the working grid (displacements in mm)."""
+        import torch
+
+        from .flow import integrate, resize
+
+        velocity = torch.from_numpy(np.ascontiguousarray(self.array * np.float32(sign)))[None]
+        flow = resize(integrate(velocity, self.steps), self.shape)[0].permute(1, 2, 3, 0).numpy()
+        return Transform(self.shape, self.affine, flow @ self.affine[:3, :3].T.astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -37,6 +69,10 @@ class Transform:
     grid_affine: np.ndarray
     field: np.ndarray | None = None
     matrix: np.ndarray = dataclass_field(default_factory=lambda: np.eye(4))
+    #: the velocity ``field`` is the exponential of, when a velocity-field backend made it
+    velocity: Velocity | None = None
+    #: how this transform was obtained as another's inverse ("" when it was not)
+    inversion: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
@@ -111,6 +147,38 @@ class Transform:
             raise AtlasregError("warp_labels() needs an integer label map")
         return Volume(sample(labels, self._moving_voxels(labels), interp), self.grid_affine, is_labels=True)
 
+    def on_grid(self, grid: Volume) -> "Transform":
+        """The same map evaluated at ``grid``'s points (the field interpolated linearly, edge values
+        outside its grid): warping with it puts the moving volume on ``grid``."""
+        if self.shape == grid.shape and np.allclose(self.grid_affine, grid.affine, atol=1e-6):
+            return self
+        field = None
+        if self.field is not None:
+            points = Transform.identity(grid).grid_points()
+            field = Transform(self.shape, self.grid_affine, self.field).map_points(points) - points
+        return Transform(grid.shape, grid.affine, field, self.matrix, self.velocity)
+
+    def inverse(self, grid: Volume) -> "Transform":
+        """The inverse map on ``grid`` (a grid of the moving space): warping a fixed-space volume
+        with it puts that volume on ``grid``. ``inversion`` says how it was obtained:
+
+        * affine only: the matrix inverted (exact);
+        * a velocity field's exponential (``velocity`` set): ``exp(-v)`` (exact up to integration);
+        * any other field: x + u(x) = y solved by fixed-point iteration, x <- y - u(x) (converges
+          where the field is smooth, ``|grad u| < 1``); the largest residual left is reported.
+        """
+        points = Transform.identity(grid).grid_points()
+        start = apply_matrix(np.linalg.inv(self.matrix), points)  # y -> M^-1 y: undo the affine first
+        if self.field is None:
+            return Transform(grid.shape, grid.affine, None, np.linalg.inv(self.matrix), inversion="exact: the matrix inverted")
+        if self.velocity is not None:
+            mapped = self.velocity.exponential(-1.0).map_points(start)
+            return Transform(grid.shape, grid.affine, mapped - points, inversion="exact: the velocity field negated, exp(-v)")
+        deformable = Transform(self.shape, self.grid_affine, self.field)
+        found, rounds, residual = _fixed_point(deformable, start.reshape(-1, 3))
+        return Transform(grid.shape, grid.affine, found.reshape(points.shape) - points,
+                         inversion=f"numerical: fixed-point iteration, {rounds} rounds, largest residual {residual:.3g} mm")
+
     # --- algebra ----------------------------------------------------------------------------
     def compose(self, inner: "Transform") -> "Transform":
         """self ∘ inner: a point goes through ``inner`` first, then ``self``; lives on ``inner``'s grid."""
@@ -149,12 +217,19 @@ class Transform:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Transform":
-        """Read an ITK-convention NIfTI displacement field (as written by :meth:`save`, ANTs or ITK)."""
+    def load(cls, path: str | os.PathLike, grid: Volume | None = None) -> "Transform":
+        """Read a transform file: an ITK-convention NIfTI displacement field (as written by
+        :meth:`save`, ANTs or SimpleITK), on its own grid; or an ITK affine (ANTs' ``.mat``, ITK
+        text ``.txt`` / ``.tfm``), which has no grid of its own: it is put on ``grid``."""
         path = Path(path)
         if not path.exists():
             raise AtlasregError(f"{path}: no such file")
-        _check_nifti_path(path)
+        if path.suffix in ITK_AFFINE_SUFFIXES:
+            if grid is None:
+                raise AtlasregError(f"{path}: an affine transform file has no grid; give a reference image")
+            return cls.from_matrix(grid, read_itk_affine(path))
+        if not path.name.endswith((".nii", ".nii.gz")):
+            raise AtlasregError(f"{path}: expected a NIfTI displacement field (.nii, .nii.gz) or an ITK affine ({', '.join(ITK_AFFINE_SUFFIXES)})")
         try:
             img = nib.load(str(path))
             data = np.asarray(img.dataobj, dtype=np.float32)
@@ -165,3 +240,24 @@ class Transform:
         if data.ndim != 4 or data.shape[-1] != 3:
             raise AtlasregError(f"{path}: not a 3-D displacement field (shape {data.shape})")
         return cls(data.shape[:3], img.affine, data * _RAS_TO_LPS)
+
+
+def _fixed_point(deformable: Transform, targets: np.ndarray) -> tuple[np.ndarray, int, float]:
+    """Points x with x + u(x) = ``targets`` (N, 3), by x <- x - (x + u(x) - target) until each is
+    within ``INVERSE_TOLERANCE_MM``. Returns (x, rounds run, largest residual left in mm)."""
+    found = targets.copy()
+    active = np.arange(len(targets))
+    largest, rounds = 0.0, 0
+    while len(active):
+        error = deformable.map_points(found[active]) - targets[active]
+        size = np.linalg.norm(error, axis=-1)
+        done = size <= INVERSE_TOLERANCE_MM
+        if done.all() or rounds == INVERSE_MAX_ITERATIONS:
+            largest = max(largest, float(size.max()))
+            break
+        if done.any():
+            largest = max(largest, float(size[done].max()))
+        found[active[~done]] -= error[~done]
+        active = active[~done]
+        rounds += 1
+    return found, rounds, largest

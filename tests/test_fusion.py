@@ -211,7 +211,7 @@ def test_plugins_never_import_each_other():
 
     root = Path(atlasreg_plugins.__file__).parent
     plugins = {path.stem for path in root.iterdir() if path.suffix == ".py" or (path / "__init__.py").exists()}
-    plugins -= {"__init__", "itk_space"}  # itk_space: shared ITK coordinate helpers, not a plugin
+    plugins -= {"__init__"}
     for path in root.rglob("*.py"):
         own = path.relative_to(root).parts[0].removesuffix(".py")
         for node in ast.walk(ast.parse(path.read_text())):

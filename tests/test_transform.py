@@ -110,3 +110,76 @@ def test_field_shape_must_match_grid(affine):
     grid = Volume(np.zeros((8, 8, 8), np.float32), affine, is_labels=False)
     with pytest.raises(AtlasregError):
         Transform.from_field(grid, np.zeros((8, 8, 7, 3), np.float32))
+
+
+def small_affine() -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, :3] = [[1.05, 0.02, 0.0], [0.0, 0.97, 0.03], [0.01, 0.0, 1.02]]
+    matrix[:3, 3] = [2.0, -1.0, 3.0]
+    return matrix
+
+
+def test_numerical_inverse_maps_back_within_the_tolerance(affine):
+    fixed = Volume(np.zeros((30, 34, 28), np.float32), affine, is_labels=False)
+    moving_affine = np.diag([2.2, 1.9, 2.1, 1.0])
+    moving_affine[:3, 3] = affine[:3, 3] - 8.0
+    moving = Volume(np.zeros((36, 36, 32), np.float32), moving_affine, is_labels=False)
+    transform = Transform.from_field(fixed, smooth_field(fixed.shape, 5.0), small_affine())
+    inverse = transform.inverse(moving)
+    assert inverse.shape == moving.shape and inverse.inversion.startswith("numerical")
+    # T(T^-1(y)) = y at every point of the moving grid, field extended by its edge values
+    error = np.linalg.norm(transform.map_points(inverse.mapped_points()) - inverse.grid_points(), axis=-1)
+    assert error.max() <= 0.011, error.max()
+
+
+def test_affine_inverse_is_the_matrix_inverse(affine):
+    grid = Volume(np.zeros((8, 8, 8), np.float32), affine, is_labels=False)
+    inverse = Transform.from_matrix(grid, small_affine()).inverse(grid)
+    assert inverse.field is None and inverse.inversion.startswith("exact")
+    np.testing.assert_allclose(inverse.matrix @ small_affine(), np.eye(4), atol=1e-12)
+
+
+def test_on_grid_evaluates_the_same_map_elsewhere(affine):
+    image = Volume(image_from_labels(blob_labels()), affine, is_labels=False)
+    transform = Transform.from_field(image, smooth_field(image.shape, 4.0), small_affine())
+    other_affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    other_affine[:3, 3] = affine[:3, 3] - [20.0, 0.0, 0.0]
+    other = Volume(np.zeros((20, 22, 18), np.float32), other_affine, is_labels=False)
+    moved = transform.on_grid(other)
+    np.testing.assert_allclose(moved.mapped_points(), transform.map_points(moved.grid_points()), atol=1e-3)
+    assert transform.on_grid(image) is transform
+
+
+@pytest.mark.parametrize("suffix", [".mat", ".txt"])
+def test_itk_affine_files_are_read_in_ras(tmp_path, affine, suffix):
+    from scipy.io import savemat
+
+    from atlasreg.itk_space import RAS_TO_LPS
+
+    grid = Volume(np.zeros((8, 8, 8), np.float32), affine, is_labels=False)
+    lps = RAS_TO_LPS @ small_affine() @ RAS_TO_LPS  # the file holds the LPS map, about a centre
+    centre = np.array([4.0, -2.0, 7.0])
+    parameters = np.concatenate([lps[:3, :3].ravel(), lps[:3, 3] - centre + lps[:3, :3] @ centre])
+    path = tmp_path / f"affine{suffix}"
+    if suffix == ".mat":  # as ANTs writes it: MATLAB v4
+        savemat(path, {"AffineTransform_double_3_3": parameters[:, None], "fixed": centre[:, None]}, format="4")
+    else:  # as ITK / SimpleITK write it
+        path.write_text("#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
+                        f"Parameters: {' '.join(map(str, parameters))}\nFixedParameters: {' '.join(map(str, centre))}\n")
+    np.testing.assert_allclose(Transform.load(path, grid).matrix, small_affine(), atol=1e-9)
+    with pytest.raises(AtlasregError, match="reference"):
+        Transform.load(path)
+
+
+def test_unreadable_transform_files_fail_in_one_line(tmp_path):
+    grid = Volume(np.zeros((8, 8, 8), np.float32), np.eye(4), is_labels=False)
+    euler = tmp_path / "rigid.txt"
+    euler.write_text("#Insight Transform File V1.0\nTransform: Euler3DTransform_double_3_3\nParameters: 0 0 0 0 0 0\nFixedParameters: 0 0 0 0\n")
+    with pytest.raises(AtlasregError, match="Euler3DTransform"):
+        Transform.load(euler, grid)
+    junk = tmp_path / "junk.mat"
+    junk.write_bytes(b"not a matlab file at all")
+    with pytest.raises(AtlasregError, match="junk.mat"):
+        Transform.load(junk, grid)
+    with pytest.raises(AtlasregError, match="expected a NIfTI"):
+        Transform.load(euler.rename(tmp_path / "rigid.h5"), grid)

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from atlasreg.errors import AtlasregError
+from atlasreg.itk_space import read_itk_affine
 from atlasreg.plugin_api import MAX_ITERATIONS, MAX_SEED, Backend, Option
 from atlasreg.transform import Transform
 from atlasreg.volume import Volume
 
-from ..itk_space import itk_affine_to_matrix, ras_matrix_from_lps
 from .child import run_in_child
 from .convert import to_ants
 from .threads import reproducible
@@ -72,16 +73,11 @@ def _registration(fixed: Volume, moving: Volume, outprefix: str, seed: int, kwar
 
 def _to_transform(fixed: Volume, fwdtransforms: list[str]) -> Transform:
     """ANTs' forward list [warp?, affine?] (point order: warp first, then affine) as one Transform."""
-    import ants
-
     field = None
     matrix = np.eye(4)
     for path in fwdtransforms:
         if path.endswith(".mat"):
-            tx = ants.read_transform(path)
-            params = np.asarray(tx.parameters, dtype=float)
-            lps = itk_affine_to_matrix(params[:9].reshape(3, 3), params[9:12], np.asarray(tx.fixed_parameters, dtype=float))
-            matrix = matrix @ ras_matrix_from_lps(lps)
+            matrix = matrix @ read_itk_affine(Path(path))
         elif field is None:
             field = Transform.load(path).field
         else:

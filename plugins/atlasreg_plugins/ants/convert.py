@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from atlasreg.itk_space import itk_geometry, ras_affine
 from atlasreg.volume import Volume
-
-from ..itk_space import itk_geometry, ras_affine
 
 
 def to_ants(volume: Volume):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from ..itk_space import itk_affine_to_matrix, ras_matrix_from_lps
+from atlasreg.itk_space import itk_affine_to_matrix, ras_matrix_from_lps
+
 from .threads import single_threaded
 
 

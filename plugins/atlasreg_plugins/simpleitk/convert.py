@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from atlasreg.itk_space import itk_geometry, ras_affine
 from atlasreg.volume import Volume
-
-from ..itk_space import itk_geometry, ras_affine
 
 
 def to_sitk(volume: Volume) -> sitk.Image:
