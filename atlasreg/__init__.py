@@ -9,7 +9,7 @@
 from .errors import AtlasregError
 from .io import load, save
 from .metrics import evaluate
-from .pipeline import register, segment, segment_many
+from .pipeline import apply, register, segment, segment_many
 from .registry import backend_infos as backends, fusion_infos as fusions
 from .transform import Transform
 from .volume import Volume
@@ -18,6 +18,7 @@ __all__ = [
     "AtlasregError",
     "Transform",
     "Volume",
+    "apply",
     "backends",
     "evaluate",
     "fusions",

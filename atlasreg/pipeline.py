@@ -86,6 +86,37 @@ def register(
     return transform
 
 
+def transform_on(transform: Transform | str | os.PathLike, reference: ImageLike | None = None, inverse: bool = False) -> Transform:
+    """A transform ready to pull volumes onto ``reference``'s grid: a Transform or a file (a NIfTI
+    displacement field as :meth:`Transform.save`, ANTs or SimpleITK write it, or an ITK affine
+    ``.mat`` / ``.txt`` / ``.tfm``), evaluated on ``reference``'s points, or inverted onto them
+    (``inverse``: ``reference`` is then a grid of the transform's moving space). Without
+    ``reference`` a forward field stays on its own grid. ``.inversion`` says how an inverse was found."""
+    grid = None if reference is None else _as_volume(reference, False, "reference image")
+    if not isinstance(transform, Transform):
+        transform = Transform.load(transform, grid)
+    if inverse:
+        if grid is None:
+            raise AtlasregError("an inverse needs a reference image: a grid of the space the transform maps into")
+        return transform.inverse(grid)
+    return transform if grid is None else transform.on_grid(grid)
+
+
+def apply(
+    transform: Transform | str | os.PathLike,
+    image: ImageLike,
+    reference: ImageLike | None = None,
+    labels: bool = False,
+    inverse: bool = False,
+    label_interp: str = "nearest",
+) -> Volume:
+    """``image`` (a label map with ``labels``) resampled through ``transform`` onto ``reference``'s
+    grid, as antsApplyTransforms does; ``inverse`` applies the transform's inverse (see :func:`transform_on`)."""
+    volume = as_labels(image, "label map") if labels else as_image(image, "image")
+    ready = transform_on(transform, reference, inverse)
+    return ready.warp_labels(volume, label_interp) if labels else ready.warp(volume)
+
+
 def load_atlases(atlases: Iterable[Atlas]) -> list[tuple[Volume, Volume]]:
     """Each (image, labels) pair loaded and checked to share one grid."""
     loaded = []

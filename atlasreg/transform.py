@@ -50,6 +50,11 @@ class Velocity:
     affine: np.ndarray
     steps: int
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "array", np.asarray(self.array, dtype=np.float32))
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        object.__setattr__(self, "affine", np.asarray(self.affine, dtype=np.float64))
+
     def exponential(self, sign: float = 1.0) -> "Transform":
         """``exp(sign * v)`` as a field-only Transform on the working grid (displacements in mm)."""
         import torch

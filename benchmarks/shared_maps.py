@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 import atlasreg
 from atlasreg.spatial import crop_to_foreground, resample_to_spacing
 from atlasreg.synth import skull_strip, synthesize
@@ -19,14 +21,47 @@ from atlasreg.volume import Volume
 LABELMAPS = Path(os.environ.get("ATLASREG_LABELMAPS", Path(__file__).resolve().parents[2] / "shared" / "data" / "labelmaps"))
 
 
-def subject(number: int, spacing: float = 2.0, margin: int = 6, contrast: str = "t1") -> tuple[Volume, Volume]:
-    """(image, labels) of shared subject ``number`` at ``spacing`` mm; image seed = subject number."""
+def stripped_labels(number: int) -> Volume:
+    """Shared subject ``number``'s label map at its own 1 mm, skull-stripped."""
     path = LABELMAPS / f"subject{number:02d}.nii.gz"
     if not path.exists():
         sys.exit(f"shared label map not found: {path} (set ATLASREG_LABELMAPS)")
-    labels = skull_strip(atlasreg.load(path, labels=True))
-    labels = crop_to_foreground(resample_to_spacing(labels, spacing), margin)
+    return skull_strip(atlasreg.load(path, labels=True))
+
+
+def labels_of(number: int, spacing: float = 2.0, margin: int = 6) -> Volume:
+    """Shared subject ``number``'s skull-stripped labels at ``spacing`` mm, cropped to the brain plus ``margin`` voxels."""
+    return crop_to_foreground(resample_to_spacing(stripped_labels(number), spacing), margin)
+
+
+def subject(number: int, spacing: float = 2.0, margin: int = 6, contrast: str = "t1") -> tuple[Volume, Volume]:
+    """(image, labels) of shared subject ``number`` at ``spacing`` mm; image seed = subject number."""
+    labels = labels_of(number, spacing, margin)
     return synthesize(labels, seed=number, contrast=contrast), labels
+
+
+TARGET_CONTRASTS = ("t1", "t2", "pd", "inverted")
+RENDERERS = ("synth", "second")
+
+
+def target(number: int, contrast: str = "t1", renderer: str = "synth") -> tuple[Volume, Volume]:
+    """Shared subject ``number`` at 2 mm rendered by ``renderer`` (``synth``: atlasreg's synthesizer,
+    ``second``: benchmarks/second_renderer.py) in ``contrast``: ``t1``, ``t2``, ``pd`` (second
+    renderer only) or ``inverted`` (the T1 image's intensities turned upside down inside the head:
+    a contrast no table made)."""
+    base = "t1" if contrast == "inverted" else contrast
+    if renderer == "second":
+        from second_renderer import subject as second_subject
+
+        image, labels = second_subject(number, base)
+    elif base == "pd":
+        sys.exit("the pd contrast is the second renderer's (--renderer second)")
+    else:
+        image, labels = subject(number, contrast=base)
+    if contrast == "inverted":
+        head = labels.array > 0
+        image = image.with_array(np.where(head, image.array.max() - image.array, 0.0).astype(np.float32))
+    return image, labels
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Settings of the engine compared on validation pairs (never the test subjects 08-10): the affine
 stage, the ``svf`` backend, and instance optimisation of a shipped model, each at the JSON settings
-given, atlas 01 -> the targets given. Prints mean aseg Dice, per-target Dice and mean seconds.
+given, atlas 01 -> the targets given. Prints mean aseg Dice, per-target Dice, mean seconds and
+mean CPU seconds (all threads, and the children ANTs runs in). ``--renderer``/``--contrast``: images
+of atlasreg's synthesizer or of benchmarks/second_renderer.py; targets T1, T2-like, PD-like or
+inverted (the atlas stays T1).
 
     python benchmarks/tune_engine.py affine '[{}, {"metric": "mse"}]' --targets 2,3,4,5,6,7
     python benchmarks/tune_engine.py svf '[{}, {"iterations": [100, 50, 20]}]' --targets 3,5,7
@@ -16,6 +19,7 @@ alone); seconds: the whole pipeline (affine stage, resampling, network, optimisa
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +31,7 @@ import torch
 import atlasreg
 
 sys.path.insert(0, str(Path(__file__).parent))
-from shared_maps import subject  # noqa: E402
+from shared_maps import RENDERERS, TARGET_CONTRASTS, target  # noqa: E402
 
 
 def affine(settings: dict, atlas, target, model: str):
@@ -64,27 +68,40 @@ def io(settings: dict, atlas, target, model: str) -> atlasreg.Volume:
 @click.argument("settings")
 @click.option("--targets", default="7", show_default=True, help="validation subjects (not 8, 9, 10)")
 @click.option("--model", default="contrastive", show_default=True, help="io: the backend whose shipped model starts")
+@click.option("--contrast", type=click.Choice(TARGET_CONTRASTS), default="t1", show_default=True,
+              help="how the targets are rendered (the atlas stays T1): inverted = T1 intensities turned upside down inside the head")
+@click.option("--renderer", type=click.Choice(RENDERERS), default="synth", show_default=True,
+              help="what renders atlas (T1) and targets: atlasreg's synthesizer or benchmarks/second_renderer.py")
 @click.option("--threads", default=2, show_default=True)
-def main(stage: str, settings: str, targets: str, model: str, threads: int) -> None:
+def main(stage: str, settings: str, targets: str, model: str, contrast: str, renderer: str, threads: int) -> None:
     torch.set_num_threads(threads)
     numbers = [int(t) for t in targets.split(",")]
     if set(numbers) & {8, 9, 10}:
         sys.exit("subjects 08-10 are the test set: tune on others")
-    atlas = subject(1)
-    data = {n: subject(n) for n in numbers}
+    atlas = target(1, "t1", renderer)
+    data = {n: target(n, contrast, renderer) for n in numbers}
     if stage == "affine":  # warm-up: torch's first call pays for lazy initialisation
         affine({"rigid_iterations": (1, 1), "affine_iterations": (1, 1)}, atlas, data[numbers[0]], model)
     run = {"affine": affine, "io": io}.get(stage) or backend(stage)
     for setting in json.loads(settings):
-        dice, seconds = [], []
+        dice, seconds, cpu = [], [], []
         for n in numbers:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), cpu_seconds()
             result = run(setting, atlas, data[n], model)
-            registered = time.perf_counter() - start
+            registered, registered_cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
             warped = result if stage == "io" else result.warp_labels(atlas[1])
             seconds.append(time.perf_counter() - start if stage == "io" else registered)  # io: label warp included
+            cpu.append(cpu_seconds() - start_cpu if stage == "io" else registered_cpu)
             dice.append(atlasreg.evaluate(warped, data[n][1], "aseg")["mean_dice"])
-        print(f"{stage} {json.dumps(setting)}: Dice {mean(dice):.4f} ({' '.join(f'{d:.3f}' for d in dice)}), {mean(seconds):.2f} s / pair", flush=True)
+        print(f"{stage} {json.dumps(setting)} ({renderer}, {contrast} targets): Dice {mean(dice):.4f} "
+              f"({' '.join(f'{d:.3f}' for d in dice)}), {mean(seconds):.2f} s / pair, {mean(cpu):.2f} CPU s / pair", flush=True)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (ANTs runs in one), all threads: steadier than
+    wall-clock seconds on a shared machine."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 if __name__ == "__main__":

@@ -14,3 +14,4 @@ SVF_WINDOW = 5  # LNCC window, voxels
 SVF_WEIGHT = 0.3  # diffusion regulariser
 SVF_SMOOTHING = 1.0  # sigma (voxels) of the Gaussian on each update
 SVF_LR = 0.2  # Adam step, voxels
+SIMILARITIES = ("lncc", "mind")  # of the velocity optimiser: see engine.velocity.similarity_terms

@@ -37,6 +37,42 @@ def lncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 5, eps: float 
     return -(cross * cross / (var_f * var_w + eps)).mean()
 
 
+#: the six neighbours (voxel offsets along each axis, both ways) whose patch distances MIND-SSC compares
+_SIX = [(axis, sign) for axis in range(3) for sign in (1, -1)]
+#: the 12 pairs of them sqrt(2) apart (neighbours on different axes): the self-similarity context
+_SSC_PAIRS = [(a, b) for i, a in enumerate(_SIX) for b in _SIX[i + 1:] if a[0] != b[0]]
+
+
+def _shifted(image: torch.Tensor, axis: int, offset: int) -> torch.Tensor:
+    """``image`` read at ``p + offset`` along spatial ``axis`` (edge values past the border)."""
+    dim, n = axis + 2, image.shape[axis + 2]
+    index = (torch.arange(n, device=image.device) + offset).clamp(0, n - 1)
+    return image.index_select(dim, index)
+
+
+def mind_ssc(image: torch.Tensor, dilation: int = 2, window: int = 3) -> torch.Tensor:
+    """MIND-SSC descriptors (Heinrich et al. 2013) ``(B, 12, X, Y, Z)`` of an image ``(B, 1, X, Y, Z)``.
+
+    Each channel is exp(-D / V): D the mean squared difference over a ``window``^3 patch between
+    the image shifted to two of the six neighbours ``dilation`` voxels away (the 12 pairs
+    sqrt(2) apart), V the mean of the 12 distances at that voxel (the local noise level). The
+    descriptor describes local structure, not intensity, so it matches across contrasts: compare
+    two images' descriptors by their squared difference (:func:`descriptor_distance`).
+    """
+    shifted = {(axis, sign): _shifted(image, axis, sign * dilation) for axis, sign in _SIX}
+    distances = _box_mean(torch.cat([(shifted[a] - shifted[b]) ** 2 for a, b in _SSC_PAIRS], dim=1), window)
+    variance = distances.mean(dim=1, keepdim=True)
+    overall = variance.mean()
+    variance = variance.clamp(min=1e-3 * overall + 1e-12, max=1e3 * overall + 1e-12)
+    descriptor = torch.exp(-distances / variance)
+    return descriptor / descriptor.amax(dim=1, keepdim=True)
+
+
+def descriptor_distance(fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of two descriptor images ``(B, C, X, Y, Z)`` (e.g. :func:`mind_ssc`)."""
+    return ((fixed - warped) ** 2).mean()
+
+
 def mse(fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
     """Mean squared difference (for z-scored images of the same contrast)."""
     return ((fixed - warped) ** 2).mean()

@@ -4,13 +4,14 @@ scaling and squaring), in the spirit of FireANTs. Diffeomorphic, no model file, 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
 from atlasreg.engine import defaults
 from atlasreg.errors import AtlasregError
 from atlasreg.learned import align_pair, covering_shape, pick_device, transform_from_flow
 from atlasreg.plugin_api import MAX_ITERATIONS, MAX_SHRINK, Backend, Option
-from atlasreg.transform import Transform
+from atlasreg.transform import Transform, Velocity
 from atlasreg.volume import Volume
 
 
@@ -23,6 +24,10 @@ class SvfBackend(Backend):
     options = {
         "levels": Option(defaults.SVF_LEVELS, "shrink factor of each pyramid level, coarse to fine, 1 = the working grid", minimum=1, maximum=MAX_SHRINK),
         "iterations": Option(defaults.SVF_ITERATIONS, "Adam steps per level", minimum=0, maximum=MAX_ITERATIONS),
+        "similarity": Option("lncc", "lncc: one contrast, or contrasts whose intensities map one to one (T1 to T2, "
+                             "inverted); mind: MIND-SSC descriptors, for any two contrasts (T1 to FLAIR, lesions, "
+                             "synthetic contrasts), slower", defaults.SIMILARITIES),
+        "symmetric": Option(True, "both images move halfway (as SyN); false: only the moving image moves"),
         "window": Option(defaults.SVF_WINDOW, "LNCC window in voxels (odd)", minimum=3, maximum=31),
         "regularisation": Option(defaults.SVF_WEIGHT, "weight of the diffusion regulariser on the velocity", minimum=0),
         "smoothing": Option(defaults.SVF_SMOOTHING, "sigma in voxels of the Gaussian smoothing each update (0 = none)", minimum=0, maximum=10),
@@ -45,6 +50,7 @@ class SvfBackend(Backend):
         import torch
 
         from atlasreg.engine import displacement, optimize_velocity
+        from atlasreg.engine.velocity import INTEGRATION_STEPS
 
         device = pick_device(options["device"])
         shape = covering_shape(fixed, options["spacing"])
@@ -54,7 +60,9 @@ class SvfBackend(Backend):
         velocity = optimize_velocity(
             moving_t, fixed_t, levels=options["levels"], iterations=options["iterations"], window=options["window"],
             weight=options["regularisation"], smoothing=options["smoothing"], lr=options["lr"],
+            similarity=options["similarity"], symmetric=options["symmetric"],
         )
-        return transform_from_flow(displacement(velocity, shape)[0], pair, fixed)
+        kept = Velocity(velocity[0].cpu().numpy(), shape, pair.grid.affine, INTEGRATION_STEPS)  # for the exact inverse
+        return replace(transform_from_flow(displacement(velocity, shape)[0], pair, fixed), velocity=kept)
 
 
