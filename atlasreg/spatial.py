@@ -87,6 +87,59 @@ def _onehot_points(labels: np.ndarray, points: np.ndarray) -> np.ndarray:
     return best
 
 
+def sample_torch(volume: Volume, voxel_coords, label_interp: str = "nearest") -> np.ndarray:
+    """:func:`sample` in torch, on the device of ``voxel_coords`` (a float tensor (..., 3)): the same
+    values (linear for images, nearest or one-hot for labels, 0 beyond half a voxel outside),
+    computed where the coordinates are, e.g. on the GPU that made a field. Labels are gathered as
+    integers, never carried through floats."""
+    import torch
+    import torch.nn.functional as F
+
+    if label_interp not in LABEL_INTERPOLATIONS:
+        raise AtlasregError(f"label interpolation {label_interp!r}: choose one of {', '.join(LABEL_INTERPOLATIONS)}")
+    device = voxel_coords.device
+    shape = torch.tensor(volume.shape, device=device, dtype=voxel_coords.dtype)
+    inside = ((voxel_coords >= -0.5) & (voxel_coords <= shape - 0.5)).all(dim=-1)
+    if not volume.is_labels:
+        normalised = voxel_coords * (2.0 / (shape - 1).clamp(min=1)) - 1.0  # align_corners=True: -1, 1 = first, last centre
+        grid = normalised.flip(-1).reshape(1, *voxel_coords.shape[:-1], 3)  # grid_sample reads (z, y, x)
+        data = torch.from_numpy(volume.array).to(device, torch.float32)[None, None]
+        out = F.grid_sample(data, grid, mode="bilinear", padding_mode="border", align_corners=True)[0, 0]
+    else:
+        labels = torch.from_numpy(volume.array).to(device).reshape(-1)
+        points = voxel_coords.reshape(-1, 3).clamp(min=torch.zeros_like(shape), max=shape - 1)
+        strides = torch.tensor([volume.shape[1] * volume.shape[2], volume.shape[2], 1], device=device)
+        if label_interp == "nearest":
+            out = labels[(torch.floor(points + 0.5).long() * strides).sum(-1)]
+        else:
+            out = _onehot_torch(labels, points, shape, strides)
+        out = out.reshape(voxel_coords.shape[:-1])
+    return torch.where(inside, out, torch.zeros_like(out)).cpu().numpy()
+
+
+def _onehot_torch(labels, points, shape, strides):
+    """:func:`_onehot_points` in torch: the label of the 8 neighbours with the largest summed
+    linear weight (the smallest label on a tie), at (N, 3) voxel coordinates inside the grid."""
+    import torch
+
+    low = torch.minimum(torch.floor(points), (shape - 2).clamp(min=0))
+    frac = points - low
+    values, weights = [], []
+    for corner in [(dx, dy, dz) for dx in (0, 1) for dy in (0, 1) for dz in (0, 1)]:
+        step = torch.tensor(corner, device=points.device, dtype=points.dtype)
+        index = torch.minimum(low + step, shape - 1).long()
+        values.append(labels[(index * strides).sum(-1)])
+        weights.append(torch.where(step.bool(), frac, 1 - frac).prod(-1))
+    best_weight = torch.full_like(weights[0], -1.0)
+    best = torch.zeros_like(values[0])
+    for value in values:
+        total = sum(w * (v == value) for w, v in zip(weights, values))
+        better = (total > best_weight) | ((total == best_weight) & (value < best))
+        best_weight = torch.where(better, total, best_weight)
+        best = torch.where(better, value, best)
+    return best
+
+
 def resample(volume: Volume, shape: tuple[int, int, int], affine: np.ndarray, label_interp: str = "nearest") -> Volume:
     """``volume`` on another grid (same world positions)."""
     matrix = np.linalg.inv(volume.affine) @ affine

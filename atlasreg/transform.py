@@ -26,7 +26,7 @@ from scipy import ndimage
 from .errors import AtlasregError
 from .io import _check_nifti_path, atomic_path
 from .itk_space import read_itk_affine
-from .spatial import apply_matrix, sample, voxel_grid
+from .spatial import apply_matrix, sample, sample_torch, voxel_grid
 from .volume import Volume
 
 _RAS_TO_LPS = np.array([-1.0, -1.0, 1.0], dtype=np.float32)
@@ -78,6 +78,9 @@ class Transform:
     velocity: Velocity | None = None
     #: how this transform was obtained as another's inverse ("" when it was not)
     inversion: str = ""
+    #: where warping runs: None, NumPy on the CPU; "cuda" (or "cpu"), torch on that device (float32
+    #: coordinates, labels gathered as integers), set by a backend that ran there so the warp stays on its GPU
+    device: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
@@ -140,17 +143,39 @@ class Transform:
             coords += self.field @ to_voxels[:3, :3].T.astype(np.float32)
         return coords
 
+    def _moving_voxels_torch(self, moving: Volume):
+        """:meth:`_moving_voxels` as a float32 tensor computed on ``self.device``."""
+        import torch
+
+        to_voxels = np.linalg.inv(moving.affine) @ self.matrix
+        full = to_voxels @ self.grid_affine
+
+        def tensor(array: np.ndarray):
+            return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32, device=self.device)
+
+        axes = [torch.arange(n, dtype=torch.float32, device=self.device) for n in self.shape]
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1) @ tensor(full[:3, :3].T) + tensor(full[:3, 3])
+        if self.field is not None:
+            coords += tensor(self.field) @ tensor(to_voxels[:3, :3].T)
+        return coords
+
+    def _sample(self, volume: Volume, interp: str = "nearest") -> np.ndarray:
+        """``volume``'s values at T(x) for every fixed voxel x: NumPy, or torch on ``device``."""
+        if self.device is None:
+            return sample(volume, self._moving_voxels(volume), interp)
+        return sample_torch(volume, self._moving_voxels_torch(volume), interp)
+
     def warp(self, image: Volume) -> Volume:
         """Intensity image resampled onto the fixed grid (linear; 0 outside the moving volume)."""
         if image.is_labels:
             raise AtlasregError("warp() is for intensity images; use warp_labels() for label maps")
-        return Volume(sample(image, self._moving_voxels(image)), self.grid_affine, is_labels=False)
+        return Volume(self._sample(image), self.grid_affine, is_labels=False)
 
     def warp_labels(self, labels: Volume, interp: str = "nearest") -> Volume:
         """Label map resampled onto the fixed grid; ``nearest`` or ``onehot`` keep the exact label set."""
         if not labels.is_labels:
             raise AtlasregError("warp_labels() needs an integer label map")
-        return Volume(sample(labels, self._moving_voxels(labels), interp), self.grid_affine, is_labels=True)
+        return Volume(self._sample(labels, interp), self.grid_affine, is_labels=True)
 
     def on_grid(self, grid: Volume) -> "Transform":
         """The same map evaluated at ``grid``'s points (the field interpolated linearly, edge values
@@ -161,7 +186,7 @@ class Transform:
         if self.field is not None:
             points = Transform.identity(grid).grid_points()
             field = Transform(self.shape, self.grid_affine, self.field).map_points(points) - points
-        return Transform(grid.shape, grid.affine, field, self.matrix, self.velocity)
+        return Transform(grid.shape, grid.affine, field, self.matrix, self.velocity, device=self.device)
 
     def inverse(self, grid: Volume) -> "Transform":
         """The inverse map on ``grid`` (a grid of the moving space): warping a fixed-space volume
@@ -175,22 +200,22 @@ class Transform:
         points = Transform.identity(grid).grid_points()
         start = apply_matrix(np.linalg.inv(self.matrix), points)  # y -> M^-1 y: undo the affine first
         if self.field is None:
-            return Transform(grid.shape, grid.affine, None, np.linalg.inv(self.matrix), inversion="exact: the matrix inverted")
+            return Transform(grid.shape, grid.affine, None, np.linalg.inv(self.matrix), inversion="exact: the matrix inverted", device=self.device)
         if self.velocity is not None:
             mapped = self.velocity.exponential(-1.0).map_points(start)
-            return Transform(grid.shape, grid.affine, mapped - points, inversion="exact: the velocity field negated, exp(-v)")
+            return Transform(grid.shape, grid.affine, mapped - points, inversion="exact: the velocity field negated, exp(-v)", device=self.device)
         deformable = Transform(self.shape, self.grid_affine, self.field)
         found, rounds, residual = _fixed_point(deformable, start.reshape(-1, 3))
-        return Transform(grid.shape, grid.affine, found.reshape(points.shape) - points,
+        return Transform(grid.shape, grid.affine, found.reshape(points.shape) - points, device=self.device,
                          inversion=f"numerical: fixed-point iteration, {rounds} rounds, largest residual {residual:.3g} mm")
 
     # --- algebra ----------------------------------------------------------------------------
     def compose(self, inner: "Transform") -> "Transform":
         """self ∘ inner: a point goes through ``inner`` first, then ``self``; lives on ``inner``'s grid."""
         if self.field is None:
-            return Transform(inner.shape, inner.grid_affine, inner.field, self.matrix @ inner.matrix)
+            return Transform(inner.shape, inner.grid_affine, inner.field, self.matrix @ inner.matrix, device=inner.device)
         points = self.map_points(inner.mapped_points())
-        return Transform(inner.shape, inner.grid_affine, points - inner.grid_points())
+        return Transform(inner.shape, inner.grid_affine, points - inner.grid_points(), device=inner.device)
 
     def jacobian_determinant(self) -> np.ndarray:
         """det of dT/dx at every fixed voxel (world mm); ≤ 0 marks folding."""

@@ -212,3 +212,22 @@ def test_apply_agrees_with_ants_apply_transforms_on_labels(tmp_path, affine, kin
     assert ours.same_grid(reference) and ours.is_labels and (ours.array > 0).mean() > 0.5
     agreement = (ours.array == from_ants(theirs, labels=True).array).mean()
     assert agreement >= 0.999, agreement
+
+
+def test_warping_in_torch_gives_what_numpy_gives(affine):
+    """The GPU path (torch, float32), run here on the CPU: the same images and labels as NumPy's."""
+    moving_affine = affine.copy()
+    moving_affine[:3, 3] += [3.0, -2.0, 1.5]
+    image = Volume(image_from_labels(blob_labels()), moving_affine, is_labels=False)
+    labels = Volume(blob_labels(), moving_affine, is_labels=True)
+    grid = Volume(np.zeros((28, 30, 26), np.float32), affine, is_labels=False)
+    numpy_way = Transform.from_field(grid, smooth_field(grid.shape, 5.0), small_affine())
+    torch_way = Transform(numpy_way.shape, numpy_way.grid_affine, numpy_way.field, numpy_way.matrix, device="cpu")
+    np.testing.assert_allclose(torch_way.warp(image).array, numpy_way.warp(image).array, atol=1e-2)
+    large = labels.with_array(np.where(labels.array > 0, labels.array + 2**30, 0))  # beyond float32's exact integers
+    for volume in (labels, large):
+        for interp in ("nearest", "onehot"):
+            ours, theirs = torch_way.warp_labels(volume, interp).array, numpy_way.warp_labels(volume, interp).array
+            assert ours.dtype == theirs.dtype and (ours == theirs).mean() >= 0.999
+            assert (ours > 0).mean() > 0.3 and set(np.unique(ours)) <= set(np.unique(volume.array))
+    assert torch_way.inverse(grid).device == "cpu" and torch_way.on_grid(image).device == "cpu"
