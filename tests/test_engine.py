@@ -122,7 +122,11 @@ def test_svf_backend_aligns_and_is_deterministic(pair):
         ({"regularisation": "-1"}, ">= 0"),
         ({"smoothing": "-0.5"}, ">= 0"),
         ({"lr": "0"}, "> 0"),
-        ({"spacing": "-2"}, ">= 0.25"),
+        ({"spacing": "-2"}, ">= 0"),
+        ({"spacing": "0.1"}, ">= 0.25 mm"),
+        ({"preset": "best"}, "choose one of"),
+        ({"preset": "quality", "iterations": "10,10,10"}, "one count"),
+        ({"similarity": "mi"}, "choose one of"),
         ({"device": "tpu"}, "choose one of"),
     ],
 )

@@ -10,6 +10,12 @@ AFFINE_SAMPLES = 5_000  # voxels the similarity reads per step
 
 SVF_LEVELS = (4, 2, 1)  # shrink factor of each pyramid level (1: the working grid)
 SVF_ITERATIONS = (100, 30, 10)  # 100, 50, 20: +0.003 Dice for 1.6x the time
+#: the svf backend's presets: working-grid spacing (mm), pyramid levels and Adam steps per level
+SVF_PRESETS = {
+    "fast": {"spacing": 2.0, "levels": SVF_LEVELS, "iterations": SVF_ITERATIONS},
+    "quality": {"spacing": 1.0, "levels": (8, 4, 2, 1), "iterations": (100, 50, 30, 10)},
+}
+SVF_SYMMETRIC = True  # both images meet halfway
 SVF_WINDOW = 5  # LNCC window, voxels
 SVF_WEIGHT = 0.3  # diffusion regulariser
 SVF_SMOOTHING = 1.0  # sigma (voxels) of the Gaussian on each update

@@ -22,29 +22,37 @@ class SvfBackend(Backend):
     requires = ("torch",)
     deterministic = True  # no random element; same bytes on CPU (tests/test_engine.py)
     options = {
-        "levels": Option(defaults.SVF_LEVELS, "shrink factor of each pyramid level, coarse to fine, 1 = the working grid", minimum=1, maximum=MAX_SHRINK),
-        "iterations": Option(defaults.SVF_ITERATIONS, "Adam steps per level", minimum=0, maximum=MAX_ITERATIONS),
+        "preset": Option("fast", "fast: a 2 mm working grid, levels 4,2,1, iterations 100,30,10 (seconds a pair on a CPU); "
+                         "quality: a 1 mm working grid, levels 8,4,2,1, iterations 100,50,30,10 (finer detail on 1 mm "
+                         "scans, several times slower); spacing, levels and iterations given override it",
+                         tuple(defaults.SVF_PRESETS)),
+        "levels": Option((), "shrink factor of each pyramid level, coarse to fine, 1 = the working grid (empty: the preset's)",
+                         minimum=1, maximum=MAX_SHRINK),
+        "iterations": Option((), "Adam steps per level (empty: the preset's)", minimum=0, maximum=MAX_ITERATIONS),
         "similarity": Option("lncc", "lncc: one contrast, or contrasts whose intensities map one to one (T1 to T2, "
                              "inverted); mind: MIND-SSC descriptors, for any two contrasts (T1 to FLAIR, lesions, "
                              "synthetic contrasts), slower", defaults.SIMILARITIES),
-        "symmetric": Option(True, "both images move halfway (as SyN); false: only the moving image moves"),
+        "symmetric": Option(defaults.SVF_SYMMETRIC, "both images move halfway (as SyN); false: only the moving image moves"),
         "window": Option(defaults.SVF_WINDOW, "LNCC window in voxels (odd)", minimum=3, maximum=31),
         "regularisation": Option(defaults.SVF_WEIGHT, "weight of the diffusion regulariser on the velocity", minimum=0),
         "smoothing": Option(defaults.SVF_SMOOTHING, "sigma in voxels of the Gaussian smoothing each update (0 = none)", minimum=0, maximum=10),
         "lr": Option(defaults.SVF_LR, "Adam step size in voxels", minimum=0, exclusive_minimum=True, maximum=10),
-        "spacing": Option(2.0, "voxel size of the working grid in mm", minimum=0.25, maximum=8),
+        "spacing": Option(0.0, "voxel size of the working grid in mm, >= 0.25 (0: the preset's)", minimum=0, maximum=8),
         "device": Option("auto", "where the optimisation runs", ("auto", "cpu", "cuda")),
     }
 
     def check_options(self, resolved: Mapping[str, Any]) -> None:
         """What spans options: levels coarse to fine, one iteration count per level, an odd window."""
-        levels = resolved["levels"]
-        if not levels or list(levels) != sorted(levels, reverse=True):
+        settings = with_preset(resolved)
+        levels = settings["levels"]
+        if list(levels) != sorted(levels, reverse=True):
             raise AtlasregError(f"svf: levels={','.join(map(str, levels))}: need shrink factors coarse to fine (e.g. 4,2,1)")
-        if len(resolved["iterations"]) != len(levels):
+        if len(settings["iterations"]) != len(levels):
             raise AtlasregError(f"svf: iterations needs one count per level ({len(levels)} levels)")
         if resolved["window"] % 2 == 0:
             raise AtlasregError(f"svf: window={resolved['window']}: need an odd number")
+        if settings["spacing"] < 0.25:
+            raise AtlasregError(f"svf: spacing={settings['spacing']}: must be >= 0.25 mm")
 
     def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
         import torch
@@ -52,6 +60,7 @@ class SvfBackend(Backend):
         from atlasreg.engine import displacement, optimize_velocity
         from atlasreg.engine.velocity import INTEGRATION_STEPS
 
+        options = with_preset(options)
         device = pick_device(options["device"])
         shape = covering_shape(fixed, options["spacing"])
         pair = align_pair(moving, fixed, options["spacing"], shape, device=device)
@@ -66,3 +75,9 @@ class SvfBackend(Backend):
         return replace(transform_from_flow(displacement(velocity, shape)[0], pair, fixed), velocity=kept)
 
 
+
+
+def with_preset(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with the preset's spacing, levels and iterations where they were left empty."""
+    preset = defaults.SVF_PRESETS[options["preset"]]
+    return {**options, **{key: value for key, value in preset.items() if not options[key]}}
