@@ -2,8 +2,8 @@
 did not make, for validating settings on data they were not chosen on.
 
 Written apart from the synthesizer and sharing none of its code or numbers: its own intensity
-tables (T1 MPRAGE-like, T2-like and PD-like, arbitrary units, per-structure values that are
-not the synthesizer's, jittered per subject), and its own corruption model, in this order:
+tables (T1 MPRAGE-like, T2-like, PD-like and FLAIR-like, arbitrary units, per-structure values
+that are not the synthesizer's, jittered per subject), and its own corruption model, in this order:
 
 * rendered at the label map's 1 mm, each tissue modulated by a smooth texture field (about 4 mm
   correlation; the synthesizer draws independent voxel noise per label);
@@ -16,7 +16,7 @@ not the synthesizer's, jittered per subject), and its own corruption model, in t
 * Rician noise, the magnitude of complex Gaussian noise (the synthesizer: additive Gaussian,
   clipped at 0), so the background is Rayleigh noise, as in a magnitude image.
 
-    python benchmarks/second_renderer.py OUTDIR N [N ...] [--contrast t1|t2|pd]
+    python benchmarks/second_renderer.py OUTDIR N [N ...] [--contrast t1|t2|pd|flair]
 
 ``subject(number, contrast)`` gives (image, labels) on exactly the 2 mm grid of
 ``shared_maps.subject(number)``'s labels, so the two renderers' images share their truth.
@@ -36,30 +36,32 @@ from atlasreg.spatial import resample  # noqa: E402
 from atlasreg.volume import Volume  # noqa: E402
 from shared_maps import labels_of, stripped_labels  # noqa: E402
 
-CONTRASTS = ("t1", "t2", "pd")
+CONTRASTS = ("t1", "t2", "pd", "flair")
 SEED_BASE = 7919  # images of subject n draw from default_rng([SEED_BASE, n]): never the synthesizer's seed n
 
-# (T1 MPRAGE-like, T2-like, PD-like) mean per structure group, arbitrary units; FreeSurfer aseg labels
-TABLE: dict[tuple[int, ...], tuple[float, float, float]] = {
-    (2, 41): (820.0, 380.0, 610.0),  # cerebral white matter
-    (7, 46): (790.0, 400.0, 620.0),  # cerebellar white matter
-    (85, 77): (700.0, 520.0, 650.0),  # optic chiasm, white-matter hypointensities
-    (16,): (700.0, 430.0, 640.0),  # brain stem
-    (28, 60): (660.0, 470.0, 660.0),  # ventral diencephalon
-    (13, 52): (640.0, 350.0, 650.0),  # pallidum (iron: dark on T2)
-    (10, 49): (600.0, 500.0, 680.0),  # thalamus
-    (12, 51): (520.0, 540.0, 700.0),  # putamen
-    (11, 50): (500.0, 580.0, 710.0),  # caudate
-    (26, 58): (490.0, 590.0, 710.0),  # accumbens
-    (8, 47): (470.0, 620.0, 720.0),  # cerebellar cortex
-    (3, 42): (450.0, 640.0, 730.0),  # cerebral cortex
-    (18, 54): (440.0, 650.0, 735.0),  # amygdala
-    (17, 53): (430.0, 670.0, 740.0),  # hippocampus
-    (30, 62): (380.0, 560.0, 700.0),  # vessels
-    (31, 63): (420.0, 700.0, 760.0),  # choroid plexus
-    (4, 5, 14, 15, 24, 43, 44, 72): (150.0, 980.0, 850.0),  # ventricles and CSF
+# (T1 MPRAGE-like, T2-like, PD-like, FLAIR-like) mean per structure group, arbitrary units; FreeSurfer aseg
+# labels. FLAIR: fluid dark as on T1 but grey matter brighter than white matter as on T2, lesions bright:
+# no monotonic map relates it to T1
+TABLE: dict[tuple[int, ...], tuple[float, float, float, float]] = {
+    (2, 41): (820.0, 380.0, 610.0, 480.0),  # cerebral white matter
+    (7, 46): (790.0, 400.0, 620.0, 500.0),  # cerebellar white matter
+    (85, 77): (700.0, 520.0, 650.0, 900.0),  # optic chiasm, white-matter hypointensities (lesions)
+    (16,): (700.0, 430.0, 640.0, 520.0),  # brain stem
+    (28, 60): (660.0, 470.0, 660.0, 560.0),  # ventral diencephalon
+    (13, 52): (640.0, 350.0, 650.0, 470.0),  # pallidum (iron: dark on T2)
+    (10, 49): (600.0, 500.0, 680.0, 600.0),  # thalamus
+    (12, 51): (520.0, 540.0, 700.0, 640.0),  # putamen
+    (11, 50): (500.0, 580.0, 710.0, 660.0),  # caudate
+    (26, 58): (490.0, 590.0, 710.0, 660.0),  # accumbens
+    (8, 47): (470.0, 620.0, 720.0, 680.0),  # cerebellar cortex
+    (3, 42): (450.0, 640.0, 730.0, 700.0),  # cerebral cortex
+    (18, 54): (440.0, 650.0, 735.0, 720.0),  # amygdala
+    (17, 53): (430.0, 670.0, 740.0, 740.0),  # hippocampus
+    (30, 62): (380.0, 560.0, 700.0, 400.0),  # vessels
+    (31, 63): (420.0, 700.0, 760.0, 600.0),  # choroid plexus
+    (4, 5, 14, 15, 24, 43, 44, 72): (150.0, 980.0, 850.0, 120.0),  # ventricles and CSF
 }
-OTHER_BRAIN = (450.0, 640.0, 730.0)  # any other brain label: cortex-like
+OTHER_BRAIN = (450.0, 640.0, 730.0, 700.0)  # any other brain label: cortex-like
 JITTER = 0.08  # relative, per structure group and subject
 TEXTURE, TEXTURE_MM = 0.05, 4.0  # std of the smooth multiplicative texture, its correlation length
 PSF_MM = (1.2, 2.5)  # FWHM in-plane and along the thick-slice axis

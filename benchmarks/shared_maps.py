@@ -40,22 +40,22 @@ def subject(number: int, spacing: float = 2.0, margin: int = 6, contrast: str = 
     return synthesize(labels, seed=number, contrast=contrast), labels
 
 
-TARGET_CONTRASTS = ("t1", "t2", "pd", "inverted")
+TARGET_CONTRASTS = ("t1", "t2", "pd", "flair", "inverted")
 RENDERERS = ("synth", "second")
 
 
 def target(number: int, contrast: str = "t1", renderer: str = "synth") -> tuple[Volume, Volume]:
     """Shared subject ``number`` at 2 mm rendered by ``renderer`` (``synth``: atlasreg's synthesizer,
-    ``second``: benchmarks/second_renderer.py) in ``contrast``: ``t1``, ``t2``, ``pd`` (second
-    renderer only) or ``inverted`` (the T1 image's intensities turned upside down inside the head:
+    ``second``: benchmarks/second_renderer.py) in ``contrast``: ``t1``, ``t2``, ``pd`` or ``flair``
+    (second renderer only) or ``inverted`` (the T1 image's intensities turned upside down inside the head:
     a contrast no table made)."""
     base = "t1" if contrast == "inverted" else contrast
     if renderer == "second":
         from second_renderer import subject as second_subject
 
         image, labels = second_subject(number, base)
-    elif base == "pd":
-        sys.exit("the pd contrast is the second renderer's (--renderer second)")
+    elif base in ("pd", "flair"):
+        sys.exit(f"the {base} contrast is the second renderer's (--renderer second)")
     else:
         image, labels = subject(number, contrast=base)
     if contrast == "inverted":
