@@ -15,7 +15,7 @@ SVF_PRESETS = {
     "fast": {"spacing": 2.0, "levels": SVF_LEVELS, "iterations": SVF_ITERATIONS},
     "quality": {"spacing": 1.0, "levels": (8, 4, 2, 1), "iterations": (100, 50, 30, 10)},
 }
-SVF_SYMMETRIC = True  # both images meet halfway
+SVF_SYMMETRIC = False  # both images meet halfway: measured lower Dice on validation pairs, and slower (benchmarks/RESULTS.md)
 SVF_WINDOW = 5  # LNCC window, voxels
 SVF_WEIGHT = 0.3  # diffusion regulariser
 SVF_SMOOTHING = 1.0  # sigma (voxels) of the Gaussian on each update
