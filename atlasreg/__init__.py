@@ -6,6 +6,7 @@
     print(atlasreg.evaluate(labels, atlasreg.load("truth.nii.gz", labels=True))["mean_dice"])
 """
 
+from ._version import __version__
 from .errors import AtlasregError
 from .io import load, save
 from .metrics import evaluate
@@ -28,4 +29,3 @@ __all__ = [
     "segment",
     "segment_many",
 ]
-__version__ = "0.1.0"

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from ._version import __version__
 from .errors import AtlasregError
 from .io import check_output
 from .lut import label_table, write_dseg_tsv
@@ -85,8 +86,6 @@ def derivative_jobs(images: Sequence[Path], out_dir: Path, desc: str) -> list[Su
 
 def generated_by(settings: SegmentSettings, atlases: Sequence[Atlas] | None, builtin_atlas: str | None) -> dict[str, Any]:
     """The ``GeneratedBy`` entry: what made these derivatives, enough to make them again."""
-    from . import __version__
-
     return {"Name": "atlasreg", "Version": __version__,
             "Description": "registration-based segmentation: atlases registered to each T1w image, labels carried across and fused",
             **made_by(settings, atlases, builtin_atlas)}

@@ -1,6 +1,9 @@
 """Named models: the weights a learned backend runs with, declared by plugins (``atlasreg_models``
 hook) or given as a file.
 
+The model file format (``save_model``/``load_model_file``) lives here too: weights, config and
+version as plain tensors and primitives, read with ``weights_only=True``.
+
 ``resolve(backend, spec)`` turns what a user wrote (``--model NAME``, ``--model PATH`` or nothing)
 into a model file: nothing means the backend's default model (shipped as package data by its
 plugin); a declared name is checked against its SHA-256 before use, so a truncated or swapped
@@ -10,13 +13,19 @@ file is refused with a clear error instead of producing wrong labels.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
+from typing import Any, Mapping
 
+from ._version import __version__
 from .errors import AtlasregError
+from .io import atomic_path
 from .plugin_api import ModelSpec
-from .registry import registry
+from .registry import get_backend, registry
 
-__all__ = ["list_models", "get_model", "default_model", "resolve", "verify", "sha256", "publish"]
+__all__ = ["list_models", "get_model", "default_model", "resolve", "verify", "sha256", "publish", "save_model", "load_model_file"]
+
+MODEL_FORMAT = 1
 
 
 def sha256(path: str | Path) -> str:
@@ -26,6 +35,54 @@ def sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def save_model(path: str | os.PathLike, backend: str, config: Mapping[str, Any], network, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write weights + full config + atlasreg version as plain tensors and primitives (no pickled code)."""
+    import torch
+
+    path = Path(path)
+    state = {
+        "format": MODEL_FORMAT,
+        "backend": backend,
+        "atlasreg_version": __version__,
+        "config": dict(config),
+        "weights": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        **(extra or {}),
+    }
+    if not path.parent.is_dir():
+        raise AtlasregError(f"{path.parent}: output folder does not exist")
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_model_file(path: str | os.PathLike) -> dict:
+    """Read a model file with ``weights_only=True``: a file holding pickled objects is refused.
+
+    A torch archive (a zip file) that the weights-only loader rejects holds more than tensors and
+    plain values: that behaviour, not the wording of torch's message (it changes between
+    versions), is what tells a refused file from one that is not a model at all.
+    """
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise AtlasregError(f"{path}: no such model file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if zipfile.is_zipfile(path):
+            raise AtlasregError(f"{path}: refused: the file holds pickled Python objects, not plain weights") from None
+        raise AtlasregError(f"{path}: not an atlasreg model file") from None
+    except Exception as exc:
+        raise AtlasregError(f"{path}: not an atlasreg model file ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT or "weights" not in state:
+        raise AtlasregError(f"{path}: not an atlasreg model file")
+    return state
 
 
 def list_models() -> list[tuple[ModelSpec, str]]:
@@ -83,9 +140,6 @@ def resolve(backend: str, spec: str) -> Path:
 def publish(model_file: str | Path, output: str | Path) -> str:
     """Write the shippable part of a training checkpoint (weights, config, step, training settings;
     no optimiser state) to ``output`` and return its SHA-256, for a plugin's ``ModelSpec``."""
-    from .learned import load_model_file, save_model
-    from .registry import get_backend
-
     state = load_model_file(model_file)
     backend = get_backend(state["backend"])
     config = backend.config(state["config"])

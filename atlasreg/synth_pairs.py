@@ -13,7 +13,7 @@ axis, noise, and a brain mask (background 0, sometimes with clipped noise as in
 (``atlasreg.recipe.label_overlap``), not their intensities. On request the fixed label map is
 rendered once more under a third, independent contrast (``fixed_view``: the same anatomy voxel for
 voxel, for a cross-contrast term). Images are z-scored by ``atlasreg.volume.zscore``, as
-``atlasreg.learned.align_pair`` does at inference.
+``atlasreg.engine.grid.align_pair`` does at inference.
 
 Everything is drawn from one ``torch.Generator`` seeded per pair: the same seed gives the same
 pair, byte for byte, whatever else runs (one process or many); the view is drawn last, so asking

@@ -33,10 +33,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from .engine.grid import AlignedPair, align_pair, pick_device, transform_from_flow
 from .errors import AtlasregError
 from .io import check_output
-from .learned import AlignedPair, LearnedBackend, align_pair, load_model_file, pick_device, save_model, transform_from_flow
+from .learned import LearnedBackend
 from .metrics import evaluate
+from .models import load_model_file, save_model
 from .pipeline import as_image, as_labels
 from .registry import get_backend
 from .volume import Volume

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import atlasreg
-from atlasreg.learned import pick_device, transform_from_flow
+from atlasreg.engine.grid import pick_device, transform_from_flow
 from atlasreg.registry import get_backend
 from atlasreg.spatial import resample_to_spacing
 from atlasreg.train import aligned

@@ -22,7 +22,7 @@ import click
 import torch
 
 import atlasreg
-from atlasreg.learned import align_pair, pick_device, transform_from_flow
+from atlasreg.engine.grid import align_pair, pick_device, transform_from_flow
 from atlasreg.metrics import folding_percent
 from atlasreg.registry import get_backend
 

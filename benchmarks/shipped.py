@@ -21,7 +21,7 @@ import click
 import torch
 
 import atlasreg
-from atlasreg.learned import align_pair, transform_from_flow
+from atlasreg.engine.grid import align_pair, transform_from_flow
 from atlasreg.models import resolve
 from atlasreg.registry import get_backend
 

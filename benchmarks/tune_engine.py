@@ -48,7 +48,7 @@ def backend(name: str):
 
 def io(settings: dict, atlas, target, model: str) -> atlasreg.Volume:
     from atlasreg.engine import displacement, optimize_velocity
-    from atlasreg.learned import align_pair, transform_from_flow
+    from atlasreg.engine.grid import align_pair, transform_from_flow
     from atlasreg.models import resolve
     from atlasreg.registry import get_backend
 

@@ -230,7 +230,7 @@ def test_all_zero_image_is_refused(capsys, files, tmp_path, which):
 
 def test_model_with_wrong_weight_shapes_names_the_config(capsys, files, tmp_path):
     torch = pytest.importorskip("torch")
-    from atlasreg.learned import save_model
+    from atlasreg.models import save_model
     from atlasreg.registry import get_backend
 
     backend = get_backend("voxelmorph")

@@ -9,7 +9,7 @@ import atlasreg
 from atlasreg import AtlasregError
 from atlasreg.cli import main
 from atlasreg.compare import Target, parse_methods, run_compare
-from atlasreg.learned import save_model
+from atlasreg.models import save_model
 from atlasreg.registry import get_backend
 from atlasreg.report import write_report
 from atlasreg.volume import Volume

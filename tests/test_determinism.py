@@ -117,7 +117,7 @@ def test_backends_listing_says_which_are_deterministic(capsys):
 def test_learned_training_and_inference_give_the_same_bytes_twice(capsys, files, tmp_path, name):
     import torch
 
-    from atlasreg.learned import load_model_file
+    from atlasreg.models import load_model_file
 
     models = []
     for attempt in range(2):

@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 
 import atlasreg  # noqa: E402
 from atlasreg import AtlasregError  # noqa: E402
-from atlasreg.learned import align_pair, load_model_file, save_model  # noqa: E402
+from atlasreg.engine.grid import align_pair  # noqa: E402
+from atlasreg.models import load_model_file, save_model  # noqa: E402
 from atlasreg.recipe import TrainingPair, label_overlap  # noqa: E402
 from atlasreg.registry import get_backend  # noqa: E402
 from atlasreg.train import TrainSettings, train  # noqa: E402
@@ -202,7 +203,7 @@ def test_transform_from_flow_resamples_the_field_like_linear_interpolation(pair)
     """The torch resampling of the network's field onto an oblique target grid = SciPy's linear one."""
     from scipy import ndimage
 
-    from atlasreg.learned import AlignedPair, transform_from_flow, working_grid
+    from atlasreg.engine.grid import AlignedPair, transform_from_flow, working_grid
     from atlasreg.spatial import apply_matrix, voxel_grid
 
     _, _, fixed, _ = pair

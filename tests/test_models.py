@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 import atlasreg  # noqa: E402
 from atlasreg import AtlasregError  # noqa: E402
 from atlasreg.hookspecs import hookimpl  # noqa: E402
-from atlasreg.learned import load_model_file, save_model  # noqa: E402
+from atlasreg.models import load_model_file, save_model  # noqa: E402
 from atlasreg.models import default_model, list_models, publish, resolve, sha256, verify  # noqa: E402
 from atlasreg.plugin_api import ModelSpec  # noqa: E402
 from atlasreg.registry import get_backend, registry  # noqa: E402

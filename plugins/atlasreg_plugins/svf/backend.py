@@ -8,8 +8,8 @@ from dataclasses import replace
 from typing import Any, Mapping
 
 from atlasreg.engine import defaults
+from atlasreg.engine.grid import align_pair, covering_shape, pick_device, transform_from_flow
 from atlasreg.errors import AtlasregError
-from atlasreg.learned import align_pair, covering_shape, pick_device, transform_from_flow
 from atlasreg.plugin_api import MAX_ITERATIONS, MAX_SHRINK, Backend, Option
 from atlasreg.transform import Transform, Velocity
 from atlasreg.volume import Volume

@@ -1,0 +1,113 @@
+"""The working grid and the affine pre-alignment that the learned backends and ``svf`` share.
+
+Both see affinely pre-aligned pairs on a fixed working grid: an axis-aligned grid of ``spacing``
+mm and ``shape`` voxels centred on the fixed image's brain. The engine's affine stage maps fixed
+to moving world first; a field u on the working grid is then composed with it into one Transform
+on the fixed image's own grid: T(x) = A · (x + u(x)). Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import AtlasregError
+from ..transform import Transform
+from ..volume import Volume, zscore
+
+
+def working_grid(fixed: Volume, spacing: float, shape: tuple[int, int, int]) -> Volume:
+    """An axis-aligned RAS grid (empty Volume) of ``shape`` voxels at ``spacing`` mm centred on the
+    intensity-weighted centre of ``fixed``'s non-zero voxels (its brain, once skull-stripped)."""
+    mask = fixed.array > 0
+    centre_voxel = np.array(ndimage.center_of_mass(mask)) if mask.any() else (np.array(fixed.shape) - 1) / 2.0
+    centre = fixed.affine[:3, :3] @ centre_voxel + fixed.affine[:3, 3]
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = centre - spacing * (np.array(shape) - 1) / 2.0
+    return Volume(np.zeros(shape, np.float32), affine, is_labels=False)
+
+
+def covering_shape(fixed: Volume, spacing: float, margin: int = 4) -> tuple[int, int, int]:
+    """Shape of the ``working_grid`` at ``spacing`` mm that holds all of ``fixed``'s non-zero voxels,
+    plus ``margin`` voxels each side (the grid is centred on their centre of mass, not their box)."""
+    mask = fixed.array > 0
+    voxels = np.argwhere(mask) if mask.any() else np.array([[0, 0, 0], np.array(fixed.shape) - 1])
+    centre = np.array(ndimage.center_of_mass(mask)) if mask.any() else voxels.mean(0)
+    corners = np.array([[lo, hi] for lo, hi in zip(voxels.min(0), voxels.max(0))])
+    corners = np.array(np.meshgrid(*corners, indexing="ij")).reshape(3, -1)
+    reach = np.abs(fixed.affine[:3, :3] @ (corners - centre[:, None])).max(1)
+    return tuple(int(n) for n in np.ceil(2 * reach / spacing) + 1 + 2 * margin)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class AlignedPair:
+    """A moving/fixed pair on one working grid, intensities z-scored; ``matrix`` = the affine stage."""
+
+    moving: np.ndarray
+    fixed: np.ndarray
+    grid: Volume
+    matrix: np.ndarray
+    moving_labels: np.ndarray | None = None
+
+
+def align_pair(
+    moving: Volume,
+    fixed: Volume,
+    spacing: float,
+    shape: tuple[int, int, int],
+    moving_labels: Volume | None = None,
+    matrix: np.ndarray | None = None,
+    device: str = "cpu",
+) -> AlignedPair:
+    """The core's affine stage (unless ``matrix`` is given; run on ``device``), then both images
+    resampled onto the working grid."""
+    grid = working_grid(fixed, spacing, shape)
+    if matrix is None:
+        from .affine import affine_stage
+
+        matrix = affine_stage(moving, fixed, device=device)
+    on_grid = Transform.from_matrix(grid, matrix)
+    fixed_w = Transform.identity(grid).warp(fixed)
+    moving_w = on_grid.warp(moving)
+    labels_w = on_grid.warp_labels(moving_labels).array if moving_labels is not None else None
+    return AlignedPair(zscore(moving_w).array, zscore(fixed_w).array, grid, matrix, labels_w)
+
+
+def transform_from_flow(flow_voxels, pair: AlignedPair, fixed: Volume) -> Transform:
+    """The network's flow (3, X, Y, Z, working-grid voxels; NumPy or a torch tensor on any device)
+    composed with the affine stage, on ``fixed``'s grid.
+
+    The field is resampled onto ``fixed``'s grid with torch (linear, border values beyond the
+    working grid), on the flow's own device: on a GPU this step costs milliseconds, not seconds.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    flow = torch.as_tensor(flow_voxels).float()
+    spacing = float(pair.grid.affine[0, 0])  # axis-aligned RAS grid: voxels -> mm
+    to_working = torch.as_tensor(np.linalg.inv(pair.grid.affine) @ fixed.affine, dtype=torch.float32, device=flow.device)
+    axes = [torch.arange(n, dtype=torch.float32, device=flow.device) for n in fixed.shape]
+    i, j, k = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
+    working = flow.shape[1:]
+    normalised = []
+    for c in (2, 1, 0):  # grid_sample wants (z, y, x) order, each in [-1, 1] across the working grid
+        coord = to_working[c, 0] * i + to_working[c, 1] * j + to_working[c, 2] * k + to_working[c, 3]
+        normalised.append(coord * (2.0 / (working[c] - 1)) - 1.0)
+    grid = torch.stack(normalised, dim=-1)[None]
+    field = F.grid_sample(flow[None] * spacing, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+    return Transform.from_field(fixed, field.permute(1, 2, 3, 0).cpu().numpy(), pair.matrix)
+
+
+def pick_device(name: str) -> str:
+    """``auto`` -> cuda when a GPU is visible, else cpu; an explicit cuda without a GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AtlasregError("device cuda requested but no CUDA GPU is visible")
+    if name not in ("cpu", "cuda"):
+        raise AtlasregError(f"device {name!r}: choose auto, cpu or cuda")
+    return name
