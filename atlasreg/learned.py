@@ -1,7 +1,9 @@
 """What every learned (network) backend shares: loading its model, inference and instance
 optimisation. A plugin supplies only its network and loss terms.
 
-Learned backends see affinely pre-aligned pairs on a fixed working grid (``atlasreg.engine.grid``).
+Learned backends see affinely pre-aligned pairs on a fixed working grid (``atlasreg.engine.grid``);
+``LearnedBackend.predict`` turns such a pair into a Transform on the target's own grid, for
+``register``, training validation and the benchmarks alike.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from .engine.grid import align_pair, pick_device, transform_from_flow
+from .engine.grid import AlignedPair, align_pair, pick_device, transform_from_flow
 from .errors import AtlasregError
 from .models import load_model_file, resolve
 from .plugin_api import MAX_ITERATIONS, Backend, Option
@@ -161,18 +163,25 @@ class LearnedBackend(Backend):
         self.load_network(resolve(self.name, resolved["model"]), "cpu")
 
     def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
-        import torch
-
         device = pick_device(options["device"])
         network, config = self.load_network(resolve(self.name, options["model"]), device)
         pair = align_pair(moving, fixed, config["spacing"], tuple(config["shape"]))
-        moving_t = torch.from_numpy(pair.moving)[None, None].to(device)
-        fixed_t = torch.from_numpy(pair.fixed)[None, None].to(device)
-        if options["optimize_steps"] > 0:
-            flow = self.optimize(network, moving_t, fixed_t, config, options["optimize_steps"], options["optimize_lr"])
+        return self.predict(network, config, pair, fixed, device, options["optimize_steps"], options["optimize_lr"])
+
+    def predict(self, network, config: Mapping[str, Any], pair: AlignedPair, target: Volume, device: str,
+                optimize_steps: int = 0, optimize_lr: float = 0.2) -> Transform:
+        """The Transform on ``target``'s grid for an aligned pair: the network's flow (refined by
+        ``optimize_steps`` steps of instance optimisation when > 0) composed with the affine stage.
+        What ``register``, training validation and the benchmarks all run."""
+        import torch
+
+        moving = torch.from_numpy(pair.moving)[None, None].to(device)
+        fixed = torch.from_numpy(pair.fixed)[None, None].to(device)
+        if optimize_steps > 0:
+            flow = self.optimize(network, moving, fixed, config, optimize_steps, optimize_lr)
         else:
-            flow = self.predict_flow(network, moving_t, fixed_t, config)
-        return transform_from_flow(flow[0], pair, fixed)
+            flow = self.predict_flow(network, moving, fixed, config)
+        return transform_from_flow(flow[0], pair, target)
 
     def optimize(self, network, moving, fixed, config: Mapping[str, Any], steps: int, lr: float):
         """Instance optimisation: the network's velocity (detached; the weights stay as trained) refined

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .engine.grid import AlignedPair, align_pair, pick_device, transform_from_flow
+from .engine.grid import AlignedPair, align_pair, pick_device
 from .errors import AtlasregError
 from .io import check_output
 from .learned import LearnedBackend
@@ -421,15 +421,10 @@ def validate(
     backend: LearnedBackend, network, config: Mapping[str, Any], cases: Sequence[ValidationCase], device: str, protocol: str
 ) -> float:
     """Mean Dice of atlas labels carried onto each validation image by the current network."""
-    import torch
-
     network.eval()
     scores = []
     for case in cases:
-        moving = torch.from_numpy(case.pair.moving)[None, None].to(device)
-        fixed = torch.from_numpy(case.pair.fixed)[None, None].to(device)
-        flow = backend.predict_flow(network, moving, fixed, config)
-        transform = transform_from_flow(flow[0], case.pair, case.target)
+        transform = backend.predict(network, config, case.pair, case.target, device)
         scores.append(evaluate(transform.warp_labels(case.atlas_labels), case.truth, protocol)["mean_dice"])
     network.train()
     return float(np.mean(scores))

@@ -24,13 +24,13 @@ from pathlib import Path
 from statistics import mean
 
 import click
-import numpy as np
 import torch
 
 import atlasreg
-from atlasreg.engine.grid import pick_device, transform_from_flow
+from atlasreg.engine.grid import pick_device
 from atlasreg.registry import get_backend
 from atlasreg.train import TrainSettings, aligned, train
+from atlasreg.transform import Transform
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import header  # noqa: E402
@@ -138,12 +138,9 @@ def evaluate(names: list[str], work_dir: Path, atlas: tuple[Path, Path], targets
         for name, (backend, network, config) in networks.items():
             pair = aligned(atlas[0], data(n, "t1"), float(config["spacing"]), tuple(config["shape"]), cache)
             if n not in map(int, scores["affine"]):
-                affine_only = transform_from_flow(np.zeros((3, *pair.moving.shape), np.float32), pair, target)
+                affine_only = Transform.from_matrix(target, pair.matrix)
                 scores["affine"][str(n)] = atlasreg.evaluate(affine_only.warp_labels(atlas_labels), truth, "aseg")["mean_dice"]
-            moving = torch.from_numpy(pair.moving)[None, None].to(device)
-            fixed = torch.from_numpy(pair.fixed)[None, None].to(device)
-            flow = backend.predict_flow(network, moving, fixed, config)
-            transform = transform_from_flow(flow[0], pair, target)
+            transform = backend.predict(network, config, pair, target, device)
             dice = atlasreg.evaluate(transform.warp_labels(atlas_labels), truth, "aseg")["mean_dice"]
             scores.setdefault(name, {})[str(n)] = dice
             print(f"01->{n:02d} {name:<16} Dice {dice:.3f}", file=sys.stderr)

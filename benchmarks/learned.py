@@ -22,7 +22,7 @@ import click
 import torch
 
 import atlasreg
-from atlasreg.engine.grid import align_pair, pick_device, transform_from_flow
+from atlasreg.engine.grid import align_pair, pick_device
 from atlasreg.metrics import folding_percent
 from atlasreg.registry import get_backend
 
@@ -60,16 +60,10 @@ def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int,
             backend = get_backend(name)
             network, config = backend.load_network(path, device)
             pair = align_pair(atlas_img, target_img, config["spacing"], tuple(config["shape"]), matrix=affine.matrix)
-            moving = torch.from_numpy(pair.moving)[None, None].to(device)
-            fixed = torch.from_numpy(pair.fixed)[None, None].to(device)
             for steps in (0, optimize_steps) if optimize_steps else (0,):
                 start = time.perf_counter()
                 lr = optimize_lr or backend.options["optimize_lr"].default
-                if steps:  # instance optimisation refines the network's velocity and returns the flow
-                    flow = backend.optimize(network, moving, fixed, config, steps, lr)
-                else:
-                    flow = backend.predict_flow(network, moving, fixed, config)
-                transform = transform_from_flow(flow[0], pair, target_img)
+                transform = backend.predict(network, config, pair, target_img, device, steps, lr)
                 warped = transform.warp_labels(atlas_lab)
                 seconds = time.perf_counter() - start
                 label = f"{name}" + (f" + {steps} optimisation steps (lr {lr:g})" if steps else "")

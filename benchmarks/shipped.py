@@ -21,7 +21,7 @@ import click
 import torch
 
 import atlasreg
-from atlasreg.engine.grid import align_pair, transform_from_flow
+from atlasreg.engine.grid import align_pair
 from atlasreg.models import resolve
 from atlasreg.registry import get_backend
 
@@ -66,9 +66,7 @@ def main(targets: str, atlas: int, contrasts: str, backends: str, models: tuple[
             for name, (backend, _, network, config) in networks.items():
                 pair = align_pair(atlas_img, target_img, config["spacing"], tuple(config["shape"]), matrix=affine.matrix)
                 start = time.perf_counter()
-                moving = torch.from_numpy(pair.moving)[None, None]
-                fixed = torch.from_numpy(pair.fixed)[None, None]
-                transform = transform_from_flow(backend.predict_flow(network, moving, fixed, config)[0], pair, target_img)
+                transform = backend.predict(network, config, pair, target_img, "cpu")
                 _add(rows, f"{name} (shipped, no instance optimisation)", transform, atlas_lab, target_lab, start, n, contrast)
         base = mean(d for d, _ in rows["affine"])
         ants_s = mean(s for _, s in rows["ants fast"])

@@ -53,13 +53,14 @@ def io(settings: dict, atlas, target, model: str) -> atlasreg.Volume:
     from atlasreg.registry import get_backend
 
     backend = get_backend(model)
-    network, config = backend.load_network(resolve(model, None), "cpu")
+    network, config = backend.load_network(resolve(model, ""), "cpu")
     pair = align_pair(atlas[0], target[0], config["spacing"], tuple(config["shape"]))
+    if not settings.get("levels"):  # the network alone: what `register` runs without instance optimisation
+        return backend.predict(network, config, pair, target[0], "cpu").warp_labels(atlas[1])
     moving, fixed = (torch.from_numpy(a)[None, None] for a in (pair.moving, pair.fixed))
     with torch.no_grad():
         velocity = backend.predict_velocity(network, moving, fixed, config)
-    if settings.get("levels"):
-        velocity = optimize_velocity(moving, fixed, velocity, **settings)
+    velocity = optimize_velocity(moving, fixed, velocity, **settings)
     return transform_from_flow(displacement(velocity, moving.shape[2:])[0], pair, target[0]).warp_labels(atlas[1])
 
 
