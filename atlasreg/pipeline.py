@@ -16,6 +16,7 @@ from tqdm import tqdm
 import nibabel as nib
 import numpy as np
 
+from ._version import __version__
 from .errors import AtlasregError
 from .io import TARGET_BYTES_PER_VOXEL, atomic_path, check_file_name, check_memory, check_output, check_outputs, from_array, load, save
 from .lut import LabelInfo
@@ -255,7 +256,7 @@ def segment_many(
     method = get_backend(backend)
     settings = SegmentSettings(backend, fusion, method.resolve_options(backend_options or {}), dict(fusion_options or {}),
                                label_interp, label_names or names, qc)
-    wanted = {"Version": _version(), **made_by(settings, atlases, builtin_atlas)}
+    wanted = {"Version": __version__, **made_by(settings, atlases, builtin_atlas)}
     out.mkdir(exist_ok=True)
     claim_settings(out / STUDY_SETTINGS, read_settings(out / STUDY_SETTINGS), wanted, redo)
     settings = replace(settings, digest=settings_digest(wanted))
@@ -289,12 +290,6 @@ def check_study_outputs(study_jobs: Sequence[SubjectJob], atlases: Sequence[Atla
 
 
 STUDY_SETTINGS = "atlasreg_settings.json"
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def made_by(settings: SegmentSettings, atlases: Sequence[Atlas] | None, builtin_atlas: str | None) -> dict[str, Any]:
