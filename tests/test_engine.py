@@ -29,7 +29,8 @@ def known_affine(degrees=(8.0, -5.0, 12.0), translation=(6.0, -8.0, 4.0), scales
     return matrix
 
 
-def test_torch_affine_recovers_a_known_affine_within_half_a_millimetre():
+@pytest.mark.parametrize("dtype", [None, torch.float32])  # float32: what a GPU runs, here on the CPU
+def test_torch_affine_recovers_a_known_affine_within_half_a_millimetre(dtype):
     grid = np.diag([2.0, 2.0, 2.0, 1.0])
     grid[:3, 3] = -47.0  # centred on the origin
     labels = np.zeros((48, 48, 48), np.int32)
@@ -38,7 +39,7 @@ def test_torch_affine_recovers_a_known_affine_within_half_a_millimetre():
     truth = known_affine()
     moving = Transform.from_matrix(fixed, np.linalg.inv(truth)).warp(fixed)  # moving(M x) = fixed(x)
     # a 2 mm level on top of the default 8 / 4 mm ones: sub-voxel precision (the defaults: 0.56 mm here)
-    found = affine_stage(moving, fixed, levels=(8.0, 4.0, 2.0), rigid_iterations=(100, 30, 0), affine_iterations=(50, 40, 20))
+    found = affine_stage(moving, fixed, levels=(8.0, 4.0, 2.0), rigid_iterations=(100, 30, 0), affine_iterations=(50, 40, 20), dtype=dtype)
     brain = Transform.identity(fixed).grid_points()[labels > 0]
     error = np.linalg.norm(brain @ (found - truth)[:3, :3].T + (found - truth)[:3, 3], axis=-1)
     assert error.mean() < 0.5 and error.max() < 1.0, f"max error {error.max():.2f} mm, mean {error.mean():.2f} mm"

@@ -82,6 +82,7 @@ def affine_stage(
     metric: str = "mi",
     samples: int | None = AFFINE_SAMPLES,
     device: str = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """4x4 RAS matrix mapping fixed-world points into moving space (``Transform.from_matrix``'s convention).
 
@@ -91,12 +92,14 @@ def affine_stage(
         metric: ``mi`` (mutual information: any contrasts, and intensities that differ by more than
             a linear map) or ``mse`` (z-scored images of the same contrast).
         samples: fixed-grid voxels the loss reads per step, drawn afresh each step (``None``: all of them).
+        dtype: of the parameters and the maps built from them; ``None``: float64 on the CPU (cheap
+            there), float32 on a GPU (where float64 is slow).
     """
     if not (len(levels) == len(rigid_iterations) == len(affine_iterations)):
         raise ValueError("affine_stage: levels, rigid_iterations and affine_iterations need the same length")
     if metric not in AFFINE_METRICS:
         raise ValueError(f"affine_stage: metric {metric!r}: choose one of {', '.join(AFFINE_METRICS)}")
-    dtype = torch.float64 if device == "cpu" else torch.float32
+    dtype = dtype or (torch.float64 if device == "cpu" else torch.float32)
     f64 = dict(device=device, dtype=dtype)
     fixed_mask, moving_mask = foreground(fixed.array), foreground(moving.array)  # once each: centre and z-score
     c_fixed = torch.tensor(_centre_of_mass(fixed, fixed_mask), **f64)
