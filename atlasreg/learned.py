@@ -165,7 +165,7 @@ class LearnedBackend(Backend):
     def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
         device = pick_device(options["device"])
         network, config = self.load_network(resolve(self.name, options["model"]), device)
-        pair = align_pair(moving, fixed, config["spacing"], tuple(config["shape"]))
+        pair = align_pair(moving, fixed, config["spacing"], tuple(config["shape"]), device=device)
         return self.predict(network, config, pair, fixed, device, options["optimize_steps"], options["optimize_lr"])
 
     def predict(self, network, config: Mapping[str, Any], pair: AlignedPair, target: Volume, device: str,

@@ -32,7 +32,7 @@ run() {  # NAME, then the segment options
 run svf -b svf -O device=cuda
 run contrastive20 -b contrastive --optimize-steps 20 -O device=cuda
 run voxelmorph20 -b voxelmorph --optimize-steps 20 -O device=cuda
-run affine -b affine
+run affine -b affine -O device=cuda
 python3 benchmarks/gpu.py summary "${studies[@]}" -o "$OUT/segment.md"
 python3 benchmarks/gpu.py stages --device cuda -o "$OUT/stages.md" 2>&1 | tail -40
 ls -la "$OUT"

@@ -234,3 +234,18 @@ def test_svf_round_trip_through_its_exact_inverse(symmetric):
     brain = atlas_labels.array > 0
     error = np.linalg.norm(transform.map_points(inverse.mapped_points()) - inverse.grid_points(), axis=-1)
     assert error[brain].mean() <= 0.5, error[brain].mean()
+
+
+def test_the_gpu_path_runs_on_the_cpu(pair, monkeypatch):
+    """What runs on a GPU (the working-grid resampling, the field and the label warp in torch),
+    forced onto the CPU: the same segmentation as the NumPy path."""
+    import atlasreg.engine.grid as grid
+
+    moving, moving_labels, fixed, fixed_labels = pair
+    numpy_way = atlasreg.register(moving, fixed, backend="svf", options=FAST_SVF)
+    monkeypatch.setattr(grid, "warping_device", lambda device: device)
+    torch_way = atlasreg.register(moving, fixed, backend="svf", options=FAST_SVF)
+    assert numpy_way.device is None and torch_way.device == "cpu"
+    ours, theirs = torch_way.warp_labels(moving_labels), numpy_way.warp_labels(moving_labels)
+    assert (ours.array == theirs.array).mean() >= 0.99
+    assert atlasreg.evaluate(ours, fixed_labels, "labels")["mean_dice"] > 0.8

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import AtlasregError
-from ..transform import Transform
+from ..transform import Transform, Velocity
 from ..volume import Volume, zscore
 
 
@@ -68,19 +68,26 @@ def align_pair(
         from .affine import affine_stage
 
         matrix = affine_stage(moving, fixed, device=device)
-    on_grid = Transform.from_matrix(grid, matrix)
-    fixed_w = Transform.identity(grid).warp(fixed)
+    on_grid = Transform(grid.shape, grid.affine, None, matrix, device=warping_device(device))
+    fixed_w = Transform(grid.shape, grid.affine, device=warping_device(device)).warp(fixed)
     moving_w = on_grid.warp(moving)
     labels_w = on_grid.warp_labels(moving_labels).array if moving_labels is not None else None
     return AlignedPair(zscore(moving_w).array, zscore(fixed_w).array, grid, matrix, labels_w)
 
 
-def transform_from_flow(flow_voxels, pair: AlignedPair, fixed: Volume) -> Transform:
+def warping_device(device: str) -> str | None:
+    """``Transform.device`` for work on ``device``: NumPy on the CPU (None), torch on a GPU."""
+    return None if device == "cpu" else device
+
+
+def transform_from_flow(flow_voxels, pair: AlignedPair, fixed: Volume, velocity: Velocity | None = None) -> Transform:
     """The network's flow (3, X, Y, Z, working-grid voxels; NumPy or a torch tensor on any device)
-    composed with the affine stage, on ``fixed``'s grid.
+    composed with the affine stage, on ``fixed``'s grid; ``velocity``: the one the flow is the
+    exponential of, kept for an exact inverse.
 
     The field is resampled onto ``fixed``'s grid with torch (linear, border values beyond the
-    working grid), on the flow's own device: on a GPU this step costs milliseconds, not seconds.
+    working grid), on the flow's own device: on a GPU this step costs milliseconds, not seconds,
+    and the Transform warps labels there too.
     """
     import torch
     import torch.nn.functional as F
@@ -97,7 +104,8 @@ def transform_from_flow(flow_voxels, pair: AlignedPair, fixed: Volume) -> Transf
         normalised.append(coord * (2.0 / (working[c] - 1)) - 1.0)
     grid = torch.stack(normalised, dim=-1)[None]
     field = F.grid_sample(flow[None] * spacing, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
-    return Transform.from_field(fixed, field.permute(1, 2, 3, 0).cpu().numpy(), pair.matrix)
+    return Transform(fixed.shape, fixed.affine, field.permute(1, 2, 3, 0).cpu().numpy(), pair.matrix, velocity,
+                     device=warping_device(flow.device.type))
 
 
 def pick_device(name: str) -> str:

@@ -4,7 +4,6 @@ scaling and squaring), in the spirit of FireANTs. Diffeomorphic, no model file, 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Mapping
 
 from atlasreg.engine import defaults
@@ -72,7 +71,7 @@ class SvfBackend(Backend):
             similarity=options["similarity"], symmetric=options["symmetric"],
         )
         kept = Velocity(velocity[0].cpu().numpy(), shape, pair.grid.affine, INTEGRATION_STEPS)  # for the exact inverse
-        return replace(transform_from_flow(displacement(velocity, shape)[0], pair, fixed), velocity=kept)
+        return transform_from_flow(displacement(velocity, shape)[0], pair, fixed, kept)
 
 
 
