@@ -25,6 +25,8 @@ import click
 
 HERE = Path(__file__).parent
 DATA = HERE / "work" / "data"
+sys.path.insert(0, str(HERE))
+from machine import header, publish  # noqa: E402
 
 
 def _seconds(fn, device: str, repeats: int):
@@ -76,10 +78,7 @@ def summary(studies: tuple[str, ...], output: str | None) -> None:
         scored = f"{mean(dice):.3f}" if dice else "–"
         lines.append(f"| {Path(study).name} | {ok[0]['backend']} | {len(ok)} | {mean(seconds):.3f} | {median(seconds):.3f} | "
                      f"{seconds[0]:.3f} | {others} | {scored} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if output:
-        Path(output).write_text(text)
+    publish(lines, output)
 
 
 @main.command()
@@ -97,8 +96,6 @@ def stages(device: str, repeats: int, learned: str, output: str | None) -> None:
     from atlasreg.models import resolve
     from atlasreg.registry import get_backend
 
-    sys.path.insert(0, str(HERE))
-    from machine import header
 
     device = pick_device(device)
     atlas, atlas_labels = atlasreg.load(DATA / "subject01_t1.nii.gz"), atlasreg.load(DATA / "subject01_seg.nii.gz", labels=True)
@@ -129,10 +126,7 @@ def stages(device: str, repeats: int, learned: str, output: str | None) -> None:
              f"- device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, torch {torch.__version__}", "",
              "| stage (atlas 01 -> target 08, 2 mm) | s (median) |", "|---|---|"]
     lines += [f"| {name} | {seconds:.3f} |" for name, seconds in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if output:
-        Path(output).write_text(text)
+    publish(lines, output)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,12 @@ def header(command: str) -> str:
             f"- commit: {commit()}",
         ]
     )
+
+
+def publish(lines: list[str], output: str | None) -> None:
+    """Print a benchmark's markdown and, with ``output``, write it there too."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text)
