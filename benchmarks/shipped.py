@@ -27,18 +27,20 @@ from atlasreg.registry import get_backend
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import header  # noqa: E402
-from shared_maps import subject  # noqa: E402
+from shared_maps import RENDERERS, TARGET_CONTRASTS, subject, target  # noqa: E402
 
 
 @click.command()
 @click.option("--targets", default="8,9,10", show_default=True)
 @click.option("--atlas", default=1, show_default=True)
-@click.option("--contrasts", default="t1,t2", show_default=True)
+@click.option("--contrasts", default="t1,t2,inverted", show_default=True, help=f"Target contrasts ({', '.join(TARGET_CONTRASTS)}).")
+@click.option("--atlas-contrast", default="t1", show_default=True, help="The atlas image's contrast (synthesized by atlasreg).")
+@click.option("--renderer", type=click.Choice(RENDERERS), default="synth", show_default=True, help="What renders the targets.")
 @click.option("--backends", default="contrastive,voxelmorph", show_default=True)
 @click.option("--model", "models", multiple=True, metavar="BACKEND=NAME|PATH", help="Instead of the backend's shipped model.")
 @click.option("--quality", is_flag=True, help="Also run ANTs quality (minutes per pair on 2 cores).")
 @click.option("-o", "--output", default=None)
-def main(targets: str, atlas: int, contrasts: str, backends: str, models: tuple[str, ...], quality: bool, output: str | None) -> None:
+def main(targets: str, atlas: int, contrasts: str, atlas_contrast: str, renderer: str, backends: str, models: tuple[str, ...], quality: bool, output: str | None) -> None:
     torch.set_num_threads(2)
     chosen = dict(spec.split("=", 1) for spec in models)
     networks = {}
@@ -52,9 +54,9 @@ def main(targets: str, atlas: int, contrasts: str, backends: str, models: tuple[
              + ", ".join(f"{n} = {Path(v[1]).name}" for n, v in networks.items()), ""]
     for contrast in contrasts.split(","):
         rows: dict[str, list[tuple[float, float]]] = {}
-        atlas_img, atlas_lab = subject(atlas, contrast=contrast)
+        atlas_img, atlas_lab = subject(atlas, contrast=atlas_contrast)
         for n in numbers:
-            target_img, target_lab = subject(n, contrast=contrast)
+            target_img, target_lab = target(n, contrast, renderer)
             start = time.perf_counter()
             affine = atlasreg.register(atlas_img, target_img, backend="affine")
             _add(rows, "affine", affine, atlas_lab, target_lab, start, n, contrast)
@@ -70,7 +72,7 @@ def main(targets: str, atlas: int, contrasts: str, backends: str, models: tuple[
                 _add(rows, f"{name} (shipped, no instance optimisation)", transform, atlas_lab, target_lab, start, n, contrast)
         base = mean(d for d, _ in rows["affine"])
         ants_s = mean(s for _, s in rows["ants fast"])
-        lines += [f"### {contrast.upper()} (atlas {atlas:02d} → {', '.join(f'{n:02d}' for n in numbers)}, mean Dice over the 28 aseg structures)", "",
+        lines += [f"### {contrast.upper()} targets ({renderer} renderer; atlas {atlas:02d} {atlas_contrast.upper()} → {', '.join(f'{n:02d}' for n in numbers)}, mean Dice over the 28 aseg structures)", "",
                   "| method | mean Dice | per target | Δ vs affine | s / pair | × ANTs fast time |", "|---|---|---|---|---|---|"]
         for label, values in rows.items():
             d, s = mean(v[0] for v in values), mean(v[1] for v in values)

@@ -23,7 +23,7 @@ def atlasreg_models():
             name="voxelmorph-synth",
             backend="voxelmorph",
             file=str(MODELS / "voxelmorph-synth.pt"),
-            sha256="39789e415096c6a4049e787a98dc4c98e7957352a4db1e82fda028f32d5da510",
+            sha256="5825be99ffa9e6e4645b2f6fbc469b1a18259e1b9f2a937eefccc5b8fded1ce1",
             description="the learned baseline, trained like contrastive-synth at the same budget (CPU-trained; docs/models.md)",
             default=True,
         )
