@@ -423,6 +423,8 @@ def _ints(text: str | None) -> list[int] | None:
 @click.option("--resume", help="Continue from this model file (weights, optimiser, step).")
 @click.option("--init", help="Fine-tune: start from this model file's weights and config, with a fresh optimiser and schedule (step 0).")
 @click.option("--save-every", type=int, default=100, show_default=True, help="Steps between model file rewrites.")
+@click.option("--prefetch/--no-prefetch", default=True, show_default=True,
+              help="On the CPU: synthesize the next batch in a background thread while the current step runs (uses one more core).")
 @click.option("--val-images", multiple=True, metavar="GLOB", help="Validation images: Dice reported every --val-every steps (needs --atlas).")
 @click.option("--val-labels", multiple=True, metavar="GLOB", help="Validation label maps, in the same order as --val-images.")
 @click.option("--val-every", type=int, default=250, show_default=True)
@@ -431,7 +433,7 @@ def _ints(text: str | None) -> list[int] | None:
 @click.option("--cache-dir", help="Where affine pre-alignments are cached (share it between models)  [default: MODEL.pt.cache]")
 def train(backend: str, synth: tuple, images: tuple, atlas: tuple | None, output: str, spacing: float | None, shape: str | None,
           crop: str | None, steps: int, max_minutes: float, batch_size: int, lr: float, lr_floor: float, losses: str | None,
-          weights: tuple, config_pairs: tuple, seed: int, device: str, resume: str | None, init: str | None, save_every: int, val_images: tuple,
+          weights: tuple, config_pairs: tuple, seed: int, device: str, resume: str | None, init: str | None, save_every: int, prefetch: bool, val_images: tuple,
           val_labels: tuple, val_every: int, val_protocol: str, log: str | None, cache_dir: str | None) -> None:
     """Train a learned registration backend, unsupervised: on label maps (--synth) or images.
 
@@ -473,7 +475,7 @@ def train(backend: str, synth: tuple, images: tuple, atlas: tuple | None, output
         resume=Path(resume) if resume else None, init=Path(init) if init else None, save_every=save_every, val_every=val_every,
         val_images=_glob_paths(val_images, "--val-images") if val_images else [],
         val_labels=_glob_paths(val_labels, "--val-labels") if val_labels else [],
-        val_protocol=val_protocol, log=Path(log) if log else None, cache_dir=Path(cache_dir) if cache_dir else None, config=config,
+        val_protocol=val_protocol, prefetch=prefetch, log=Path(log) if log else None, cache_dir=Path(cache_dir) if cache_dir else None, config=config,
     )
     written = run_training(backend, settings)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -1,40 +1,45 @@
 """Registration training pairs synthesized from label maps, in the style of SynthMorph (Hoffmann et
-al., 2022), in torch so that a CPU keeps up with training.
+al., 2022), a whole batch at once in torch on the training device (CPU or GPU).
 
 Each pair takes two label maps already on one working grid (affinely pre-aligned), and for each
 side draws: a rigid-plus-scale affine jitter (built in voxel space of the isotropic grid, so it is
-a true rotation) composed with a smooth random diffeomorphism (a coarse random velocity field,
-integrated), labels read by nearest neighbour; then the side's OWN contrast (``_contrast``: every
-label's mean intensity uniform at random, any order of tissues, or a realistic table, T1-like,
-T2-like or inverted T1 (dark white matter, bright CSF), jittered per label), texture, a smooth
-multiplicative bias field, blur, a gamma curve, a lower acquisition resolution along a random
-axis, noise, and a brain mask (background 0, sometimes with clipped noise as in
-``atlasreg.synth``). The two images of a pair share no contrast: training compares their labels
-(``atlasreg.recipe.label_overlap``), not their intensities. On request the fixed label map is
-rendered once more under a third, independent contrast (``fixed_view``: the same anatomy voxel for
-voxel, for a cross-contrast term). Images are z-scored by ``atlasreg.volume.zscore``, as
-``atlasreg.engine.grid.align_pair`` does at inference.
+a true rotation) composed with a smooth random diffeomorphism (a velocity field drawn on a grid of
+control points ``deform_spacing`` voxels apart, integrated by scaling and squaring on a grid four
+times coarser than the crop, the displacement then upsampled), labels read by nearest neighbour;
+then each image its OWN contrast (``_contrast``: every label's mean intensity uniform at random,
+any order of tissues, or a realistic table, T1-like, T2-like or inverted T1 (dark white matter,
+bright CSF), jittered per label), texture, a smooth multiplicative bias field, blur, a gamma
+curve, a lower acquisition resolution along a random axis, noise, and a brain mask (background 0,
+sometimes with clipped noise as in ``atlasreg.synth``). The two images of a pair share no
+contrast: training compares their labels (``atlasreg.recipe.label_overlap``), not their
+intensities. On request the fixed label map is rendered once more under a third, independent
+contrast (``fixed_view``: the same anatomy voxel for voxel, for a cross-contrast term). Images are
+z-scored with the mean and standard deviation of their brain (labels > 0), the voxels that
+``atlasreg.volume.zscore`` (Otsu, holes filled) finds at inference on a skull-stripped image.
 
-Everything is drawn from one ``torch.Generator`` seeded per pair: the same seed gives the same
-pair, byte for byte, whatever else runs (one process or many); the view is drawn last, so asking
-for it leaves the pair itself unchanged.
+Randomness: every scalar and small field of pair k is drawn on the CPU from one ``torch.Generator``
+seeded with its own seed (no device round trip per draw; Python reads the scalars that shape the
+work, e.g. the blur kernel's radius, without a device sync), and the full-size noise of each image
+from a generator on the device seeded from that CPU generator. So a pair depends on its seed
+alone, not on the batch it is part of (one process or many give the same pairs, up to float
+summation order), and the same seeds on the same device give the same batch, byte for byte. The
+view is drawn last: asking for it leaves the pair itself unchanged.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import AtlasregError
-from .flow import integrate
+from .flow import integrate, resize
 from .recipe import TrainingPair
 from .synth import preset_means
-from .volume import image as image_volume, zscore
 
 __all__ = ["SynthSettings", "SynthPairs", "pair_seed"]
 
@@ -66,17 +71,42 @@ def pair_seed(seed: int, step: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
 
 
-def _normalise(image: torch.Tensor) -> torch.Tensor:
-    """``atlasreg.volume.zscore`` (what ``align_pair`` feeds a network at inference), on a (1, X, Y, Z) tensor."""
-    volume = image_volume(image[0].numpy(), np.eye(4))
-    return torch.from_numpy(zscore(volume).array)[None]
+class _Side(NamedTuple):
+    """One side's spatial draws: which map, the affine jitter and the coarse velocity (voxels)."""
+
+    index: int
+    matrix: torch.Tensor  # (3, 3)
+    shift: torch.Tensor  # (3,)
+    velocity: torch.Tensor  # (3, *control points)
+
+
+class _Look(NamedTuple):
+    """One image's intensity draws (scalars as Python numbers: they shape the work)."""
+
+    means: torch.Tensor  # (K,)
+    stds: torch.Tensor  # (K,)
+    blur: float
+    log_bias: torch.Tensor  # (1, 4, 4, 4)
+    gamma: float
+    axis: int
+    factor: float
+    noise: float
+    keep_noise: bool
+    seed: int  # of the device generator for this image's full-size noise
+
+
+class _Draw(NamedTuple):
+    start: tuple[int, int, int]
+    sides: tuple[_Side, _Side]
+    looks: tuple[_Look, ...]  # moving, fixed[, fixed view]
 
 
 class SynthPairs:
-    """``TrainingPair`` samples (moving, fixed, their labels, optionally ``fixed_view``) of shape ``crop``
-    from label maps on one grid."""
+    """``TrainingPair`` batches (moving, fixed, their labels, optionally ``fixed_view``) of shape
+    ``crop`` from label maps on one grid, synthesized on ``device``."""
 
-    def __init__(self, maps: Sequence[np.ndarray], crop: Sequence[int], settings: SynthSettings = SynthSettings()) -> None:
+    def __init__(self, maps: Sequence[np.ndarray], crop: Sequence[int], settings: SynthSettings = SynthSettings(),
+                 device: str | torch.device = "cpu") -> None:
         if not maps:
             raise AtlasregError("synthesis needs at least one label map")
         shapes = {m.shape for m in maps}
@@ -86,35 +116,81 @@ class SynthPairs:
         self.crop = tuple(int(c) for c in crop)
         if any(c > n for c, n in zip(self.crop, self.shape)):
             raise AtlasregError(f"crop {self.crop} is larger than the grid {self.shape}")
+        if any(c < 2 for c in self.crop):
+            raise AtlasregError(f"crop {self.crop}: at least 2 voxels along each axis")
+        self.device = torch.device(device)
         self.labels = np.unique(np.concatenate([[0], *(np.unique(m) for m in maps)]))  # index 0 = background
         lookup = np.zeros(int(self.labels.max()) + 1, np.int64)
         lookup[self.labels] = np.arange(len(self.labels))
         # compact label indices (0 = background), as float for grid_sample (nearest keeps them whole)
-        self.maps = [torch.from_numpy(lookup[m].astype(np.float32))[None, None] for m in maps]
+        self.maps = torch.from_numpy(np.stack([lookup[m] for m in maps]).astype(np.float32))[:, None].to(self.device)
+        self.values = torch.from_numpy(self.labels.astype(np.int64)).to(self.device)
         self.settings = settings
         t1 = torch.from_numpy(preset_means(self.labels, "t1")) / 150.0
         t2 = torch.from_numpy(preset_means(self.labels, "t2")) / 150.0
         brain = torch.from_numpy(self.labels > 0)
         # realistic tissue tables on a 0-1 scale: T1, T2-like, inverted T1 (dark white matter, bright CSF)
         self.tables = torch.stack([t1, t2, torch.where(brain, 1.0 - t1, 0.0)])
+        self.control = tuple(max(2, math.ceil(c / settings.deform_spacing)) for c in self.crop)
+        self.integration = tuple(max(2, math.ceil(c / 4)) for c in self.crop)
 
     def __len__(self) -> int:
         return len(self.maps)
 
     def pair(self, seed: int, view: bool = False) -> TrainingPair:
-        """Images (1, X, Y, Z) float32 z-scored, labels (1, X, Y, Z) int64 (original label values);
-        ``view``: also the fixed labels rendered under a third, independent contrast."""
-        gen = torch.Generator().manual_seed(int(seed))
+        """One sample: fields (1, X, Y, Z) (a batch of one, unbatched)."""
+        batch = self.batch([seed], view)
+        return TrainingPair(*(None if t is None else t[0] for t in (batch.moving, batch.fixed, batch.moving_labels,
+                                                                     batch.fixed_labels, batch.fixed_view)))
+
+    def batch(self, seeds: Sequence[int], view: bool = False) -> TrainingPair:
+        """Pairs of ``seeds``: images (B, 1, X, Y, Z) float32 z-scored, labels (B, 1, X, Y, Z) int64
+        (original label values); ``view``: also the fixed labels under a third, independent contrast."""
+        draws = [self._draw(int(seed), view) for seed in seeds]
+        labels = self._labels(draws)  # (2B, 1, X, Y, Z) compact: moving then fixed of each pair
+        per_pair = 3 if view else 2
+        sides = [0, 1, 1][:per_pair]
+        looks = [look for d in draws for look in d.looks]
+        rendered = self._images(labels.view(len(draws), 2, *labels.shape[1:])[:, sides].flatten(0, 1), looks)
+        rendered = rendered.view(len(draws), per_pair, *rendered.shape[1:])
+        labels = self.values[labels.view(len(draws), 2, *labels.shape[1:])]
+        return TrainingPair(rendered[:, 0], rendered[:, 1], labels[:, 0], labels[:, 1], rendered[:, 2] if view else None)
+
+    # --- draws (CPU) --------------------------------------------------------------------------
+    def _draw(self, seed: int, view: bool) -> _Draw:
+        gen = torch.Generator().manual_seed(seed)
         first, second = (int(i) for i in torch.randint(len(self.maps), (2,), generator=gen))
-        start = [min(max(0, (n - c) // 2 + int(torch.randint(-CROP_JITTER, CROP_JITTER + 1, (1,), generator=gen))), n - c)
-                 for n, c in zip(self.shape, self.crop)]  # near the centre, where the brain is
-        moving_labels = self._labels(self.maps[first], start, gen)
-        fixed_labels = self._labels(self.maps[second], start, gen)
-        moving = self._image(moving_labels, *self._contrast(gen), gen)
-        fixed = self._image(fixed_labels, *self._contrast(gen), gen)
-        fixed_view = self._image(fixed_labels, *self._contrast(gen), gen) if view else None
-        table = torch.from_numpy(self.labels.astype(np.int64))
-        return TrainingPair(moving, fixed, table[moving_labels], table[fixed_labels], fixed_view)
+        jitter = torch.randint(-CROP_JITTER, CROP_JITTER + 1, (3,), generator=gen).tolist()
+        start = tuple(min(max(0, (n - c) // 2 + j), n - c) for n, c, j in zip(self.shape, self.crop, jitter))
+        sides = (self._side(first, gen), self._side(second, gen))
+        looks = tuple(self._look(gen) for _ in range(3 if view else 2))
+        return _Draw(start, sides, looks)  # type: ignore[arg-type]
+
+    def _uniform(self, gen: torch.Generator, low: float, high: float, size=()) -> torch.Tensor:
+        return low + (high - low) * torch.rand(size, generator=gen)
+
+    def _side(self, index: int, gen: torch.Generator) -> _Side:
+        s = self.settings
+        axis = torch.randn(3, generator=gen)
+        axis = axis / axis.norm().clamp_min(1e-8)
+        angle = math.radians(float(self._uniform(gen, -s.rotate_degrees, s.rotate_degrees)))
+        k = torch.tensor([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
+        rotation = torch.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+        matrix = rotation @ torch.diag(1.0 + self._uniform(gen, -s.scale, s.scale, (3,)))
+        shift = self._uniform(gen, -s.shift, s.shift, (3,))
+        velocity = torch.randn(3, *self.control, generator=gen) * float(self._uniform(gen, 0.0, s.deform))
+        return _Side(index, matrix, shift, velocity)
+
+    def _look(self, gen: torch.Generator) -> _Look:
+        s = self.settings
+        means, stds = self._contrast(gen)
+        scalars = torch.rand(6, generator=gen).tolist()
+        log_bias = torch.randn(1, 4, 4, 4, generator=gen) * (scalars[1] * s.bias)
+        gamma = math.exp(float(torch.randn((), generator=gen)) * s.gamma)
+        seed = int(torch.randint(2**62, (), generator=gen))
+        return _Look(means, stds, blur=scalars[0] * s.blur, log_bias=log_bias, gamma=gamma, axis=min(int(scalars[2] * 3), 2),
+                     factor=1.0 + scalars[3] * (s.lowres - 1.0), noise=scalars[4] * s.noise,
+                     keep_noise=scalars[5] < s.background_noise, seed=seed)
 
     def _contrast(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """One image's (means, stds) per compact label, background 0: with probability 1 - ``presets``
@@ -124,80 +200,100 @@ class SynthPairs:
         s = self.settings
         uniform, jitter = torch.rand(2, len(self.labels), generator=gen)
         stds = torch.rand(len(self.labels), generator=gen) * s.texture
-        choice, table = torch.rand(2, generator=gen)
-        if float(choice) < s.presets:
+        choice, table = torch.rand(2, generator=gen).tolist()
+        if choice < s.presets:
             means = (self.tables[min(int(table * len(self.tables)), len(self.tables) - 1)] + s.preset_jitter * (2 * jitter - 1)).clamp(0, 1)
         else:
             means = uniform
         means[0] = stds[0] = 0.0
         return means, stds
 
-    def _uniform(self, gen: torch.Generator, low: float, high: float, size=()) -> torch.Tensor:
-        return low + (high - low) * torch.rand(size, generator=gen)
+    # --- synthesis (device, batched) ----------------------------------------------------------
+    def _labels(self, draws: Sequence[_Draw]) -> torch.Tensor:
+        """Every side's randomly deformed crop (compact indices), (2B, 1, X, Y, Z) int64."""
+        dev, sides = self.device, [side for d in draws for side in d.sides]
+        velocity = torch.stack([side.velocity for side in sides]).to(dev)
+        # the coarse velocity is in crop voxels: into voxels of the integration grid, integrate there, bring back
+        scale = torch.tensor([(q - 1) / (c - 1) for q, c in zip(self.integration, self.crop)], device=dev).view(1, 3, 1, 1, 1)
+        velocity = F.interpolate(velocity, size=self.integration, mode="trilinear", align_corners=True) * scale
+        flow = resize(integrate(velocity, steps=5), self.crop, align_corners=True)
+        starts = torch.tensor([d.start for d in draws for _ in d.sides], dtype=torch.float32, device=dev)
+        axes = [torch.arange(c, dtype=torch.float32, device=dev) for c in self.crop]
+        points = torch.stack(torch.meshgrid(*axes, indexing="ij"))[None] + flow + starts[:, :, None, None, None]
+        centre = (torch.tensor(self.shape, dtype=torch.float32, device=dev) - 1) / 2
+        matrix = torch.stack([side.matrix for side in sides]).to(dev)
+        shift = torch.stack([side.shift for side in sides]).to(dev)
+        points = torch.einsum("bij,bj...->bi...", matrix, points - centre.view(1, 3, 1, 1, 1)) + (centre + shift).view(-1, 3, 1, 1, 1)
+        size = torch.tensor(self.shape, dtype=torch.float32, device=dev).view(1, 3, 1, 1, 1)
+        grid = (points * 2.0 / (size - 1) - 1.0).permute(0, 2, 3, 4, 1).flip(-1)
+        maps = self.maps[torch.tensor([side.index for side in sides], device=dev)]
+        return F.grid_sample(maps, grid, mode="nearest", padding_mode="zeros", align_corners=True).round().long()
 
-    def _labels(self, labels: torch.Tensor, start: Sequence[int], gen: torch.Generator) -> torch.Tensor:
-        """A randomly deformed crop of ``labels`` (compact indices), (1, X, Y, Z) int64."""
-        s = self.settings
-        axis = torch.randn(3, generator=gen)
-        axis = axis / axis.norm().clamp_min(1e-8)
-        angle = math.radians(float(self._uniform(gen, -s.rotate_degrees, s.rotate_degrees)))
-        k = torch.tensor([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
-        rotation = torch.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
-        matrix = rotation @ torch.diag(1.0 + self._uniform(gen, -s.scale, s.scale, (3,)))
-        shift = self._uniform(gen, -s.shift, s.shift, (3,))
-        coarse = [max(2, math.ceil(c / s.deform_spacing)) for c in self.crop]
-        velocity = torch.randn(1, 3, *coarse, generator=gen) * float(self._uniform(gen, 0.0, s.deform))
-        velocity = F.interpolate(velocity, size=self.crop, mode="trilinear", align_corners=True)
-        flow = integrate(velocity, steps=5, downsize=2)[0]
-        axes = [torch.arange(c, dtype=torch.float32) + o for c, o in zip(self.crop, start)]
-        points = torch.stack(torch.meshgrid(*axes, indexing="ij")) + flow  # (3, X, Y, Z) grid voxels
-        centre = (torch.tensor(self.shape, dtype=torch.float32) - 1) / 2
-        points = torch.einsum("ij,j...->i...", matrix, points - centre[:, None, None, None]) + (centre + shift)[:, None, None, None]
-        size = torch.tensor(self.shape, dtype=torch.float32)[:, None, None, None]
-        grid = (points * 2.0 / (size - 1) - 1.0).permute(1, 2, 3, 0).flip(-1)[None]
-        sampled = F.grid_sample(labels, grid, mode="nearest", padding_mode="zeros", align_corners=True)
-        return sampled[0].round().long()
-
-    def _image(self, labels: torch.Tensor, means: torch.Tensor, stds: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        s = self.settings
-        image = means[labels] + stds[labels] * torch.randn(labels.shape, generator=gen)
-        image = _blur(image[None], float(self._uniform(gen, 0.0, s.blur)))[0]
-        log_bias = torch.randn(1, 1, 4, 4, 4, generator=gen) * float(self._uniform(gen, 0.0, s.bias))
-        image = image * torch.exp(F.interpolate(log_bias, size=self.crop, mode="trilinear", align_corners=True)[0])
-        image = image.clamp_min(0.0) / image.max().clamp_min(1e-6)
-        image = image ** math.exp(float(torch.randn((), generator=gen)) * s.gamma)
-        axis = int(torch.randint(3, (1,), generator=gen))
-        factor = float(self._uniform(gen, 1.0, s.lowres))
-        if factor > 1.05:
-            image = _blur(image[None], math.sqrt(factor**2 - 1) / 2.355, axes=(axis,))[0]
-            low = list(self.crop)
-            low[axis] = max(2, round(self.crop[axis] / factor))
-            image = F.interpolate(F.interpolate(image[None], size=low, mode="trilinear", align_corners=True),
-                                  size=self.crop, mode="trilinear", align_corners=True)[0]
-        image = image + torch.randn(image.shape, generator=gen) * float(self._uniform(gen, 0.0, s.noise))
+    def _images(self, labels: torch.Tensor, looks: Sequence[_Look]) -> torch.Tensor:
+        """Images (N, 1, X, Y, Z) of ``labels`` (N, 1, X, Y, Z) compact, one ``_Look`` each, z-scored."""
+        dev, n = self.device, len(looks)
+        means = torch.stack([look.means for look in looks]).to(dev)
+        stds = torch.stack([look.stds for look in looks]).to(dev)
+        flat = labels.flatten(1)
+        noise = torch.stack([torch.randn((2, *self.crop), generator=torch.Generator(device=dev).manual_seed(look.seed), device=dev)
+                             for look in looks])  # (N, 2, X, Y, Z): texture, additive noise
+        image = means.gather(1, flat).view_as(labels) + stds.gather(1, flat).view_as(labels) * noise[:, :1]
+        image = _blur(image, [[look.blur] * 3 for look in looks])
+        log_bias = F.interpolate(torch.stack([look.log_bias for look in looks]).to(dev), size=self.crop, mode="trilinear", align_corners=True)
+        image = image * torch.exp(log_bias)
+        image = image.clamp_min(0.0) / image.flatten(1).amax(1).clamp_min(1e-6).view(n, 1, 1, 1, 1)
+        image = image ** torch.tensor([look.gamma for look in looks], device=dev).view(n, 1, 1, 1, 1)
+        sigmas = [[0.0] * 3 for _ in looks]
+        for sigma, look in zip(sigmas, looks):
+            if look.factor > 1.05:
+                sigma[look.axis] = math.sqrt(look.factor**2 - 1) / 2.355
+        image = _blur(image, sigmas)
+        image = torch.cat([_lower_resolution(image[i : i + 1], look.axis, look.factor) for i, look in enumerate(looks)])
+        image = image + noise[:, 1:] * torch.tensor([look.noise for look in looks], device=dev).view(n, 1, 1, 1, 1)
         brain = labels > 0
-        keep_noise = float(torch.rand((), generator=gen)) < s.background_noise
-        image = torch.where(brain | keep_noise, image, torch.zeros_like(image)).clamp_min(0.0)
-        return _normalise(image)
+        keep = torch.tensor([look.keep_noise for look in looks], device=dev).view(n, 1, 1, 1, 1)
+        image = torch.where(brain | keep, image, torch.zeros_like(image)).clamp_min(0.0)
+        return _zscore(image, brain)
 
 
-def _blur(image: torch.Tensor, sigma: float, axes: Sequence[int] = (0, 1, 2)) -> torch.Tensor:
-    """Separable Gaussian blur of a (B, C, X, Y, Z) tensor, std ``sigma`` voxels along ``axes``."""
-    if sigma < 0.1:
-        return image
-    radius = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-radius, radius + 1, dtype=image.dtype)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    for axis in axes:
-        shape = [1, 1, 1, 1, 1]
-        shape[2 + axis] = kernel.numel()
-        padding = [0, 0, 0]
-        padding[axis] = radius
-        image = F.conv3d(F.pad(image, _pad_spec(padding), mode="replicate"), kernel.view(shape))
+def _zscore(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each image (N, 1, X, Y, Z) minus the mean over ``mask``, divided by the std there (the whole
+    image where a mask is empty or flat)."""
+    weights = mask.to(image.dtype)
+    empty = weights.flatten(1).sum(1) == 0
+    weights = torch.where(empty.view(-1, 1, 1, 1, 1), torch.ones_like(weights), weights)
+    count = weights.flatten(1).sum(1)
+    mean = (image * weights).flatten(1).sum(1) / count
+    centred = image - mean.view(-1, 1, 1, 1, 1)
+    std = ((centred**2 * weights).flatten(1).sum(1) / count).sqrt()
+    return centred / std.clamp_min(1e-6).view(-1, 1, 1, 1, 1)
+
+
+def _blur(image: torch.Tensor, sigmas: Sequence[Sequence[float]]) -> torch.Tensor:
+    """Separable Gaussian blur of each image of (N, 1, X, Y, Z), std ``sigmas[i][axis]`` voxels (< 0.1:
+    none), all images in one grouped convolution per axis (kernels built on the CPU: no device sync)."""
+    n = image.shape[0]
+    for axis in range(3):
+        wanted = [s[axis] if s[axis] >= 0.1 else 0.0 for s in sigmas]
+        if not any(wanted):
+            continue
+        radius = max(1, math.ceil(3 * max(wanted)))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        kernels = torch.stack([torch.exp(-0.5 * (x / s) ** 2) if s else (x == 0).double() for s in wanted])
+        kernels = (kernels / kernels.sum(1, keepdim=True)).to(image.dtype).to(image.device)
+        shape = [n, 1, 1, 1, 1]
+        shape[2 + axis] = 2 * radius + 1
+        padding = [0, 0, 0, 0, 0, 0]
+        padding[2 * (2 - axis)] = padding[2 * (2 - axis) + 1] = radius
+        image = F.conv3d(F.pad(image.transpose(0, 1), padding, mode="replicate"), kernels.view(shape), groups=n).transpose(0, 1)
     return image
 
 
-def _pad_spec(padding: Sequence[int]) -> tuple[int, ...]:
-    """F.pad's (last axis first, both sides) spec for per-axis paddings of X, Y, Z."""
-    return tuple(p for axis in (2, 1, 0) for p in (padding[axis], padding[axis]))
+def _lower_resolution(image: torch.Tensor, axis: int, factor: float) -> torch.Tensor:
+    """(1, 1, X, Y, Z) resampled to ``factor`` times fewer voxels along ``axis`` and back (trilinear)."""
+    if factor <= 1.05:
+        return image
+    low = list(image.shape[2:])
+    low[axis] = max(2, round(low[axis] / factor))
+    size = image.shape[2:]
+    return F.interpolate(F.interpolate(image, size=low, mode="trilinear", align_corners=True), size=size, mode="trilinear", align_corners=True)

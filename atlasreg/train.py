@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -69,6 +69,7 @@ class TrainSettings:
     cache_dir: Path | None = None
     log: Path | None = None
     progress: bool = True
+    prefetch: bool = True  # on the CPU: synthesize the next batch while the current step runs
     config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -160,9 +161,17 @@ class ImagePairs:
             reference = images[0]
             self.volumes = [aligned(image, reference, spacing, shape, cache, identity=image == reference).moving for image in pending]
 
+    def batch(self, seeds: Sequence[int], device: str):
+        """A ``TrainingPair`` of the pairs of ``seeds`` on ``device`` (images only)."""
+        from .recipe import TrainingPair
+
+        return TrainingPair.stack([self.pair(seed) for seed in seeds], device)
+
     def pair(self, seed: int):
         """(moving, fixed), each (1, X, Y, Z) on the crop, augmented alike; no labels."""
         import torch
+
+        from .recipe import TrainingPair
 
         rng = np.random.default_rng(seed)
         if self.atlas_mode:
@@ -173,8 +182,6 @@ class ImagePairs:
             moving, fixed = self.volumes[i], self.volumes[j]
         both = torch.from_numpy(np.stack([moving, fixed]))[:, None]
         both = augment(both, self.crop, rng)
-        from .recipe import TrainingPair
-
         return TrainingPair(both[0], both[1])
 
 
@@ -209,16 +216,16 @@ def augment(images, crop: Sequence[int], rng: np.random.Generator, max_degrees: 
 
 
 class SynthSource:
-    """Training pairs synthesized from label maps pre-aligned to the first one."""
+    """Training pairs synthesized on the training device from label maps pre-aligned to the first one."""
 
-    def __init__(self, settings: TrainSettings, config: Mapping[str, Any], cache: Path, view: bool) -> None:
+    def __init__(self, settings: TrainSettings, config: Mapping[str, Any], cache: Path, view: bool, device: str) -> None:
         from .synth_pairs import SynthPairs
 
         self.view = view
         spacing, shape = float(config["spacing"]), tuple(config["shape"])
         maps = [Path(p) for p in settings.synth]
         pending = tqdm(maps, desc="affine pre-alignment of the label maps (cached)", unit="map", disable=not settings.progress)
-        self.pairs = SynthPairs([self._on_grid(m, maps[0], spacing, shape, cache) for m in pending], config["crop"])
+        self.pairs = SynthPairs([self._on_grid(m, maps[0], spacing, shape, cache) for m in pending], config["crop"], device=device)
 
     @staticmethod
     def _on_grid(labels: Path, reference: Path, spacing: float, shape: tuple[int, int, int], cache: Path) -> np.ndarray:
@@ -235,9 +242,10 @@ class SynthSource:
         tmp.replace(cached)
         return array
 
-    def pair(self, seed: int):
-        """A ``TrainingPair`` sample: images, labels, and the fixed labels' second rendering if asked."""
-        return self.pairs.pair(seed, view=self.view)
+    def batch(self, seeds: Sequence[int], device: str):
+        """A ``TrainingPair`` of the pairs of ``seeds``: images, labels, and the fixed labels' second
+        rendering if asked, synthesized on the device given at construction (``device``)."""
+        return self.pairs.batch(seeds, view=self.view)
 
 
 def _cosine(step: int, steps: int, floor: float) -> float:
@@ -268,9 +276,6 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
     """Train (or resume training) a learned backend; returns the model path."""
     import torch
     import torch.distributed as dist
-
-    from .recipe import TrainingPair
-    from .synth_pairs import pair_seed
 
     backend = get_backend(backend_name)
     if not isinstance(backend, LearnedBackend):
@@ -317,18 +322,24 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
         raise AtlasregError(f"nothing to train: {settings.resume} already has {step} steps (of {settings.steps} asked); "
                             "raise --steps to continue")
     cache = settings.cache_dir or settings.output.with_name(settings.output.name + ".cache")
-    source = SynthSource(settings, config, cache, backend.needs_view(config)) if settings.synth else ImagePairs(settings, config, cache)
+    if settings.synth:
+        source = SynthSource(settings, config, cache, backend.needs_view(config), device)
+    else:
+        source = ImagePairs(settings, config, cache)
     validation = _validation_pairs(settings, config, cache) if rank == 0 else []
     log_path = settings.log or settings.output.with_name(settings.output.name + ".log.jsonl")
     started = time.perf_counter()
     bar = tqdm(total=settings.steps, initial=step, desc=f"training {backend_name}", unit="step",
                disable=not settings.progress or rank != 0)
+    batches = _batches(source, settings, rank, world, device, step)
     with open(log_path, "a") if rank == 0 else open(os.devnull, "w") as log:
         while step < settings.steps:
             network.train()
-            draws = [source.pair(pair_seed(settings.seed, step, k)) for k in range(rank, settings.batch_size, world)]
+            waited = time.perf_counter()
+            batch = next(batches)
+            waited = time.perf_counter() - waited
             optimizer.zero_grad()
-            _, terms = backend.loss_terms(model, TrainingPair.stack(draws, device), config, sample=True)
+            _, terms = backend.loss_terms(model, batch, config, sample=True)
             loss = backend.total_loss(terms, config)
             loss.backward()
             optimizer.step()
@@ -340,7 +351,8 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
                 dist.all_reduce(stacked)
                 values = dict(zip(values, stacked / world))
             record = {"step": step, **{k: float(v) for k, v in values.items()}, "lr": optimizer.param_groups[0]["lr"],
-                      "seconds": round(time.perf_counter() - started, 2), "pairs": settings.batch_size}
+                      "seconds": round(time.perf_counter() - started, 2), "pairs": settings.batch_size,
+                      "data_seconds": round(waited, 4)}
             log.write(json.dumps(record) + "\n")
             bar.update(1)
             bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k in values})
@@ -361,8 +373,34 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
                 save_model(settings.output, backend_name, config, network, extra)
             if out_of_time:
                 break
+    batches.close()
     bar.close()
     return settings.output
+
+
+def _batches(source, settings: TrainSettings, rank: int, world: int, device: str, step: int) -> Iterator:
+    """This rank's share of the batch of every step from ``step`` to the last. On the CPU (with
+    ``settings.prefetch``) the next batch is synthesized in a background thread while the current
+    step runs: torch releases the GIL, so the two share the cores instead of taking turns. A batch
+    depends on its pairs' seeds only, so prefetching changes no value."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .synth_pairs import pair_seed
+
+    def make(s: int):
+        return source.batch([pair_seed(settings.seed, s, k) for k in range(rank, settings.batch_size, world)], device)
+
+    if not (settings.prefetch and device == "cpu"):
+        for s in range(step, settings.steps):
+            yield make(s)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="synthesis") as pool:
+        pending = pool.submit(make, step)
+        for s in range(step, settings.steps):
+            batch = pending.result()
+            if s + 1 < settings.steps:
+                pending = pool.submit(make, s + 1)
+            yield batch
 
 
 def _check_recipe(backend: LearnedBackend, config: Mapping[str, Any], synth: bool) -> None:

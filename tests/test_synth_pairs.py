@@ -7,7 +7,6 @@ torch = pytest.importorskip("torch")
 
 from atlasreg import AtlasregError  # noqa: E402
 from atlasreg.synth_pairs import SynthPairs, SynthSettings, pair_seed  # noqa: E402
-from atlasreg.volume import image, zscore  # noqa: E402
 
 from conftest import blob_labels  # noqa: E402
 
@@ -87,8 +86,24 @@ def test_sides_are_deformed_independently(pairs):
 
 
 def test_images_are_normalised_like_the_network_input_at_inference(pairs):
-    moving = pairs.pair(2).moving[0].numpy()
-    np.testing.assert_allclose(zscore(image(moving, np.eye(4))).array, moving, atol=1e-5)  # already z-scored: a fixed point
+    """Brain statistics from the labels: mean 0, std 1 over labels > 0 (the brain that
+    ``atlasreg.volume.zscore`` looks for at inference on a skull-stripped image)."""
+    for seed in range(3):
+        p = pairs.pair(seed)
+        moving, brain = p.moving[0].double(), p.moving_labels[0] > 0
+        assert moving[brain].mean().item() == pytest.approx(0.0, abs=1e-5)
+        assert moving[brain].std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_pair_depends_on_its_seed_not_on_its_batch(pairs):
+    batch = pairs.batch([11, 12], view=True)
+    again = pairs.batch([11, 12], view=True)
+    for name in FIELDS:
+        assert torch.equal(getattr(batch, name), getattr(again, name))  # same seeds: the same batch, byte for byte
+    for k, seed in enumerate((11, 12)):
+        alone = pairs.pair(seed, view=True)
+        for name in FIELDS:
+            torch.testing.assert_close(getattr(batch, name)[k], getattr(alone, name), atol=1e-5, rtol=1e-5)
 
 
 def test_pair_seed_depends_on_seed_step_and_index_only():
