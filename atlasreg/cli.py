@@ -404,7 +404,8 @@ def _ints(text: str | None) -> list[int] | None:
 @click.option("-b", "--backend", required=True, help="Learned backend to train: contrastive or voxelmorph.")
 @click.option("--synth", multiple=True, metavar="GLOB", help="Label maps (repeatable glob): train on pairs synthesized from them, no images needed.")
 @click.option("--images", multiple=True, metavar="GLOB", help="Training images instead (repeatable glob; quote it).")
-@click.option("--atlas", nargs=2, metavar="IMAGE LABELS", help="With --images: train atlas -> subject pairs; without it, random subject pairs.")
+@click.option("--atlas", nargs=2, metavar="IMAGE LABELS", help="With --images: train atlas -> subject pairs; without it, random subject pairs. "
+              "With --synth: the atlas of --val-images only.")
 @click.option("-o", "--output", required=True, help="Model file to write (.pt); rewritten every --save-every steps.")
 @click.option("--spacing", type=float, help="Working grid spacing in mm  [default: 2]")
 @click.option("--shape", help="Working grid shape X,Y,Z  [default: 96,112,96]")

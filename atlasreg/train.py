@@ -280,12 +280,13 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
     backend = get_backend(backend_name)
     if not isinstance(backend, LearnedBackend):
         raise AtlasregError(f"backend {backend_name!r} does not learn: nothing to train")
-    inputs = [*settings.images, *settings.synth, *settings.val_images, *settings.val_labels, *(settings.atlas or ())]
+    inputs = [*settings.images, *settings.synth, *settings.val_images, *settings.val_labels, *(settings.atlas or ()),
+              *([settings.init] if settings.init else [])]
     check_output(settings.output, inputs, suffixes=(".pt",))
     if bool(settings.images) == bool(settings.synth):
         raise AtlasregError("train on either images or --synth label maps (exactly one of them)")
-    if settings.synth and settings.atlas:
-        raise AtlasregError("--synth trains any atlas to any target: it takes no --atlas")
+    if settings.synth and settings.atlas and not settings.val_images:
+        raise AtlasregError("--synth trains any atlas to any target: it takes --atlas only for validation (with --val-images)")
     rank, world, device = _distributed(pick_device(settings.device))
     if settings.batch_size % world:
         raise AtlasregError(f"batch size {settings.batch_size} does not split over {world} processes")

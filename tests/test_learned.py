@@ -305,6 +305,18 @@ def test_synth_training_trains_on_label_overlap_and_the_cross_contrast_term(tmp_
     assert state["config"]["contrast"] == "cross" and state["config"]["weights"] == {"recon": 1.0, "dice": 1.0, "smooth": 0.01, "contrast": 0.2}
 
 
+def test_synth_training_validates_on_images_with_an_atlas(tmp_path, files, label_maps):
+    settings = TrainSettings(synth=label_maps, output=tmp_path / "v.pt", steps=1, batch_size=1, progress=False,
+                             config=TINY_NETS["voxelmorph"], cache_dir=tmp_path / "cache", atlas=(files["atlas"], files["atlas_seg"]),
+                             val_images=[files["subject"]], val_labels=[files["subject_seg"]], val_protocol="labels")
+    train("voxelmorph", settings)
+    records = [json.loads(line) for line in (tmp_path / "v.pt.log.jsonl").read_text().splitlines()]
+    assert 0 < records[-1]["val_mean_dice"] <= 1
+    settings.val_images = settings.val_labels = []
+    with pytest.raises(AtlasregError, match="only for validation"):
+        train("voxelmorph", settings)
+
+
 def test_training_refuses_a_data_term_its_pairs_cannot_feed(tmp_path, files, label_maps):
     old_recipe = {**TINY_NETS["voxelmorph"], "losses": ["sim", "smooth"]}  # a model file from before label overlap
     with pytest.raises(AtlasregError, match="give --losses dice,smooth"):
@@ -326,3 +338,19 @@ def test_a_model_file_that_does_not_fit_its_config_names_the_architecture(tmp_pa
     with pytest.raises(AtlasregError, match="do not fit") as caught:
         backend.load_network(path, "cpu")
     assert all(f"{key}=" in str(caught.value) for key in backend.architecture_keys)
+
+
+def test_prefetching_changes_no_batch(tmp_path):
+    """The batches of every step, with the next one synthesized in a background thread or not."""
+    from atlasreg.train import _batches
+
+    class Source:
+        def batch(self, seeds, device):
+            return torch.tensor(seeds)
+
+    def all_batches(prefetch: bool):
+        settings = TrainSettings(output=tmp_path / "m.pt", steps=5, batch_size=4, seed=3, prefetch=prefetch)
+        return [b.tolist() for b in _batches(Source(), settings, rank=1, world=2, device="cpu", step=2)]
+
+    assert all_batches(True) == all_batches(False)
+    assert len(all_batches(True)) == 3 and all(len(b) == 2 for b in all_batches(True))  # steps 2-4, this rank's 2 pairs
