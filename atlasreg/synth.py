@@ -17,7 +17,7 @@ from .errors import AtlasregError
 from .volume import Volume, image, label_map
 
 NON_BRAIN = 100  # labels >= 100 are skull, scalp, eyes, ... (not brain)
-CONTRASTS = ("t1", "t2", "inverted", "random")
+CONTRASTS = ("t1", "t2", "random")
 MAX_LABEL = 65535  # the per-label parameter table is indexed by label value
 
 _BIAS_GRID = 4  # control points per axis of the bias field
@@ -56,7 +56,6 @@ _T2_TISSUES: dict[tuple[int, ...], tuple[float, float]] = {
     (4, 5, 14, 15, 24, 43, 44, 72): (145.0, 5.0),
 }
 _PRESETS = {"t1": _T1_TISSUES, "t2": _T2_TISSUES}
-_INVERTED_SUM = 135.0  # inverted: a brain label's mean is this minus its T1 mean (white matter 110 <-> CSF 25)
 _T1_OTHER_BRAIN = (75.0, 5.0)  # any other label in 1-99: grey-matter-like
 _T1_NON_BRAIN_MEAN = (10.0, 150.0)  # range drawn per label: dark (bone) to bright (fat)
 _T1_NON_BRAIN_STD = (3.0, 10.0)
@@ -99,15 +98,12 @@ def _label_parameters(rng: np.random.Generator, contrast: str) -> tuple[np.ndarr
         mean = _RANDOM_MEAN[0] + u[:, 0] * (_RANDOM_MEAN[1] - _RANDOM_MEAN[0])
         std = _RANDOM_STD[0] + u[:, 1] * (_RANDOM_STD[1] - _RANDOM_STD[0])
     else:
-        preset = "t2" if contrast == "t2" else "t1"
-        other = _T1_OTHER_BRAIN if preset == "t1" else _T2_TISSUES[(3, 42)]  # cortex-like
+        other = _T1_OTHER_BRAIN if contrast == "t1" else _T2_TISSUES[(3, 42)]  # cortex-like
         mean = np.full(MAX_LABEL + 1, other[0])
         std = np.full(MAX_LABEL + 1, other[1])
-        for tissue_labels, (tissue_mean, tissue_std) in _PRESETS[preset].items():
+        for tissue_labels, (tissue_mean, tissue_std) in _PRESETS[contrast].items():
             mean[list(tissue_labels)], std[list(tissue_labels)] = tissue_mean, tissue_std
         mean *= 1.0 + _T1_JITTER * (2.0 * u[:, 0] - 1.0)
-        if contrast == "inverted":
-            mean[1:NON_BRAIN] = _INVERTED_SUM - mean[1:NON_BRAIN]
         lo, hi = _T1_NON_BRAIN_MEAN
         mean[NON_BRAIN:] = lo + u[NON_BRAIN:, 0] * (hi - lo)
         lo, hi = _T1_NON_BRAIN_STD
@@ -169,10 +165,7 @@ def synthesize(
     """Image (float32 Volume on the same grid and affine) from a label map.
 
     contrast: ``"t1"`` (realistic T1 tissue ordering, 0-150 scale, means jittered ±5 % per seed),
-        ``"t2"`` (T2-like: fluid bright, white matter dark; same scale and jitter), ``"inverted"`` (the
-        T1 brain inverted, 135 - T1 mean: dark white matter, bright CSF; a contrast no preset of
-        scanner gives, to test contrast invariance) or ``"random"`` (every label's mean uniform in
-        [0, 255): contrast-agnostic training data).
+        ``"t2"`` (T2-like: fluid bright, white matter dark; same scale and jitter) or ``"random"`` (every label's mean uniform in [0, 255): contrast-agnostic training data).
     skull_strip: zero labels >= 100 first, so the head outside the brain is background.
     blur_mm: std (mm) of the Gaussian partial-volume blur.
     bias_strength: std of the log of the smooth multiplicative bias field (0 = none).

@@ -23,7 +23,7 @@ def _train(tmp_path, name: str, processes: int) -> list[float]:
                "--steps", "6", "--batch-size", "2", "--lr", "3e-3", "--cache-dir", str(tmp_path / "cache"), *TINY,
                "-o", str(tmp_path / f"{name}.pt")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)  # a guard against a hang, generous for a loaded machine
     assert done.returncode == 0, done.stderr[-2000:]
     records = [json.loads(line) for line in (tmp_path / f"{name}.pt.log.jsonl").read_text().splitlines()]
     return [r["loss"] for r in records if "loss" in r]
