@@ -34,7 +34,7 @@ from atlasreg.synth_pairs import SynthPairs, pair_seed
 from atlasreg.train import SynthSource, TrainSettings, train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import header  # noqa: E402
+from machine import header, publish  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MAPS = str(HERE.parents[1] / "shared" / "data" / "labelmaps" / "subject0[12].nii.gz")
@@ -119,10 +119,7 @@ def main(backends, batches, device, threads, steps, maps, configs, prefetch, wor
     for r in rows:
         lines.append(f"| {r['backend']} | {r['batch']} | {r['pairs_per_s']:.2f} | {r['step_s']:.2f} | {r['synth_s_per_pair']:.3f} | "
                      f"{100 * r['waiting']:.0f} % |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if output:
-        Path(output).write_text(text)
+    publish(lines, output)
 
 
 if __name__ == "__main__":
