@@ -1,12 +1,15 @@
-"""The shipped learned models (no instance optimisation) against affine and ANTs on held-out
-shared-map subjects, on the T1 preset and on a contrast no model was trained on (T2-like: the
-training contrasts are random per label), in one run.
+"""The shipped (or given) learned models against affine and ANTs on held-out shared-map subjects,
+per target contrast, in one run: without instance optimisation and, with ``--optimize-steps N``,
+refined by N steps of it.
 
-    python benchmarks/shipped.py [--targets 8,9,10] [--atlas 1] [--contrasts t1,t2] [--quality]
+    python benchmarks/shipped.py [--targets 8,9,10] [--atlas 1] [--contrasts t1,t2,inverted]
+        [--atlas-contrast t1] [--renderer synth|second] [--optimize-steps 20] [--quality]
         [--model contrastive=NAME|PATH ...] [-o benchmarks/results/shipped.md]
 
-Atlas and target images of one row share the contrast. Images come from benchmarks/shared_maps.py
-(2 mm, skull-stripped, synthesized with seed = subject number). Learned seconds = network + warp
+The atlas image (``--atlas-contrast``, T1 by default: the user's case) is synthesized by atlasreg;
+the targets come from ``benchmarks/shared_maps.target`` in each contrast (``inverted``: the T1
+image turned upside down in the head, dark white matter and bright CSF). Images: 2 mm,
+skull-stripped, seed = subject number. Learned seconds = network (+ instance optimisation) + warp
 of the atlas labels after the affine stage (add the affine row for the whole pipeline).
 """
 
@@ -36,11 +39,13 @@ from shared_maps import RENDERERS, TARGET_CONTRASTS, subject, target  # noqa: E4
 @click.option("--contrasts", default="t1,t2,inverted", show_default=True, help=f"Target contrasts ({', '.join(TARGET_CONTRASTS)}).")
 @click.option("--atlas-contrast", default="t1", show_default=True, help="The atlas image's contrast (synthesized by atlasreg).")
 @click.option("--renderer", type=click.Choice(RENDERERS), default="synth", show_default=True, help="What renders the targets.")
+@click.option("--optimize-steps", default=0, show_default=True, help="> 0: also each model refined by this many steps of instance optimisation.")
 @click.option("--backends", default="contrastive,voxelmorph", show_default=True)
 @click.option("--model", "models", multiple=True, metavar="BACKEND=NAME|PATH", help="Instead of the backend's shipped model.")
 @click.option("--quality", is_flag=True, help="Also run ANTs quality (minutes per pair on 2 cores).")
 @click.option("-o", "--output", default=None)
-def main(targets: str, atlas: int, contrasts: str, atlas_contrast: str, renderer: str, backends: str, models: tuple[str, ...], quality: bool, output: str | None) -> None:
+def main(targets: str, atlas: int, contrasts: str, atlas_contrast: str, renderer: str, optimize_steps: int, backends: str,
+         models: tuple[str, ...], quality: bool, output: str | None) -> None:
     torch.set_num_threads(2)
     chosen = dict(spec.split("=", 1) for spec in models)
     networks = {}
@@ -67,9 +72,11 @@ def main(targets: str, atlas: int, contrasts: str, atlas_contrast: str, renderer
                 _add(rows, f"ants {preset}", ants, atlas_lab, target_lab, start, n, contrast)
             for name, (backend, _, network, config) in networks.items():
                 pair = align_pair(atlas_img, target_img, config["spacing"], tuple(config["shape"]), matrix=affine.matrix)
-                start = time.perf_counter()
-                transform = backend.predict(network, config, pair, target_img, "cpu")
-                _add(rows, f"{name} (shipped, no instance optimisation)", transform, atlas_lab, target_lab, start, n, contrast)
+                for steps in sorted({0, optimize_steps}):
+                    start = time.perf_counter()
+                    transform = backend.predict(network, config, pair, target_img, "cpu", optimize_steps=steps)
+                    label = f"{name} (shipped) + {steps} steps" if steps else f"{name} (shipped, no instance optimisation)"
+                    _add(rows, label, transform, atlas_lab, target_lab, start, n, contrast)
         base = mean(d for d, _ in rows["affine"])
         ants_s = mean(s for _, s in rows["ants fast"])
         lines += [f"### {contrast.upper()} targets ({renderer} renderer; atlas {atlas:02d} {atlas_contrast.upper()} → {', '.join(f'{n:02d}' for n in numbers)}, mean Dice over the 28 aseg structures)", "",

@@ -354,3 +354,41 @@ def test_prefetching_changes_no_batch(tmp_path):
 
     assert all_batches(True) == all_batches(False)
     assert len(all_batches(True)) == 3 and all(len(b) == 2 for b in all_batches(True))  # steps 2-4, this rank's 2 pairs
+
+
+class _FixedVelocity(torch.nn.Module):
+    """A stand-in network that predicts one given velocity whatever the pair."""
+
+    def __init__(self, velocity):
+        super().__init__()
+        self.velocity = velocity
+
+    def forward(self, moving, fixed):
+        return {"velocity": self.velocity}
+
+
+def test_instance_optimisation_starts_from_zero_where_the_network_fits_worse_than_nothing():
+    from atlasreg.engine import displacement, optimize_velocity
+
+    backend = get_backend("voxelmorph")
+    config = backend.config(TINY_NETS["voxelmorph"])
+    labels = torch.from_numpy(blob_labels((24, 24, 24))).float()[None, None]
+    moving, fixed = labels, torch.roll(labels, 1, dims=2)
+    from_zero = displacement(optimize_velocity(moving, fixed, None, levels=(2, 1), iterations=(3, 1), lr=0.2), (24, 24, 24))
+    wrong = torch.zeros(1, 3, 24, 24, 24)
+    wrong[:, 1] = 3.0  # a sideways shift: worse than none
+    assert torch.equal(backend.optimize(_FixedVelocity(wrong), moving, fixed, config, steps=4, lr=0.2), from_zero)
+    right = torch.zeros(1, 3, 24, 24, 24)
+    right[:, 0] = -1.0  # warped(p) = moving(p - e_x) = fixed(p): better than none, kept as the start
+    assert not torch.equal(backend.optimize(_FixedVelocity(right), moving, fixed, config, steps=4, lr=0.2), from_zero)
+
+
+def test_learned_register_runs_the_affine_stage_on_its_device(pair, monkeypatch):
+    import atlasreg.learned as learned
+
+    seen = []
+    real = learned.align_pair
+    monkeypatch.setattr(learned, "align_pair", lambda *args, **kwargs: seen.append(kwargs.get("device")) or real(*args, **kwargs))
+    moving, _, fixed, _ = pair
+    atlasreg.register(moving, fixed, backend="voxelmorph", options={"device": "cpu"})
+    assert seen == ["cpu"]
