@@ -14,7 +14,7 @@ import click
 from .atlases import DEFAULT_ATLAS, label_names, list_atlases
 from .demo import METHODS as DEMO_METHODS, DEFAULT_TARGETS, TARGET_DONORS, format_table, run_demo
 from .errors import AtlasregError
-from .io import NIFTI_SUFFIXES, check_output, save
+from .io import NIFTI_SUFFIXES, available_memory, check_output, save
 from .metrics import evaluate as evaluate_labels
 from .pipeline import as_labels, register as register_pair, segment as segment_target
 from .plugin_api import parse_assignments
@@ -396,8 +396,12 @@ def _loss_weights(pairs: tuple[str, ...]) -> dict[str, float]:
     return weights
 
 
-def _ints(text: str | None) -> list[int] | None:
-    return [int(v) for v in text.split(",")] if text else None
+def _ints(text: str, flag: str) -> list[int]:
+    """``X,Y,Z`` as integers (their range is the config's to check)."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise AtlasregError(f"{flag} {text!r}: expected whole numbers X,Y,Z") from None
 
 
 @cli.command()
@@ -457,7 +461,7 @@ def train(backend: str, synth: tuple, images: tuple, atlas: tuple | None, output
         config["spacing"] = spacing
     for key, text in (("shape", shape), ("crop", crop)):
         if text:
-            config[key] = _ints(text)
+            config[key] = _ints(text, f"--{key}")
     if losses:
         config["losses"] = [name.strip() for name in losses.split(",") if name.strip()]
     if weights:
@@ -649,6 +653,11 @@ def _spread_lists(args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every failure into one line on stderr and a non-zero exit."""
+    from .atlases import cache_dir
+
+    # torch makes its compiler cache folder on first use of an optimiser, by default in the system's
+    # temporary folder, where it would stay: it goes beside atlasreg's own cache (unless set)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
     try:
         cli.main(args=_spread_lists(sys.argv[1:] if argv is None else argv), prog_name="atlasreg", standalone_mode=False)
     except AtlasregError as exc:
@@ -659,6 +668,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(exc.format_message(), exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except MemoryError:
+        _fail(f"out of memory (about {available_memory() / 2**30:.1f} GiB is available): give smaller volumes or fewer --jobs")
     except Exception as exc:  # last resort: never a traceback unless asked for
         if os.environ.get("ATLASREG_DEBUG"):
             raise
@@ -666,5 +677,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fail(message: str, code: int = 1) -> None:
+    from tqdm import tqdm
+
+    for bar in list(tqdm._instances):  # bars a failure left open: closed, so the error starts a line of its own
+        bar.close()
     click.echo(f"atlasreg: error: {' '.join(message.split())}", err=True)
     sys.exit(code)

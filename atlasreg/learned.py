@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .engine.grid import AlignedPair, align_pair, pick_device, transform_from_flow
 from .errors import AtlasregError
+from .learned_config import check_config
 from .models import load_model_file, resolve
 from .plugin_api import MAX_ITERATIONS, Backend, Option
 from .transform import Transform
@@ -33,8 +34,11 @@ def _cached_network(backend: "LearnedBackend", path: str, device: str, mtime_ns:
     state = load_model_file(path)
     if state["backend"] != backend.name:
         raise AtlasregError(f"{path}: a {state['backend']} model, not a {backend.name} model")
-    config = backend.config(state["config"])
-    network = backend.build_network(config)
+    try:  # checked as options are: a value no network can run with is named
+        config = backend.config(state["config"])
+        network = backend.build_network(config)
+    except AtlasregError as exc:
+        raise AtlasregError(f"{path}: {exc}") from None
     backend.load_weights(network, config, state["weights"], path)
     return network.to(device).eval(), config
 
@@ -125,6 +129,7 @@ class LearnedBackend(Backend):
                 merged[key].update(value)
             else:
                 merged[key] = value
+        check_config(self.name, self.loss_names, self.default_config, merged)
         return merged
 
     def total_loss(self, terms: Mapping[str, Any], config: Mapping[str, Any]):

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,7 +274,27 @@ def _distributed(device: str) -> tuple[int, int, str]:
 
 
 def train(backend_name: str, settings: TrainSettings) -> Path:
-    """Train (or resume training) a learned backend; returns the model path."""
+    """Train (or resume training) a learned backend; returns the model path.
+
+    A run that fails (or is interrupted) before any model file exists removes the pre-alignment
+    cache (``MODEL.pt.cache/``) and loss log it created: with no model to resume, they are litter.
+    """
+    cache = settings.cache_dir or settings.output.with_name(settings.output.name + ".cache")
+    log_path = settings.log or settings.output.with_name(settings.output.name + ".log.jsonl")
+    made = [path for path in (cache, log_path) if not path.exists()]
+    try:
+        return _train(backend_name, settings, cache, log_path)
+    except BaseException:
+        if not settings.output.exists() and int(os.environ.get("RANK", "0")) == 0:
+            for path in made:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        raise
+
+
+def _train(backend_name: str, settings: TrainSettings, cache: Path, log_path: Path) -> Path:
     import torch
     import torch.distributed as dist
 
@@ -322,13 +343,11 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
     if step >= settings.steps:
         raise AtlasregError(f"nothing to train: {settings.resume} already has {step} steps (of {settings.steps} asked); "
                             "raise --steps to continue")
-    cache = settings.cache_dir or settings.output.with_name(settings.output.name + ".cache")
     if settings.synth:
         source = SynthSource(settings, config, cache, backend.needs_view(config), device)
     else:
         source = ImagePairs(settings, config, cache)
     validation = _validation_pairs(settings, config, cache) if rank == 0 else []
-    log_path = settings.log or settings.output.with_name(settings.output.name + ".log.jsonl")
     started = time.perf_counter()
     bar = tqdm(total=settings.steps, initial=step, desc=f"training {backend_name}", unit="step",
                disable=not settings.progress or rank != 0)

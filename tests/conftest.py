@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from atlasreg.atlases import cache_dir
 from atlasreg.volume import Volume
+
+# torch makes its compiler cache folder on first use of an optimiser, by default in the system's temporary
+# folder; as the CLI does, the tests keep it beside atlasreg's cache (nothing of a test run left in /tmp)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
 
 LABELMAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "labelmaps"
 

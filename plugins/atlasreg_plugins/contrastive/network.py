@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from atlasreg.errors import AtlasregError
 from atlasreg.flow import integrate, upsample2, warp
 
 __all__ = ["ContrastiveRegNet", "CONTRASTS", "sample_anchors", "sample_points"]
@@ -73,9 +74,9 @@ class ContrastiveRegNet(nn.Module):
     ):
         super().__init__()
         if contrast not in CONTRASTS:
-            raise ValueError(f"ContrastiveRegNet: contrast {contrast!r}: choose one of {', '.join(CONTRASTS)}")
+            raise AtlasregError(f"ContrastiveRegNet: contrast {contrast!r}: choose one of {', '.join(CONTRASTS)}")
         if not unet_channels or stem_convs < 1:
-            raise ValueError("ContrastiveRegNet: at least one U-Net level and one stem convolution are needed")
+            raise AtlasregError("ContrastiveRegNet: at least one U-Net level and one stem convolution are needed")
         self.contrast, self.points = contrast, int(points)
         self.int_steps, self.int_downsize = int(int_steps), int(int_downsize)
         self.encoder = nn.Sequential(_conv(1, stem_channels, 2), *[_conv(stem_channels, stem_channels) for _ in range(stem_convs - 1)])

@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from atlasreg.errors import AtlasregError
 from atlasreg.flow import integrate, upsample2
 
 __all__ = ["VoxelMorphNet"]
@@ -63,9 +64,9 @@ class VoxelMorphNet(nn.Module):
         enc = tuple(int(c) for c in enc)
         dec = tuple(int(c) for c in dec)
         if not enc:
-            raise ValueError("VoxelMorphNet: at least one encoder level is needed")
+            raise AtlasregError("VoxelMorphNet: at least one encoder level is needed")
         if len(dec) < len(enc) + (2 if full_size else 0):
-            raise ValueError(f"VoxelMorphNet: dec needs at least {len(enc) + (2 if full_size else 0)} entries, got {len(dec)}")
+            raise AtlasregError(f"VoxelMorphNet: dec needs at least {len(enc) + (2 if full_size else 0)} entries, got {len(dec)}")
         self.int_steps = int(int_steps)
         self.int_downsize = int(int_downsize)
         self.full_size = bool(full_size)
