@@ -23,7 +23,8 @@ from .io import atomic_path
 from .plugin_api import ModelSpec
 from .registry import get_backend, registry
 
-__all__ = ["list_models", "get_model", "default_model", "resolve", "verify", "sha256", "publish", "save_model", "load_model_file"]
+__all__ = ["list_models", "get_model", "default_model", "resolve", "verify", "sha256", "publish", "save_model", "load_model_file",
+           "weights_sha256"]
 
 MODEL_FORMAT = 1
 
@@ -50,6 +51,7 @@ def save_model(path: str | os.PathLike, backend: str, config: Mapping[str, Any],
         "weights": {k: v.detach().cpu() for k, v in network.state_dict().items()},
         **(extra or {}),
     }
+    state["weights_sha256"] = weights_sha256(state["weights"])
     if not path.parent.is_dir():
         raise AtlasregError(f"{path.parent}: output folder does not exist")
     with atomic_path(path) as tmp:
@@ -80,9 +82,33 @@ def load_model_file(path: str | os.PathLike) -> dict:
         raise AtlasregError(f"{path}: not an atlasreg model file") from None
     except Exception as exc:
         raise AtlasregError(f"{path}: not an atlasreg model file ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT or "weights" not in state:
+    if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT or not isinstance(state.get("weights"), dict):
         raise AtlasregError(f"{path}: not an atlasreg model file")
+    expected = state.get("weights_sha256")  # files written before the checksum existed have none
+    if expected is not None and _weights_sha256_or_none(state["weights"]) != expected:
+        raise AtlasregError(f"{path}: its weights do not match the checksum it was written with: the file is damaged; refusing it")
     return state
+
+
+def weights_sha256(weights: Mapping[str, Any]) -> str:
+    """SHA-256 of a state dict's tensors (each one's name, dtype, shape and bytes, in name order):
+    a model file carries it and is checked against it on load, so damage after writing is found."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _weights_sha256_or_none(weights: Mapping[str, Any]) -> str | None:
+    """``weights_sha256``, or None where ``weights`` are not all tensors (a damaged or foreign file)."""
+    try:
+        return weights_sha256(weights)
+    except (AttributeError, TypeError, RuntimeError):
+        return None
 
 
 def list_models() -> list[tuple[ModelSpec, str]]:
