@@ -295,6 +295,7 @@ def train(backend_name: str, settings: TrainSettings) -> Path:
 
 
 def _train(backend_name: str, settings: TrainSettings, cache: Path, log_path: Path) -> Path:
+    """The run itself: :func:`train` without the clean-up of a failure."""
     import torch
     import torch.distributed as dist
 
