@@ -68,6 +68,7 @@ PSF_MM = (1.2, 2.5)  # FWHM in-plane and along the thick-slice axis
 BIAS = 0.2  # about the largest relative deviation of the bias field
 GAMMA = (0.8, 1.25)
 NOISE = 0.03  # Rician sigma relative to the brightest tissue mean
+CACHE = Path(__file__).parent / "work" / "second_renderer"
 
 
 def _means(rng: np.random.Generator, contrast: str) -> np.ndarray:
@@ -117,15 +118,27 @@ def acquire(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def subject(number: int, contrast: str = "t1") -> tuple[Volume, Volume]:
-    """(image, labels) of shared subject ``number`` at 2 mm, on ``shared_maps``' label grid."""
+    """(image, labels) of shared subject ``number`` at 2 mm, on ``shared_maps``' label grid; the
+    image is kept in benchmarks/work/second_renderer/ (the same bytes every time: fixed seeds)."""
+    cached = CACHE / f"subject{number:02d}_{contrast}.nii.gz"
+    labels = labels_of(number)
+    if cached.exists():
+        return atlasreg.load(cached), labels
+    image = _render_subject(number, contrast, labels)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    atlasreg.save(image, cached)
+    return image, labels
+
+
+def _render_subject(number: int, contrast: str, labels: Volume) -> Volume:
+    """:func:`render` at 1 mm, 2x2x2 block averages, onto ``labels``' grid, then the acquisition."""
     fine = render(stripped_labels(number), number, contrast)
     n = np.array(fine.shape) // 2 * 2
     blocks = fine.array[: n[0], : n[1], : n[2]].reshape(n[0] // 2, 2, n[1] // 2, 2, n[2] // 2, 2).mean(axis=(1, 3, 5))
     coarse = Volume(blocks, fine.affine @ np.diag([2.0, 2.0, 2.0, 1.0]) + _half_voxel(fine.affine), is_labels=False)
-    labels = labels_of(number)
     on_grid = resample(coarse, labels.shape, labels.affine)
     rng = np.random.default_rng([SEED_BASE, number, CONTRASTS.index(contrast)])
-    return atlasreg.volume.image(acquire(on_grid.array, rng), labels.affine), labels
+    return atlasreg.volume.image(acquire(on_grid.array, rng), labels.affine)
 
 
 def _half_voxel(affine: np.ndarray) -> np.ndarray:

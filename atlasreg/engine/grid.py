@@ -18,10 +18,10 @@ from ..transform import Transform, Velocity
 from ..volume import Volume, zscore
 
 
-def working_grid(fixed: Volume, spacing: float, shape: tuple[int, int, int]) -> Volume:
+def working_grid(fixed: Volume, spacing: float, shape: tuple[int, int, int], mask: np.ndarray | None = None) -> Volume:
     """An axis-aligned RAS grid (empty Volume) of ``shape`` voxels at ``spacing`` mm centred on the
-    intensity-weighted centre of ``fixed``'s non-zero voxels (its brain, once skull-stripped)."""
-    mask = fixed.array > 0
+    centre of ``mask`` (default: ``fixed``'s non-zero voxels, its brain once skull-stripped)."""
+    mask = fixed.array > 0 if mask is None else mask
     centre_voxel = np.array(ndimage.center_of_mass(mask)) if mask.any() else (np.array(fixed.shape) - 1) / 2.0
     centre = fixed.affine[:3, :3] @ centre_voxel + fixed.affine[:3, 3]
     affine = np.diag([spacing, spacing, spacing, 1.0])
@@ -29,10 +29,11 @@ def working_grid(fixed: Volume, spacing: float, shape: tuple[int, int, int]) -> 
     return Volume(np.zeros(shape, np.float32), affine, is_labels=False)
 
 
-def covering_shape(fixed: Volume, spacing: float, margin: int = 4) -> tuple[int, int, int]:
-    """Shape of the ``working_grid`` at ``spacing`` mm that holds all of ``fixed``'s non-zero voxels,
-    plus ``margin`` voxels each side (the grid is centred on their centre of mass, not their box)."""
-    mask = fixed.array > 0
+def covering_shape(fixed: Volume, spacing: float, margin: int = 4, mask: np.ndarray | None = None) -> tuple[int, int, int]:
+    """Shape of the ``working_grid`` at ``spacing`` mm that holds all of ``mask`` (default: ``fixed``'s
+    non-zero voxels), plus ``margin`` voxels each side (the grid is centred on their centre of mass,
+    not their box)."""
+    mask = fixed.array > 0 if mask is None else mask
     voxels = np.argwhere(mask) if mask.any() else np.array([[0, 0, 0], np.array(fixed.shape) - 1])
     centre = np.array(ndimage.center_of_mass(mask)) if mask.any() else voxels.mean(0)
     corners = np.array([[lo, hi] for lo, hi in zip(voxels.min(0), voxels.max(0))])
@@ -60,10 +61,11 @@ def align_pair(
     moving_labels: Volume | None = None,
     matrix: np.ndarray | None = None,
     device: str = "cpu",
+    mask: np.ndarray | None = None,
 ) -> AlignedPair:
     """The core's affine stage (unless ``matrix`` is given; run on ``device``), then both images
-    resampled onto the working grid."""
-    grid = working_grid(fixed, spacing, shape)
+    resampled onto the working grid (centred on ``mask``, as :func:`working_grid`)."""
+    grid = working_grid(fixed, spacing, shape, mask)
     if matrix is None:
         from .affine import affine_stage
 
