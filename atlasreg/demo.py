@@ -21,12 +21,13 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from .atlases import DONORS, dk_protocol, donor_labels, to_tissue
+from .atlases import DONORS, donor_labels, to_tissue
 from .errors import AtlasregError
 from .figures import overlay_figure
 from .io import atomic_path
 from .metrics import dice, finite_mean, region_dice
 from .pipeline import segment
+from .protocols import get_protocol
 from .registry import backend_infos
 from .spatial import crop_to_foreground, reorient, resample_to_spacing
 from .synth import synthesize
@@ -58,7 +59,7 @@ def donor_subject(donor: str, spacing: float = 2.0) -> tuple[Volume, Volume]:
 
 def score(pred: Volume, truth: Volume) -> dict[str, Any]:
     """Mean Dice over the truth's DK labels, and Dice per lobe / subcortical structure."""
-    protocol = dk_protocol()
+    protocol = get_protocol("dk")
     per_label = dice(pred.array, truth.array, protocol.labels_for(truth.array))
     return {
         "mean_dice": finite_mean(per_label.values()),

@@ -1,8 +1,10 @@
-"""Label names and colours: FreeSurfer's aseg entries (built in) and colour tables users give.
+"""Label names and colours: FreeSurfer's aseg and aparc+aseg entries (built in) and colour tables users give.
 
 ``ASEG`` holds the entries of FreeSurfer's ``FreeSurferColorLUT.txt`` (FreeSurfer 7 naming, e.g.
 10 = Left-Thalamus, formerly Left-Thalamus-Proper) for the labels of an ``aseg.mgz`` segmentation:
-the structures the shared label maps and the VoxelMorph/SynthSeg literature use. A user's table is
+the structures the shared label maps and the VoxelMorph/SynthSeg literature use; ``FREESURFER`` adds
+the Desikan-Killiany cortical parcels of ``aparc+aseg.mgz`` (1001-1035, 2001-2035), the codes of
+atlasreg's built-in atlas. A user's table is
 read from either format atlasreg meets: a FreeSurfer LUT (``id name R G B A`` per line, ``#``
 comments) or a BIDS ``dseg.tsv`` (columns ``index``, ``name`` and optionally ``color`` as #RRGGBB).
 """
@@ -81,20 +83,33 @@ ASEG: dict[int, LabelInfo] = {
 }
 
 
-# FreeSurfer's colours of the Desikan-Killiany cortical parcels (ctx-lh-NAME = 1000 + n, the same for rh),
-# from the same FreeSurferColorLUT.txt, by parcel name.
-DK_CORTEX_COLOURS: dict[str, tuple[int, int, int]] = {
-    "bankssts": (25, 100, 40), "caudalanteriorcingulate": (125, 100, 160), "caudalmiddlefrontal": (100, 25, 0),
-    "cuneus": (220, 20, 100), "entorhinal": (220, 20, 10), "fusiform": (180, 220, 140), "inferiorparietal": (220, 60, 220),
-    "inferiortemporal": (180, 40, 120), "isthmuscingulate": (140, 20, 140), "lateraloccipital": (20, 30, 140),
-    "lateralorbitofrontal": (35, 75, 50), "lingual": (225, 140, 140), "medialorbitofrontal": (200, 35, 75),
-    "middletemporal": (160, 100, 50), "parahippocampal": (20, 220, 60), "paracentral": (60, 220, 60),
-    "parsopercularis": (220, 180, 140), "parsorbitalis": (20, 100, 50), "parstriangularis": (220, 60, 20),
-    "pericalcarine": (120, 100, 60), "postcentral": (220, 20, 20), "posteriorcingulate": (220, 180, 220),
-    "precentral": (60, 20, 220), "precuneus": (160, 140, 180), "rostralanteriorcingulate": (80, 20, 140),
-    "rostralmiddlefrontal": (75, 50, 125), "superiorfrontal": (20, 220, 160), "superiorparietal": (20, 180, 140),
-    "superiortemporal": (140, 220, 220), "supramarginal": (80, 160, 20), "frontalpole": (100, 0, 100),
-    "temporalpole": (70, 70, 70), "transversetemporal": (150, 150, 200), "insula": (255, 192, 32),
+# The Desikan-Killiany cortical parcels as FreeSurfer numbers them in aparc+aseg: ctx-lh-NAME = 1000 + n,
+# ctx-rh-NAME = 2000 + n (the same colour), from the same FreeSurferColorLUT.txt (n = 4, corpuscallosum,
+# is in the LUT but no DK parcellation labels it).
+DK_CORTEX: dict[int, tuple[str, tuple[int, int, int]]] = {
+    1: ("bankssts", (25, 100, 40)), 2: ("caudalanteriorcingulate", (125, 100, 160)),
+    3: ("caudalmiddlefrontal", (100, 25, 0)), 5: ("cuneus", (220, 20, 100)), 6: ("entorhinal", (220, 20, 10)),
+    7: ("fusiform", (180, 220, 140)), 8: ("inferiorparietal", (220, 60, 220)), 9: ("inferiortemporal", (180, 40, 120)),
+    10: ("isthmuscingulate", (140, 20, 140)), 11: ("lateraloccipital", (20, 30, 140)),
+    12: ("lateralorbitofrontal", (35, 75, 50)), 13: ("lingual", (225, 140, 140)),
+    14: ("medialorbitofrontal", (200, 35, 75)), 15: ("middletemporal", (160, 100, 50)),
+    16: ("parahippocampal", (20, 220, 60)), 17: ("paracentral", (60, 220, 60)), 18: ("parsopercularis", (220, 180, 140)),
+    19: ("parsorbitalis", (20, 100, 50)), 20: ("parstriangularis", (220, 60, 20)), 21: ("pericalcarine", (120, 100, 60)),
+    22: ("postcentral", (220, 20, 20)), 23: ("posteriorcingulate", (220, 180, 220)), 24: ("precentral", (60, 20, 220)),
+    25: ("precuneus", (160, 140, 180)), 26: ("rostralanteriorcingulate", (80, 20, 140)),
+    27: ("rostralmiddlefrontal", (75, 50, 125)), 28: ("superiorfrontal", (20, 220, 160)),
+    29: ("superiorparietal", (20, 180, 140)), 30: ("superiortemporal", (140, 220, 220)),
+    31: ("supramarginal", (80, 160, 20)), 32: ("frontalpole", (100, 0, 100)), 33: ("temporalpole", (70, 70, 70)),
+    34: ("transversetemporal", (150, 150, 200)), 35: ("insula", (255, 192, 32)),
+}
+#: the left / right offsets of the DK cortical codes
+DK_LEFT, DK_RIGHT = 1000, 2000
+
+#: FreeSurfer's names and colours of every label of an aparc+aseg (DK) or aseg segmentation
+FREESURFER: dict[int, LabelInfo] = ASEG | {
+    offset + n: LabelInfo(f"ctx-{side}-{name}", colour)
+    for side, offset in (("lh", DK_LEFT), ("rh", DK_RIGHT))
+    for n, (name, colour) in DK_CORTEX.items()
 }
 
 
@@ -155,10 +170,10 @@ def _refuse_duplicate(path: Path, table: Mapping[int, LabelInfo], label: int) ->
 
 def label_table(labels: Iterable[int], known: Mapping[int, LabelInfo] | None = None) -> dict[int, LabelInfo]:
     """Names (and colours) for the non-zero ``labels``: from ``known`` (a built-in atlas's names or a
-    user's table) when given, else FreeSurfer's aseg names if every label is an aseg label;
-    ``label-N`` where no name is known."""
+    user's table) when given, else FreeSurfer's names if every label is a FreeSurfer aseg or
+    aparc+aseg (DK) label; ``label-N`` where no name is known."""
     values = sorted({int(v) for v in labels} - {0})
-    table = known if known else ASEG if set(values) <= set(ASEG) else {}
+    table = known if known else FREESURFER if set(values) <= set(FREESURFER) else {}
     return {v: table.get(v) or LabelInfo(f"label-{v}") for v in values}
 
 

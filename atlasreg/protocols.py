@@ -14,6 +14,7 @@ from typing import Literal, Mapping
 import numpy as np
 
 from .errors import AtlasregError
+from .lut import DK_CORTEX, DK_LEFT, DK_RIGHT
 
 MeanOver = Literal["labels", "regions"]
 
@@ -102,6 +103,32 @@ DKT_LOBES: dict[str, tuple[int, ...]] = {
 
 MINDBOGGLE101_REGIONS: dict[str, tuple[int, ...]] = {lobe: _bilateral(n) for lobe, n in DKT_LOBES.items()}
 
+# Desikan-Killiany cortical parcels per lobe (the usual grouping; the insula on its own).
+DK_LOBES: dict[str, tuple[str, ...]] = {
+    "frontal": (
+        "superiorfrontal", "rostralmiddlefrontal", "caudalmiddlefrontal", "parsopercularis", "parstriangularis",
+        "parsorbitalis", "lateralorbitofrontal", "medialorbitofrontal", "precentral", "paracentral", "frontalpole",
+    ),
+    "parietal": ("superiorparietal", "inferiorparietal", "supramarginal", "postcentral", "precuneus"),
+    "temporal": (
+        "superiortemporal", "middletemporal", "inferiortemporal", "bankssts", "fusiform", "transversetemporal",
+        "entorhinal", "temporalpole", "parahippocampal",
+    ),
+    "occipital": ("lateraloccipital", "lingual", "cuneus", "pericalcarine"),
+    "cingulate": ("rostralanteriorcingulate", "caudalanteriorcingulate", "posteriorcingulate", "isthmuscingulate"),
+    "insula": ("insula",),
+}
+_DK_NUMBER = {name: n for n, (name, _) in DK_CORTEX.items()}
+
+#: aparc+aseg (FreeSurfer's DK segmentation, and atlasreg's built-in atlas): bilateral lobes of the
+#: cortical parcels (1000s left, 2000s right) and the subcortical structures (aseg codes)
+DK_REGIONS: dict[str, tuple[int, ...]] = {
+    **{lobe: tuple(sorted(offset + _DK_NUMBER[name] for name in names for offset in (DK_LEFT, DK_RIGHT)))
+       for lobe, names in DK_LOBES.items()},
+    **{name: ASEG_REGIONS[name] for name in ("thalamus", "caudate", "putamen", "pallidum", "hippocampus", "amygdala")},
+    "accumbens": (26, 58),
+}
+
 PROTOCOLS: dict[str, Protocol] = {
     "aseg": Protocol(
         name="aseg",
@@ -123,6 +150,14 @@ PROTOCOLS: dict[str, Protocol] = {
         regions=MINDBOGGLE101_REGIONS,
         mean_over="regions",
         description="DKT31 cortical labels grouped into 5 bilateral lobes; mean Dice over lobes (paper Table 2 AVG)",
+    ),
+    "dk": Protocol(
+        name="dk",
+        labels=None,
+        regions=DK_REGIONS,
+        mean_over="labels",
+        description="Desikan-Killiany in FreeSurfer's aparc+aseg codes (the built-in atlas); mean Dice over every "
+                    "label in the truth; regions: bilateral lobes and subcortical structures",
     ),
     "labels": Protocol(
         name="labels",

@@ -10,6 +10,7 @@ import atlasreg
 from atlasreg import atlases
 from atlasreg.atlases import WM_LEFT, WM_RIGHT, load_atlas
 from atlasreg.errors import AtlasregError
+from atlasreg.protocols import get_protocol
 from atlasreg.volume import Volume
 
 from conftest import run_cli as run
@@ -49,11 +50,17 @@ def test_load_atlas_builds_offline_caches_and_is_sane(offline, cache):
     assert image.same_grid(labels) and not image.is_labels and labels.is_labels
     assert np.allclose(image.spacing, 1.0)
     present = set(labels.labels().tolist())
-    assert present == set(range(1, 86)) and set(names) == present
-    assert names[36] == "lh-caudate" and names[83] == "brainstem" and names[WM_RIGHT] == "rh-white-matter"
+    assert len(present) == 85 and set(names) == present
+    # FreeSurfer's aparc+aseg codes and names (FreeSurferColorLUT.txt)
+    assert names[11] == "Left-Caudate" and names[16] == "Brain-Stem" and names[WM_RIGHT] == "Right-Cerebral-White-Matter"
+    assert names[1001] == "ctx-lh-bankssts" and names[2035] == "ctx-rh-insula" and 1004 not in names and 2004 not in names
+    assert names[10] == "Left-Thalamus" and names[58] == "Right-Accumbens-area"
+    assert present == {2, 41, 16, 10, 11, 12, 13, 17, 18, 26, 49, 50, 51, 52, 53, 54, 58,
+                       *(1000 + n for n in range(1, 36) if n != 4), *(2000 + n for n in range(1, 36) if n != 4)}
     # DK labels lie inside the (skull-stripped) template's brain; white matter is bright, left is x < 0
     assert np.mean(image.array[labels.array > 0] > 0) > 0.99
-    assert np.median(image.array[labels.array == WM_LEFT]) > np.median(image.array[(labels.array > 0) & (labels.array < 35)])
+    cortex = (labels.array > 1000) & (labels.array < 2000)
+    assert np.median(image.array[labels.array == WM_LEFT]) > np.median(image.array[cortex])
     x = (labels.affine @ np.r_[np.argwhere(labels.array == WM_LEFT).mean(0), 1])[0]
     assert x < -10
     assert sorted(p.name for p in cache.glob("*/*")) == ["image.nii.gz", "label_names.json", "labels.nii.gz"]
@@ -90,12 +97,11 @@ def test_segment_without_atlas_uses_the_builtin(offline, capsys, tmp_path, monke
 
 def test_tissue_table_maps_dk_to_aseg():
     table = atlases.tissue_table()
-    names = atlases.dk_names()
-    by_name = {v: k for k, v in names.items()}
-    assert table[by_name["lh-superiorfrontal"]] == 3 and table[by_name["rh-insula"]] == 42
-    assert table[by_name["lh-caudate"]] == 11 and table[by_name["rh-hippocampus"]] == 53
-    assert table[by_name["lh-thalamusproper"]] == 10 and table[by_name["rh-accumbensarea"]] == 58
-    assert table[by_name["brainstem"]] == 16
+    by_name = {v: k for k, v in atlases.label_names(atlases.DEFAULT_ATLAS).items()}
+    assert table[by_name["ctx-lh-superiorfrontal"]] == 3 and table[by_name["ctx-rh-insula"]] == 42
+    assert table[by_name["Left-Caudate"]] == 11 and table[by_name["Right-Hippocampus"]] == 53
+    assert table[by_name["Left-Thalamus"]] == 10 and table[by_name["Right-Accumbens-area"]] == 58
+    assert table[by_name["Brain-Stem"]] == 16
     assert table[WM_LEFT] == 2 and table[WM_RIGHT] == 41
     assert len(table) == 85
 
@@ -108,8 +114,8 @@ def _shell(shape, centre, radius, label):
 
 def test_to_tissue_fills_the_enclosed_white_matter_by_hemisphere():
     shape = (40, 20, 20)
-    array = _shell(shape, (10, 10, 10), 8, 1) + _shell(shape, (30, 10, 10), 8, 42)  # lh / rh bankssts
-    array[8:12, 8:12, 8:12] = 36  # left caudate inside the left shell
+    array = _shell(shape, (10, 10, 10), 8, 1001) + _shell(shape, (30, 10, 10), 8, 2001)  # lh / rh bankssts
+    array[8:12, 8:12, 8:12] = 11  # left caudate inside the left shell
     tissue = atlases.to_tissue(Volume(array.astype(np.int32), np.eye(4), is_labels=True))
     assert tissue.array[10, 10, 5] == 2 and tissue.array[30, 10, 10] == 41  # enclosed, unlabelled -> WM
     assert tissue.array[10, 10, 10] == 11 and tissue.array[10, 10, 2] == 3 and tissue.array[30, 10, 2] == 42
@@ -122,10 +128,11 @@ def test_to_tissue_fills_the_enclosed_white_matter_by_hemisphere():
 
 def test_donor_labels_and_dk_protocol():
     donor = atlases.donor_labels("9861")
-    assert set(donor.labels().tolist()) == set(range(1, 83))  # no brain stem in the native maps
-    regions = atlases.dk_protocol().regions
+    assert set(donor.labels().tolist()) == set(atlases.dk_labels()) - {16}  # no brain stem in the native maps
+    regions = get_protocol("dk").regions
     scored = [label for labels in regions.values() for label in labels]
-    assert sorted(scored) == list(range(1, 83))  # every lateral DK label in exactly one region
+    assert sorted(scored) == sorted(set(atlases.dk_labels()) - {16})  # every lateral DK label in exactly one region
+    assert regions["insula"] == (1035, 2035) and regions["caudate"] == (11, 50) and regions["accumbens"] == (26, 58)
     with pytest.raises(AtlasregError, match="unknown donor"):
         atlases.donor_labels("1")
 
@@ -136,4 +143,16 @@ def test_the_data_ships_inside_the_package_with_its_notice():
     assert (data / "NOTICE.md").is_file()
     for donor in atlases.DONORS:
         assert (data / "desikan_killiany" / "donors" / f"{donor}.nii.gz").is_file()
-    assert len(atlases.dk_table()) == 83
+    assert len(atlases.dk_labels()) == 83
+
+
+def test_the_shipped_maps_carry_freesurfer_codes():
+    """Every shipped DK map holds only FreeSurfer aparc+aseg codes, on the dtype and grid it shipped with."""
+    from atlasreg.lut import FREESURFER
+
+    known = set(atlases.dk_labels())
+    assert known <= set(FREESURFER)
+    assert all(FREESURFER[label].name == info.name for label, info in atlases.dk_labels().items())
+    for path in [atlases._DK_MNI, *(atlases.DATA / "desikan_killiany" / "donors").glob("*.nii.gz")]:
+        values = set(np.unique(atlasreg.load(path, labels=True).array).tolist()) - {0}
+        assert values <= known and len(values) >= 82, path

@@ -240,8 +240,8 @@ def test_segment_cli_refuses_bad_study_options(targets, atlas, tmp_path, capsys)
 def test_atlases_json_names_the_builtin_labels(capsys):
     code, out, _ = run(capsys, "atlases", "--json")
     names = {int(k): v for k, v in json.loads(out)[0]["label_names"].items()}
-    assert code == 0 and names[84] == "lh-white-matter" and len(names) == 85
-    assert all(re.fullmatch(r"[a-z-]+", name) for name in names.values())
+    assert code == 0 and names[2] == "Left-Cerebral-White-Matter" and names[2035] == "ctx-rh-insula" and len(names) == 85
+    assert all(re.fullmatch(r"[A-Za-z-]+", name) for name in names.values())
 
 
 def _square(task, offset):
