@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from tqdm import tqdm
-
 from .errors import AtlasregError
+from .logs import progress_bar, step_progress
 
 # ITK's own variable is left alone: the ITK backends run single-threaded for reproducibility (their plugins
 # see to it), so more cores go to more jobs, not more threads per registration.
@@ -142,10 +141,13 @@ def run_tasks(
     desc: str = "tasks",
     progress: bool = True,
     work_dir: str | os.PathLike | None = None,
+    unit: str = "task",
 ) -> Iterator[Outcome]:
     """Run ``work(task, *shared)`` for every task; yield each Outcome as it finishes.
 
     ``work`` must be a module-level function (it is sent to other processes by reference).
+    ``progress``: a bar of the tasks on a terminal, and in this process (``jobs=1``) one of each
+    task's optimisation steps below it (see :mod:`atlasreg.logs`).
     ``work_dir``: the run's output folder, where a ``DaskLocal`` cluster keeps its scratch space
     (never the system's temporary folder).
     """
@@ -153,18 +155,18 @@ def run_tasks(
         threads = threads_per_job(jobs, threads)
     elif threads is not None and threads < 1:
         raise AtlasregError(f"--threads {threads}: must be at least 1")
-    with tqdm(total=len(tasks), desc=desc, unit="task", disable=not progress or not tasks) as bar:
-        for outcome in _outcomes(work, list(tasks), tuple(shared), jobs, threads, client, work_dir):
+    with progress_bar(total=len(tasks), desc=desc, unit=unit, enabled=progress and bool(tasks)) as bar:
+        for outcome in _outcomes(work, list(tasks), tuple(shared), jobs, threads, client, work_dir, progress):
             bar.update(1)
             yield outcome
 
 
-def _outcomes(work, tasks: list, shared: tuple, jobs: int, threads: int | None, client, work_dir) -> Iterator[Outcome]:
+def _outcomes(work, tasks: list, shared: tuple, jobs: int, threads: int | None, client, work_dir, progress: bool) -> Iterator[Outcome]:
     if not tasks:
         return
     if isinstance(client, DaskLocal):
         with _local_cluster(min(client.workers, len(tasks)), work_dir) as local:
-            yield from _outcomes(work, tasks, shared, jobs, threads, local, work_dir)
+            yield from _outcomes(work, tasks, shared, jobs, threads, local, work_dir, progress)
         return
     if client is not None:
         from distributed import as_completed
@@ -179,7 +181,9 @@ def _outcomes(work, tasks: list, shared: tuple, jobs: int, threads: int | None, 
         if threads != cores():
             limit_threads(threads)
         for task in tasks:
-            yield _guarded(work, task, shared)
+            with step_progress(progress):
+                outcome = _guarded(work, task, shared)
+            yield outcome
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process already running torch/ITK threads
     with ProcessPoolExecutor(min(jobs, len(tasks)), context, initializer=_start_worker, initargs=(threads, shared)) as pool:

@@ -240,7 +240,7 @@ def run_compare(
         raise AtlasregError("atlas image and label map are on different grids (shape or affine differ)")
     todo = [(t, m) for t in targets for m in methods if (m.label, t.id) not in done]
     shared = (atlas_image, atlas_labels, protocol, out_dir, targets[0].id)
-    for outcome in run_tasks(_run_pair, todo, shared, jobs=jobs, desc="compare", progress=progress):
+    for outcome in run_tasks(_run_pair, todo, shared, jobs=jobs, desc="compare", progress=progress, unit="pair"):
         target, method = outcome.task
         rows.extend(outcome.result if outcome.ok else [_failed_row(method, target, outcome.error)])
         _write_results(results_path, rows)

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from .atlases import DONORS, donor_labels, to_tissue
 from .errors import AtlasregError
 from .figures import overlay_figure
 from .io import atomic_path
+from .logs import progress_bar
 from .metrics import dice, finite_mean, region_dice
 from .pipeline import segment
 from .protocols import get_protocol
@@ -110,7 +110,7 @@ def run_demo(
 
     started = time.perf_counter()
     names = [ATLAS_DONOR, *TARGET_DONORS[:targets]]
-    subjects = {d: donor_subject(d, spacing) for d in tqdm(names, desc="preparing donors", unit="donor", disable=not progress)}
+    subjects = {d: donor_subject(d, spacing) for d in progress_bar(names, desc="preparing donors", unit="donor", enabled=progress)}
     atlas = subjects[ATLAS_DONOR]
     results: dict[str, Any] = {
         "atlas": ATLAS_DONOR,
@@ -119,7 +119,7 @@ def run_demo(
         "backends": {m: {"backend": METHODS[m][0], "options": METHODS[m][1], "per_target": {}} for m in chosen},
     }
     predictions: dict[str, Volume] = {}
-    with tqdm(total=len(chosen) * targets, desc="segmenting", unit="pair", disable=not progress) as bar:
+    with progress_bar(total=len(chosen) * targets, desc="segmenting", unit="pair", enabled=progress) as bar:
         for method in chosen:
             backend, options = METHODS[method]
             for donor in names[1:]:

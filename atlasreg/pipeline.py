@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -11,14 +12,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, Tuple, Union
 
-from tqdm import tqdm
-
 import nibabel as nib
 import numpy as np
 
 from ._version import __version__
 from .errors import AtlasregError
 from .io import TARGET_BYTES_PER_VOXEL, atomic_path, check_file_name, check_memory, check_output, check_outputs, from_array, load, save
+from .logs import progress_bar, step_progress
 from .lut import LabelInfo
 from .registry import get_backend, get_fusion
 from .transform import Transform
@@ -27,6 +27,8 @@ from .volume import Volume
 #: a Volume, a NIfTI path, a nibabel image, or an (array, affine) pair
 ImageLike = Union[Volume, str, os.PathLike, nib.spatialimages.SpatialImage, Tuple[np.ndarray, np.ndarray]]
 Atlas = Tuple[ImageLike, ImageLike]
+
+log = logging.getLogger(__name__)
 
 
 def _as_volume(value: ImageLike, labels: bool, what: str, bytes_per_voxel: int = 0) -> Volume:
@@ -72,16 +74,20 @@ def as_labels(value: ImageLike, what: str = "label map") -> Volume:
 
 
 def register(
-    moving: ImageLike, fixed: ImageLike, backend: str = "ants", options: Mapping[str, Any] | None = None
+    moving: ImageLike, fixed: ImageLike, backend: str = "ants", options: Mapping[str, Any] | None = None, progress: bool = False
 ) -> Transform:
     """Register ``moving`` to ``fixed``; the Transform lives on ``fixed``'s grid and pulls ``moving`` onto it.
 
     ``options``: the backend's options (``atlasreg options BACKEND``), as ``segment``'s ``backend_options``.
+    ``progress``: bars of the optimisation steps on a terminal (backends optimised in torch; see :mod:`atlasreg.logs`).
     """
     method = get_backend(backend)
     resolved = method.resolve_options(options or {})
     fixed_v, moving_v = as_target(fixed, "fixed image"), as_image(moving, "moving image")
-    transform = method.register(moving_v, fixed_v, **resolved)
+    start = time.perf_counter()
+    with step_progress(progress):
+        transform = method.register(moving_v, fixed_v, **resolved)
+    log.info("registered with %s in %.1f s", backend, time.perf_counter() - start)
     if transform.shape != fixed_v.shape:
         raise AtlasregError(f"backend {backend!r} returned a transform on the wrong grid")
     return transform
@@ -147,7 +153,8 @@ def segment(
 
     ``atlases`` None means the built-in atlas ``builtin_atlas`` (default: the MNI152 template with
     Desikan-Killiany labels, built from installed packages' data). Returns an integer label map in
-    the target's grid and affine. One atlas needs no fusion.
+    the target's grid and affine. One atlas needs no fusion. ``progress``: on a terminal, a bar of
+    the atlases (several) and of each registration's optimisation steps (see :mod:`atlasreg.logs`).
     """
     if atlases is not None and builtin_atlas:
         raise AtlasregError("give atlases or a built-in atlas name, not both")
@@ -164,8 +171,12 @@ def segment(
     pairs = load_atlases(atlases)
     several = len(pairs) > 1
     warped_images, warped_labels = [], []
-    for image, labels in tqdm(pairs, desc=f"registering atlases ({backend})", unit="atlas", disable=not progress):
-        transform = method.register(image, target_v, **resolved)
+    for index, (image, labels) in enumerate(progress_bar(pairs, desc=f"registering atlases ({backend})", unit="atlas",
+                                                         enabled=progress and several), start=1):
+        start = time.perf_counter()
+        with step_progress(progress):
+            transform = method.register(image, target_v, **resolved)
+        log.info("atlas %d of %d registered with %s in %.1f s", index, len(pairs), backend, time.perf_counter() - start)
         warped_labels.append(transform.warp_labels(labels, label_interp))
         if several:
             warped_images.append(transform.warp(image))
@@ -374,12 +385,14 @@ def segment_subjects(study_jobs: Sequence[SubjectJob], atlases: list[tuple[Volum
         else:
             todo.append(job)
     for outcome in run_tasks(segment_subject, todo, (atlases, settings), jobs=jobs, threads=threads, client=client,
-                             desc=f"segmenting ({settings.backend})", progress=progress, work_dir=work_dir):
+                             desc=f"segmenting ({settings.backend})", progress=progress, work_dir=work_dir, unit="subject"):
         job = outcome.task
         records[job.id] = outcome.result if outcome.ok else {**_job_paths(job), "status": "failed", "error": outcome.error,
                                                              "backend": method_label(settings.backend, settings.backend_options)}
-        if not outcome.ok and progress:
-            tqdm.write(f"{job.id}: failed: {outcome.error}")
+        if not outcome.ok:
+            log.warning("%s: failed: %s", job.id, outcome.error)
+        else:
+            log.info("%s: segmented in %.1f s", job.id, outcome.result["seconds"])
     return [records[job.id] for job in study_jobs]
 
 

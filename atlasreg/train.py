@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from .engine.grid import AlignedPair, align_pair, pick_device
 from .errors import AtlasregError
 from .io import check_output
+from .logs import progress_bar
 from .learned import LearnedBackend
 from .metrics import evaluate
 from .models import load_model_file, save_model
@@ -155,7 +155,7 @@ class ImagePairs:
             raise AtlasregError("training needs at least one image with --atlas, or two without")
         self.crop = tuple(config["crop"])
         self.atlas_mode = settings.atlas is not None
-        pending = tqdm(images, desc="affine pre-alignment (cached)", unit="image", disable=not settings.progress)
+        pending = progress_bar(images, desc="affine pre-alignment (cached)", unit="image", enabled=settings.progress)
         if self.atlas_mode:
             self.pairs = [aligned(Path(settings.atlas[0]), image, spacing, shape, cache) for image in pending]
         else:
@@ -225,7 +225,7 @@ class SynthSource:
         self.view = view
         spacing, shape = float(config["spacing"]), tuple(config["shape"])
         maps = [Path(p) for p in settings.synth]
-        pending = tqdm(maps, desc="affine pre-alignment of the label maps (cached)", unit="map", disable=not settings.progress)
+        pending = progress_bar(maps, desc="affine pre-alignment of the label maps (cached)", unit="map", enabled=settings.progress)
         self.pairs = SynthPairs([self._on_grid(m, maps[0], spacing, shape, cache) for m in pending], config["crop"], device=device)
 
     @staticmethod
@@ -350,8 +350,8 @@ def _train(backend_name: str, settings: TrainSettings, cache: Path, log_path: Pa
         source = ImagePairs(settings, config, cache)
     validation = _validation_pairs(settings, config, cache) if rank == 0 else []
     started = time.perf_counter()
-    bar = tqdm(total=settings.steps, initial=step, desc=f"training {backend_name}", unit="step",
-               disable=not settings.progress or rank != 0)
+    bar = progress_bar(total=settings.steps, initial=step, desc=f"training {backend_name}", unit="step",
+                       enabled=settings.progress and rank == 0)
     batches = _batches(source, settings, rank, world, device, step)
     with open(log_path, "a") if rank == 0 else open(os.devnull, "w") as log:
         while step < settings.steps:

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "atlasreg"
 
 #: the lower floors, in order: each may import only itself and floors before it
 FLOORS = [
-    {"_version", "errors"},
+    {"_version", "errors", "logs"},
     {"volume", "itk_space"},
     {"io", "spatial", "transform", "flow"},
     {"engine"},

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..logs import steps as step_bar
 from ..volume import Volume, foreground, zscore
 from .defaults import AFFINE_ITERATIONS, AFFINE_LEVELS, AFFINE_METRICS, AFFINE_RIGID_ITERATIONS, AFFINE_SAMPLES
 from .similarity import downsample, intensity_range, mse, mutual_information
@@ -140,21 +141,21 @@ def affine_stage(
         warped = F.grid_sample(moving_l, grid, mode="bilinear", padding_mode="border", align_corners=True)
         return similarity(values, warped.reshape(-1))
 
-    def optimise(params, lrs, iterations, linear) -> None:
-        for level, steps in zip(pyramid, iterations):
+    def optimise(params, lrs, iterations, linear, stage: str) -> None:
+        for mm, level, steps in zip(levels, pyramid, iterations):
             optimizer = torch.optim.Adam([{"params": [p], "lr": lr} for p, lr in zip(params, lrs)])
             # step sizes decay tenfold over each level: large moves first, then settle without jitter
             schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.1 ** (1.0 / max(steps, 1)))
-            for _ in range(steps):
+            for _ in step_bar(steps, f"{stage} {mm:g} mm"):
                 optimizer.zero_grad()
                 loss(level, linear()).backward()
                 optimizer.step()
                 schedule.step()
 
-    optimise((angles, translation), (LR_ROTATION, LR_TRANSLATION), rigid_iterations, lambda: _rotation(angles))
+    optimise((angles, translation), (LR_ROTATION, LR_TRANSLATION), rigid_iterations, lambda: _rotation(angles), "rigid")
     with torch.no_grad():
         rotation = _rotation(angles)
-    optimise((matrix, translation), (LR_MATRIX, LR_TRANSLATION), affine_iterations, lambda: rotation + matrix)
+    optimise((matrix, translation), (LR_MATRIX, LR_TRANSLATION), affine_iterations, lambda: rotation + matrix, "affine")
 
     with torch.no_grad():
         return world_map(rotation + matrix).cpu().numpy()
