@@ -466,7 +466,9 @@ def from_csv(path: PathLike, *, name: str | None = None, protocol: str = "labels
                 continue
             file = path.parent / Path(row[column]).expanduser()
             if not file.is_file():
-                raise AtlasregError(f"{path}, line {line}: {column} file {file} does not exist")
+                reason = ("is a broken symlink or a symlink loop" if file.is_symlink() else
+                          "is not a file" if file.exists() else "does not exist")
+                raise AtlasregError(f"{path}, line {line}: {column} file {file} {reason}")
             files[column] = _volume_file(file, f"{path}, line {line}: {column} file")
         if files["image"] is None:
             raise AtlasregError(f"{path}, line {line}: empty image cell")

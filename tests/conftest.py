@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,18 @@ def refused(capsys, folder: Path, message: str, *args) -> str:
     assert message in err, err
     assert snapshot(folder) == before
     return err
+
+
+@pytest.fixture
+def system_temp(tmp_path_factory, monkeypatch) -> Path:
+    """A fresh, empty folder as the system temp folder (TMPDIR, and tempfile's cached choice) for
+    the test; the test errors if anything is left in it afterwards."""
+    folder = tmp_path_factory.mktemp("system-temp")
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    yield folder
+    left = sorted(p.name for p in folder.iterdir())
+    assert not left, f"left in the system temp folder: {left}"
 
 
 def unwritable_folder(tmp_path: Path) -> Path:

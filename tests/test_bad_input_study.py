@@ -7,9 +7,10 @@ stderr, no traceback, every file under the test folder byte-identical afterwards
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -17,10 +18,11 @@ import numpy as np
 import pytest
 
 import atlasreg
-from atlasreg.batch import DaskLocal, run_tasks
 from atlasreg.volume import label_map
 
-from conftest import AFFINE, blob_labels, case_files, refused, run_cli as run, unwritable_folder
+from conftest import AFFINE, blob_labels, case_files, refused, run_cli as run, snapshot, unwritable_folder
+
+pytestmark = pytest.mark.usefixtures("system_temp")
 
 
 @pytest.fixture
@@ -65,6 +67,9 @@ def test_study_folder_refuses_a_rerun_with_other_settings_unless_redo(capsys, fi
     study = ["segment", scans, *_atlas(files), *QUICK, "-o", out]
     code, _, err = run(capsys, *study)
     assert code == 0 and "1 segmented, 0 done before" in err, err
+    # the issue's case: affine labels kept under an svf run ("0 segmented, 1 done before")
+    refused(capsys, tmp_path, "made with other settings (differing: Backend, ", "segment", scans, *_atlas(files), "-b", "svf",
+            "-o", out)
     refused(capsys, tmp_path, "made with other settings (differing: BackendOptions", *study, "-O", "metric=mse")
     code, _, err = run(capsys, *study, "-O", "metric=mse", "--redo")
     assert code == 0 and "1 segmented, 0 done before" in err, err  # the affine/mi labels were not kept
@@ -138,20 +143,67 @@ def _compare(files, listing: Path, out: Path) -> list:
     return ["compare", "-b", "affine", *_atlas(files), "--dataset", "csv", listing, "--protocol", "labels", "-o", out]
 
 
+def _broken(kind: str, source: Path, path: Path) -> Path:
+    """``source`` (a 24^3 volume) made into one of the review's broken files at ``path``."""
+    volume = nib.load(source)
+    array = np.asanyarray(volume.dataobj)
+    if kind == "truncated":
+        data = source.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "text":
+        path.write_text("not a volume\n")
+    elif kind == "4-D":
+        nib.save(nib.Nifti1Image(np.stack([array, array], -1), AFFINE), path)
+    elif kind == "NaN":
+        nan = array.astype(np.float32)
+        nan[12, 12, 12] = np.nan
+        nib.save(nib.Nifti1Image(nan, AFFINE), path)
+    elif kind == "all-zero":
+        nib.save(nib.Nifti1Image(np.zeros_like(array), AFFINE), path)
+    else:  # singular affine: the sform's first row zero, no qform (nibabel will not write one)
+        data = bytearray(gzip.decompress(source.read_bytes()))
+        header = nib.Nifti1Header.from_fileobj(io.BytesIO(data), check=False)
+        header["srow_x"] = 0
+        header["sform_code"], header["qform_code"] = 1, 0
+        data[: len(header.binaryblock)] = header.binaryblock
+        path.write_bytes(gzip.compress(bytes(data)))
+    return path
+
+
+#: each broken kind as a target, and as a truth: what the failed pair's line on stderr says
+BROKEN = {"truncated": ("not a readable NIfTI file", "not a readable NIfTI file"),
+          "text": ("not a readable NIfTI file", "not a readable NIfTI file"),
+          "4-D": ("expected a 3-D volume", "expected a 3-D volume"),
+          "NaN": ("NaN or infinite intensities", "non-integer values"),
+          "all-zero": ("image is empty", "label map is empty"),
+          "singular": ("affine is singular", "affine is singular")}
+
+
 def test_compare_exits_1_and_names_every_failed_pair(capsys, files, tmp_path):
+    """The review's broken targets and truths, each in a pair of its own beside one good pair:
+    exit 1, every failed pair named with its reason on stderr, the good pair scored, inputs unchanged."""
     small = atlasreg.save(label_map(blob_labels((20, 20, 20)), AFFINE), tmp_path / "small_seg.nii.gz")
-    nan = np.array(atlasreg.load(files["target"]).array)
-    nan[0, 0, 0] = np.nan
-    nib.save(nib.Nifti1Image(nan, AFFINE), tmp_path / "nan.nii.gz")
+    rows = [f"{files['target']},{files['target_seg']},good", f"{files['target']},{small},grid"]
+    for n, kind in enumerate(BROKEN):
+        rows.append(f"{_broken(kind, files['target'], tmp_path / f'target{n}.nii.gz')},{files['target_seg']},target-{kind}")
+        rows.append(f"{files['target']},{_broken(kind, files['target_seg'], tmp_path / f'truth{n}.nii.gz')},truth-{kind}")
     listing = tmp_path / "targets.csv"
-    listing.write_text(f"image,labels,id\n{files['target']},{small},grid\n{tmp_path / 'nan.nii.gz'},{files['target_seg']},nan\n")
-    code, _, err = run(capsys, *_compare(files, listing, tmp_path / "report"))
+    listing.write_text("image,labels,id\n" + "\n".join(rows) + "\n")
+    before = snapshot(tmp_path)
+    quick = "affine:rigid_iterations=5,5:affine_iterations=5,5"
+    code, _, err = run(capsys, "compare", "-b", quick, *_atlas(files), "--dataset", "csv", listing, "--protocol", "labels",
+                       "-o", tmp_path / "report")
     lines = err.strip().splitlines()
     assert code == 1 and "Traceback" not in err and "internal error" not in err, err
-    assert lines[-1] == "atlasreg: error: 2 of 2 pairs failed (see above)", err
-    assert any(line.startswith("  affine on grid: ") and "different grids" in line for line in lines), err
-    assert any(line.startswith("  affine on nan: ") and "NaN" in line for line in lines), err
+    assert lines[-1] == f"atlasreg: error: {len(rows) - 1} of {len(rows)} pairs failed (see above)", err
+    failed = {line.split(": ", 1)[0]: line for line in lines if line.startswith(f"  {quick} on ")}
+    expected = {"grid": "different grids"} | {f"{which}-{kind}": message for kind, messages in BROKEN.items()
+                                              for which, message in zip(("target", "truth"), messages)}
+    assert sorted(failed) == sorted(f"  {quick} on {id}" for id in expected), err
+    for id, message in expected.items():
+        assert message in failed[f"  {quick} on {id}"], (id, err)
     assert (tmp_path / "report" / "summary.md").exists()
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("report")} == before
 
 
 def test_compare_refuses_a_bad_dataset_csv_before_any_pair(capsys, files, tmp_path):
@@ -164,15 +216,17 @@ def test_compare_refuses_a_bad_dataset_csv_before_any_pair(capsys, files, tmp_pa
     passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
     listing.write_text(f"image,labels,id\n{passwd},{files['target_seg']},t\n")
     refused(capsys, tmp_path, "not a volume file", *_compare(files, listing, tmp_path / "report"))
+    loop = tmp_path / "loop.nii.gz"
+    loop.symlink_to(loop.name)
+    listing.write_text(f"image,labels,id\n{loop},{files['target_seg']},t\n")
+    refused(capsys, tmp_path, f"image file {loop} is a broken symlink or a symlink loop", *_compare(files, listing, tmp_path / "report"))
 
 
 # --- resources: Dask workers and scratch space --------------------------------------------------------
 
-def _plus_one(task: int) -> int:
-    return task + 1
-
-
-def test_local_dask_cluster_has_no_more_workers_than_tasks_and_its_scratch_in_the_work_folder(tmp_path, monkeypatch):
+def test_dask_workers_capped_at_the_targets_and_scratch_kept_in_the_output_folder(capsys, files, tmp_path, monkeypatch):
+    """``segment DIR --dask --jobs 6`` with 2 targets: a cluster of 2 workers whose scratch space is
+    in the output folder and removed after; nothing in the system temp folder (``system_temp``)."""
     distributed = pytest.importorskip("distributed")
     made: list[dict] = []
     real = distributed.LocalCluster
@@ -182,16 +236,18 @@ def test_local_dask_cluster_has_no_more_workers_than_tasks_and_its_scratch_in_th
         return real(**{**kwargs, "processes": False})
 
     monkeypatch.setattr(distributed, "LocalCluster", in_process)
-    system_temp = tmp_path / "system-temp"
-    system_temp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(system_temp))
-    work = tmp_path / "out"
-    work.mkdir()
-    outcomes = list(run_tasks(_plus_one, [1, 2], client=DaskLocal(6), progress=False, work_dir=work))
-    assert sorted(o.result for o in outcomes) == [2, 3]
-    assert made[0]["n_workers"] == 2 and Path(made[0]["local_directory"]).parent == work
-    assert not list(work.iterdir()), "the scratch space is removed after the run"
-    assert not list(system_temp.iterdir()), "nothing in the system temp folder"
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(files["target"], scans / f"{name}.nii.gz")
+    before = snapshot(tmp_path)
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "segment", scans, *_atlas(files), *QUICK, "--dask", "--jobs", "6", "-o", out)
+    assert code == 0 and "2 segmented, 0 done before, 0 failed" in err, err
+    assert len(made) == 1 and made[0]["n_workers"] == 2, made
+    assert Path(made[0]["local_directory"]).parent == out
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "the scratch space is removed after the run"
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("out")} == before
 
 
 # --- label tables ---------------------------------------------------------------------------------------

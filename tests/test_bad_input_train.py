@@ -15,6 +15,8 @@ import pytest
 
 from conftest import AFFINE, SHAPE, case_files, refused, run_cli as run
 
+pytestmark = pytest.mark.usefixtures("system_temp")
+
 torch = pytest.importorskip("torch")
 
 SMALL = {"shape": [16, 16, 16], "crop": [16, 16, 16], "enc_channels": [4, 8, 8, 8], "dec_channels": [8, 8, 8, 8, 8, 4, 4]}
@@ -62,11 +64,15 @@ def _segment_with(files, tmp_path, model: Path) -> list:
 @pytest.mark.parametrize("key,value,message", [("spacing", float("nan"), "must be a finite number"),
                                                ("shape", [640, 640, 640], "(256^3)"),
                                                ("int_steps", 10**9, "must be 0 to 16")])
-def test_model_file_config_is_checked_on_load_like_options(capsys, files, tmp_path, key, value, message):
+def test_model_file_config_is_checked_on_load_like_options(capsys, files, tmp_path, monkeypatch, key, value, message):
+    """Refused before the network is built (the 640^3 grid allocated ~3 GB before failing)."""
+    from atlasreg.registry import get_backend
+
     path = _small_model(tmp_path)
     state = torch.load(path, weights_only=True)
     state["config"][key] = value
     torch.save(state, path)
+    monkeypatch.setattr(type(get_backend("voxelmorph")), "build_network", lambda *a: pytest.fail("network built"))
     err = refused(capsys, tmp_path, message, *_segment_with(files, tmp_path, path))
     assert f"{path}: voxelmorph: config {key}=" in err
 

@@ -17,7 +17,9 @@ from scipy import ndimage
 import atlasreg.io
 from atlasreg.spatial import _sample_onehot
 
-from conftest import case_files, refused, run_cli as run
+from conftest import case_files, refused, run_cli as run, snapshot
+
+pytestmark = pytest.mark.usefixtures("system_temp")
 
 
 @pytest.fixture
@@ -51,9 +53,11 @@ def test_bids_subject_with_non_positive_voxel_sizes_fails_with_the_reason(capsys
     (root / "sub-01" / "anat").mkdir(parents=True)
     (root / "dataset_description.json").write_text(json.dumps({"Name": "tiny", "BIDSVersion": "1.9.0"}))
     _with_voxel_sizes(files["target"], root / "sub-01" / "anat" / "sub-01_T1w.nii.gz", (0, 0, 0))
+    before = snapshot(tmp_path)
     code, _, err = run(capsys, "bids", root, tmp_path / "out", "participant", "-a", files["atlas"], files["atlas_seg"], "-b", "affine")
     assert code == 1 and "voxel sizes must be positive" in err and "1 of 1 targets failed" in err and "Traceback" not in err, err
     assert not list((tmp_path / "out").rglob("*_dseg.nii.gz"))
+    assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("out")} == before
 
 
 def test_a_symlink_loop_as_target_is_refused(capsys, files, tmp_path):
@@ -83,6 +87,15 @@ def test_a_target_too_large_for_the_memory_is_refused_before_it_is_read(capsys, 
     assert "only 8.0 GiB is available" in err
     monkeypatch.setattr(atlasreg.io, "available_memory", lambda: 2**20)  # any target: 24^3 with 1 MiB to spare
     refused(capsys, tmp_path, "need about", "register", files["atlas"], files["target"], "-b", "affine", "-o", tmp_path / "o.nii.gz")
+
+
+def test_an_address_space_limit_bounds_the_memory_available(monkeypatch):
+    """The issue's run was under a 6 GB cap (ulimit -v): the check counts that cap, not the machine's memory."""
+    import resource
+
+    real = resource.getrlimit
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (6 * 2**30, real(which)[1]) if which == resource.RLIMIT_AS else real(which))
+    assert atlasreg.io.available_memory() <= 6 * 2**30
 
 
 def test_available_memory_is_a_positive_number_of_bytes():
