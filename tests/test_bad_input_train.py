@@ -97,14 +97,25 @@ def test_a_model_file_with_bytes_damaged_is_refused(capsys, files, tmp_path):
     refused(capsys, tmp_path, str(path), *_segment_with(files, tmp_path, path))
 
 
-def test_a_failed_train_leaves_no_cache_log_or_model_and_its_error_starts_a_line(capsys, files, tmp_path):
+@pytest.mark.parametrize("how", ["failed", "interrupted"])
+def test_a_failed_train_leaves_no_cache_log_or_model_and_its_error_starts_a_line(capsys, files, tmp_path, monkeypatch, how):
     maps = tmp_path / "maps"
     maps.mkdir()
     shutil.copy(files["target_seg"], maps / "a.nii.gz")  # the reference: its array is cached first (MODEL.pt.cache/ made)
-    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.int32), AFFINE), maps / "b.nii.gz")  # then this one fails
+    if how == "failed":
+        nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.int32), AFFINE), maps / "b.nii.gz")  # then this one fails
+        expected = (1, "label map is empty")
+    else:
+        shutil.copy(files["target_seg"], maps / "b.nii.gz")
+        def interrupt(*args, **kwargs):  # Ctrl-C once every map is cached
+            assert (tmp_path / "model.pt.cache").is_dir()
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr("atlasreg.synth_pairs.SynthPairs", interrupt)
+        expected = (130, "atlasreg: error: interrupted")
     code, _, err = run(capsys, "train", "-b", "voxelmorph", "--synth", maps / "*.nii.gz", "-o", tmp_path / "model.pt",
                        "--steps", "1", *(f"-C{k}={v}" for k, v in SMALL.items()))
-    assert code == 1 and "label map is empty" in err and "Traceback" not in err, err
+    assert code == expected[0] and expected[1] in err and "Traceback" not in err, err
     assert err.splitlines()[-1].startswith("atlasreg: error: "), "the error line continues a progress bar's line"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["maps", *(p.name for p in files.values())])
 
