@@ -7,6 +7,7 @@ file byte-identical.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -113,8 +114,11 @@ def test_a_failed_train_leaves_no_cache_log_or_model_and_its_error_starts_a_line
 
         monkeypatch.setattr("atlasreg.synth_pairs.SynthPairs", interrupt)
         expected = (130, "atlasreg: error: interrupted")
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # bars are drawn on a terminal only
     code, _, err = run(capsys, "train", "-b", "voxelmorph", "--synth", maps / "*.nii.gz", "-o", tmp_path / "model.pt",
                        "--steps", "1", *(f"-C{k}={v}" for k, v in SMALL.items()))
+    assert "\r" in err, "a bar was drawn"
     assert code == expected[0] and expected[1] in err and "Traceback" not in err, err
     assert err.splitlines()[-1].startswith("atlasreg: error: "), "the error line continues a progress bar's line"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["maps", *(p.name for p in files.values())])
