@@ -53,9 +53,13 @@ class Outcome:
 @dataclass(frozen=True)
 class DaskLocal:
     """A Dask ``LocalCluster`` that :func:`run_tasks` starts for its tasks: ``workers`` single-threaded
-    worker processes at most (fewer when there are fewer tasks)."""
+    worker processes at most (fewer when there are fewer tasks). Refused where Dask is not installed,
+    so a run asking for it fails before any work."""
 
     workers: int
+
+    def __post_init__(self) -> None:
+        _distributed()
 
 
 def cores() -> int:
@@ -198,7 +202,7 @@ def _distributed():
     try:
         import distributed
     except ImportError:
-        raise AtlasregError("Dask is not installed: pip install 'dask[distributed]'") from None
+        raise AtlasregError("Dask is not installed: pip install 'atlasreg[dask]'") from None
     return distributed
 
 

@@ -120,15 +120,18 @@ class Method:
     name: ClassVar[str]
     description: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
+    #: the command that installs the packages ``requires`` names, shown when one is missing
+    #: (e.g. ``pip install 'atlasreg[ants]'`` for a first-party plugin on an optional extra)
+    install: ClassVar[str] = ""
     options: ClassVar[Mapping[str, Option]] = {}
     #: same inputs, options and seed give the same bytes on CPU (claimed only where tested)
     deterministic: ClassVar[bool] = False
 
     def unavailable_reason(self) -> str | None:
-        """Why this method cannot run here (a missing module), or None when it can."""
+        """Why this method cannot run here (a missing module, and the command that installs it), or None when it can."""
         for module in self.requires:
             if importlib.util.find_spec(module) is None:
-                return f"needs the Python package providing '{module}' (not installed)"
+                return f"needs the Python package providing '{module}' (not installed)" + (f": {self.install}" if self.install else "")
         return None
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ class AntsBackend(Backend):
     name = "ants"
     description = "ANTs SyN after affine (antspyx); presets fast / quality"
     requires = ("ants",)
+    install = "pip install 'atlasreg[ants]'"
     options = {
         "preset": Option("quality", "fast: antspyx SyN defaults; quality: antsRegistrationSyN.sh schedule", tuple(PRESETS)),
         "transform": Option("", "an antspyx type_of_transform overriding the preset, e.g. SyNCC, Affine, antsRegistrationSyNQuick[s]"),

@@ -34,6 +34,7 @@ class JointLabelFusion(Fusion):
     name = "jlf"
     description = "joint label fusion (ANTs): patch-based weights that account for atlases' correlated errors"
     requires = ("ants",)
+    install = "pip install 'atlasreg[ants]'"
     options = {
         "beta": Option(2.0, "exponent sharpening the patch-similarity weights (ANTs' recommended 2)", minimum=0, exclusive_minimum=True),
         "radius": Option(2, "patch radius in voxels", minimum=0, maximum=MAX_RADIUS),

@@ -24,6 +24,7 @@ class SimpleITKBackend(Backend):
     name = "simpleitk"
     description = "affine + diffeomorphic demons or B-spline (SimpleITK)"
     requires = ("SimpleITK",)
+    install = "pip install 'atlasreg[itk]'"
     deterministic = True  # single-threaded (threads.py)
     options = {
         "method": Option("demons", "deformable method after the affine stage", METHODS),

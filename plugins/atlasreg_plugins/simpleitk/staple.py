@@ -24,6 +24,7 @@ class Staple(Fusion):
     name = "staple"
     description = "STAPLE (SimpleITK MultiLabelSTAPLE): votes weighted by each atlas's estimated reliability"
     requires = ("SimpleITK",)
+    install = "pip install 'atlasreg[itk]'"
     deterministic = True  # single-threaded (threads.py)
     options = {
         "max_iterations": Option(100, "maximum EM iterations", minimum=1, maximum=MAX_ITERATIONS),
