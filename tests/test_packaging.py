@@ -56,3 +56,31 @@ def test_shipped_model_weights_are_in_the_wheel(wheel):
     assert {p.parent.parent.name for p in shipped} >= {"contrastive", "voxelmorph"}
     for model in shipped:
         assert model.relative_to(ROOT / "plugins").as_posix() in names, model
+
+
+def test_licence_citation_changelog_and_containers():
+    """The licence pyproject declares is the one that ships; citation, changelog and container recipes are there."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == {"text": "Apache-2.0"}
+    licence = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in licence and "Version 2.0, January 2004" in licence and "END OF TERMS AND CONDITIONS" in licence
+    citation = (ROOT / "CITATION.cff").read_text()
+    assert "cff-version: 1.2.0" in citation and f"version: {project['version']}" in citation and "license: Apache-2.0" in citation
+    assert "## [Unreleased]" in (ROOT / "CHANGELOG.md").read_text()
+    for recipe, torch_line in (("Dockerfile", "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"),
+                               ("Dockerfile.cuda", "pip install torch==2.13.0\n")):
+        text = (ROOT / recipe).read_text()
+        assert "FROM python:3.11-slim" in text and torch_line in text and '[all]"' in text
+        assert 'ENTRYPOINT ["atlasreg"]' in text
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    """The README's two commands install every extra; CI runs the test command as written there."""
+    readme = (ROOT / "README.md").read_text()
+    venv = "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
+    assert venv + 'pip install -e ".[all]" && atlasreg demo' in readme
+    test_command = venv + 'pip install -e ".[all,test]" && python -m pytest'
+    assert test_command in readme
+    assert (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == test_command
