@@ -67,10 +67,16 @@ def score(pred: Volume, truth: Volume) -> dict[str, Any]:
     }
 
 
+def unavailable_methods() -> dict[str, str]:
+    """The demo's methods whose backend cannot run here -> why (with the line that installs it)."""
+    reasons = {info.name: info.reason for info in backend_infos()}
+    return {name: reasons.get(backend) or "not installed" for name, (backend, _) in METHODS.items()
+            if backend not in reasons or reasons[backend]}
+
+
 def available_methods() -> list[str]:
     """The demo's methods whose backend can run here, in table order."""
-    available = {info.name for info in backend_infos() if info.available}
-    return [name for name, (backend, _) in METHODS.items() if backend in available]
+    return [name for name in METHODS if name not in unavailable_methods()]
 
 
 def _check_methods(methods: Sequence[str] | None) -> list[str]:
@@ -117,6 +123,7 @@ def run_demo(
         "targets": names[1:],
         "spacing_mm": spacing,
         "backends": {m: {"backend": METHODS[m][0], "options": METHODS[m][1], "per_target": {}} for m in chosen},
+        "not_run": unavailable_methods() if backends is None else {},
     }
     predictions: dict[str, Volume] = {}
     with progress_bar(total=len(chosen) * targets, desc="segmenting", unit="pair", enabled=progress) as bar:
@@ -181,4 +188,5 @@ def format_table(results: dict[str, Any]) -> str:
     lines.append("| **mean over DK labels** | " + " | ".join(f"**{fmt(results['backends'][b]['mean_dice'])}**" for b in backends) + " |")
     lines.append("| seconds per target | " + " | ".join(f"{results['backends'][b]['seconds_per_target']:.1f}" for b in backends) + " |")
     lines += ["", "Cortical DK parcels are a ribbon one or two voxels thick at 2 mm: compare methods, not absolute values."]
+    lines += [f"Not run here: {method}: {reason}" for method, reason in results.get("not_run", {}).items()]
     return "\n".join(lines)

@@ -55,7 +55,13 @@ def test_demo_leaves_out_an_unavailable_backend(monkeypatch):
     from atlasreg_plugins.ants.backend import AntsBackend
 
     monkeypatch.setattr(AntsBackend, "requires", ("no_such_module_xyz",))
+    monkeypatch.setattr(AntsBackend, "install", "pip install 'atlasreg[ants]'")
     assert "ants" in demo.METHODS and demo.available_methods() == [m for m in demo.METHODS if m != "ants"]
+    assert list(demo.unavailable_methods()) == ["ants"]
+    results = {"atlas": "a", "targets": ["t"], "spacing_mm": 2.0, "not_run": demo.unavailable_methods(),
+               "backends": {"affine": {"mean_dice": 0.5, "seconds_per_target": 1.0, "region_dice": {"frontal": 0.5}}}}
+    assert demo.format_table(results).splitlines()[-1] == (
+        "Not run here: ants: needs the Python package providing 'no_such_module_xyz' (not installed): pip install 'atlasreg[ants]'")
 
 
 def test_demo_refuses_bad_arguments(capsys, tmp_path):
