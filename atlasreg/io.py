@@ -288,12 +288,7 @@ def save(volume: Volume, path: str | os.PathLike) -> Path:
     """Write ``volume`` as NIfTI (labels as int32, images as float32), atomically."""
     path = Path(path)
     _check_nifti_path(path)
-    dtype = np.int32 if volume.is_labels else np.float32
-    img = nib.Nifti1Image(volume.array.astype(dtype), volume.affine)
-    img.set_qform(volume.affine, code=1)
-    img.set_sform(volume.affine, code=1)
-    if volume.is_labels:
-        img.header.set_intent("label")
+    img = volume.to_nibabel()
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return path

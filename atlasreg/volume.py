@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import nibabel as nib
 import numpy as np
 
 from .errors import AtlasregError
@@ -60,6 +61,16 @@ class Volume:
         """Sorted non-zero labels present."""
         values = np.unique(self.array)
         return values[values != 0]
+
+    def to_nibabel(self) -> nib.Nifti1Image:
+        """A NIfTI-1 image as :func:`atlasreg.save` writes it: the affine as both qform and sform
+        (code 1, scanner), a label map as int32 with the NIfTI label intent, an image as float32."""
+        img = nib.Nifti1Image(self.array.astype(LABEL_DTYPE if self.is_labels else np.float32), self.affine)
+        img.set_qform(self.affine, code=1)
+        img.set_sform(self.affine, code=1)
+        if self.is_labels:
+            img.header.set_intent("label")
+        return img
 
 
 def image(array: np.ndarray, affine: np.ndarray) -> Volume:

@@ -142,3 +142,20 @@ def test_api_accepts_paths_volumes_nibabel_images_and_array_affine_pairs(tmp_pat
         atlasreg.register(42, fixed, backend="affine")
     with pytest.raises(AtlasregError, match="3-D"):
         atlasreg.register((np.zeros((4, 4)), np.eye(4)), fixed, backend="affine")
+
+
+def test_to_nibabel_is_what_save_writes(tmp_path, affine):
+    """Volume.to_nibabel(): the affine as qform and sform, labels int32 with the label intent, images float32."""
+    labels = Volume(blob_labels(), affine, is_labels=True)
+    img = labels.to_nibabel()
+    assert isinstance(img, nib.Nifti1Image) and img.get_data_dtype() == np.int32 and img.header.get_intent()[0] == "label"
+    np.testing.assert_allclose(img.affine, affine)
+    np.testing.assert_allclose(img.get_qform(), affine, atol=1e-5)
+    np.testing.assert_allclose(img.get_sform(), affine, atol=1e-5)
+    assert np.array_equal(np.asanyarray(img.dataobj), labels.array)
+    image = Volume(image_from_labels(blob_labels()), affine, is_labels=False).to_nibabel()
+    assert image.get_data_dtype() == np.float32 and image.header.get_intent()[0] == "none"
+    saved = nib.load(atlasreg.save(labels, tmp_path / "seg.nii.gz"))
+    assert saved.header.get_intent() == img.header.get_intent() and np.array_equal(saved.affine, img.affine)
+    back = as_image(image)  # and it goes back in wherever a volume goes
+    assert np.array_equal(back.array, image.get_fdata(dtype=np.float32))
