@@ -140,7 +140,7 @@ def _read_freesurfer(path: Path, text: str) -> dict[int, LabelInfo]:
             raise AtlasregError(f"{path}:{number}: expected 'ID NAME R G B A' (FreeSurfer LUT) or a dseg.tsv with an index column") from None
         if len(fields) < 2:
             raise AtlasregError(f"{path}:{number}: label {label} has no name")
-        _refuse_duplicate(path, table, label)
+        _refuse_duplicate(path, table, label, fields[1])
         table[label] = LabelInfo(fields[1], colour)  # type: ignore[arg-type]
     return table
 
@@ -157,15 +157,15 @@ def _read_dseg_tsv(path: Path, text: str) -> dict[int, LabelInfo]:
             rgb = None if colour == "n/a" else tuple(int(colour.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4))
         except ValueError:
             raise AtlasregError(f"{path}: bad row {row} (index must be an integer, color #RRGGBB or n/a)") from None
-        _refuse_duplicate(path, table, label)
+        _refuse_duplicate(path, table, label, row["name"])
         table[label] = LabelInfo(row["name"], rgb)  # type: ignore[arg-type]
     return table
 
 
-def _refuse_duplicate(path: Path, table: Mapping[int, LabelInfo], label: int) -> None:
+def _refuse_duplicate(path: Path, table: Mapping[int, LabelInfo], label: int, name: str) -> None:
     """A label listed twice has two names: which one is meant cannot be known."""
     if label in table:
-        raise AtlasregError(f"{path}: label {label} is listed twice ({table[label].name} and again); keep one")
+        raise AtlasregError(f"{path}: label {label} is listed twice (as {table[label].name!r} and as {name!r}); keep one")
 
 
 def label_table(labels: Iterable[int], known: Mapping[int, LabelInfo] | None = None) -> dict[int, LabelInfo]:

@@ -335,11 +335,10 @@ def read_json(path: Path) -> Any:
     """A JSON file atlasreg wrote before, or None if there is none; anything unreadable is refused in one line."""
     if not path.exists() and not path.is_symlink():
         return None
-    unreadable = f"{path}: not a readable atlasreg settings file"
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AtlasregError(f"{unreadable} ({type(exc).__name__}); use another output folder") from None
+        raise AtlasregError(f"{path}: not a readable JSON file atlasreg wrote ({type(exc).__name__}); use another output folder") from None
 
 
 def read_settings(path: Path) -> dict[str, Any] | None:

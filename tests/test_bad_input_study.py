@@ -255,6 +255,6 @@ def test_dask_workers_capped_at_the_targets_and_scratch_kept_in_the_output_folde
 def test_a_label_listed_twice_in_a_lut_is_refused(capsys, files, tmp_path):
     lut = tmp_path / "lut.txt"
     lut.write_text("1 first 10 20 30 0\n2 second 10 20 30 0\n1 again 1 2 3 0\n")
-    refused(capsys, tmp_path, "label 1 is listed twice", "volumes", files["target_seg"], "--lut", lut)
+    refused(capsys, tmp_path, "label 1 is listed twice (as 'first' and as 'again')", "volumes", files["target_seg"], "--lut", lut)
     lut.write_text("index\tname\n1\tfirst\n1\tagain\n")
-    refused(capsys, tmp_path, "label 1 is listed twice", "volumes", files["target_seg"], "--lut", lut)
+    refused(capsys, tmp_path, "label 1 is listed twice (as 'first' and as 'again')", "volumes", files["target_seg"], "--lut", lut)
