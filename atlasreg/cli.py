@@ -304,7 +304,7 @@ def compare(specs: tuple[str, ...], atlas: tuple | None, targets: str | None, tr
 
     Writes REPORT_DIR/results.csv (one row per method x target x structure: Dice, HD95, folding,
     seconds, peak memory), summary.md (the paper's table layout, with a Wilcoxon test against the
-    best method), dice_boxplot.png, overlays.png and deformation.png. Finished pairs are kept:
+    best method), dice_boxplot.png and per target figures/<target>_overlays.png and _deformation.png. Finished pairs are kept:
     run the same command again to resume; a method failing on a pair is recorded, not fatal,
     and retried on the next run (unless --skip-failed).
 
@@ -314,7 +314,7 @@ def compare(specs: tuple[str, ...], atlas: tuple | None, targets: str | None, tr
           --model contrastive=contrastive.pt -a atlas_t1.nii.gz atlas_seg.nii.gz \\
           --targets 'data/*_t1.nii.gz' --truth 'data/*_seg.nii.gz' -o report
     """
-    from .compare import Target, failures, parse_methods, run_compare
+    from .compare import Target, atlas_subjects, failures, parse_methods, run_compare
     from .datasets import from_globs, open_dataset
     from .report import write_report
 
@@ -351,7 +351,7 @@ def compare(specs: tuple[str, ...], atlas: tuple | None, targets: str | None, tr
     for path in write_report(out, methods, atlas_paths, chosen_targets, protocol):
         click.echo(f"wrote {path}", err=True)
     click.echo((out / "summary.md").read_text())
-    failed = failures(results, methods, chosen_targets)
+    failed = failures(results, methods, atlas_subjects(atlas_paths), chosen_targets)
     for line in failed:
         click.echo(f"  {line}", err=True)
     if failed:

@@ -1,12 +1,15 @@
 """Head-to-head comparison (``atlasreg compare``): several backends, or one backend at several
-settings, register the same atlas to the same targets and are scored by the same evaluators.
+settings, register the same atlases to the same targets and are scored by the same evaluators.
 
-Every finished (method, target) pair is written to ``results.csv`` at once, so an interrupted
-comparison resumes where it stopped; a method that fails on a pair is recorded as failed there and
-the others go on (and is retried on the next run, unless asked not to). A pair's ``mean`` row is
-written after its other rows, so a pair without one (a file cut short) counts as not done. The
-predicted label maps are kept under ``segmentations/`` and, for the first target, a picture of
-each deformation under ``deformations/``, so the report (see :mod:`atlasreg.report`) can be
+Every method runs on every (atlas, target) pair: one atlas against every target, several atlases
+against every target, or leave-one-out over a set of labelled subjects (each one the atlas of all
+the others: :func:`leave_one_out`); an atlas is never its own target. Every finished
+(method, atlas, target) triple is written to ``results.csv`` at once, so an interrupted comparison
+resumes where it stopped; a method that fails on a pair is recorded as failed there and the others
+go on (and is retried on the next run, unless asked not to). A pair's ``mean`` row is written
+after its other rows, so a pair without one (a file cut short) counts as not done. The predicted
+label maps are kept under ``segmentations/`` and, for the targets the report draws, each
+deformation's picture under ``deformations/``, so the report (see :mod:`atlasreg.report`) can be
 redrawn from the folder alone.
 """
 
@@ -27,7 +30,7 @@ import numpy as np
 
 from .batch import one_line, run_tasks
 from .errors import AtlasregError
-from .figures import deformation_views, grid_image
+from .figures import deformation_views
 from .io import atomic_path, check_file_name, save
 from .metrics import evaluate, folding_percent
 from .pipeline import as_image, as_labels, as_target
@@ -36,7 +39,7 @@ from .registry import get_backend
 from .transform import Transform
 from .volume import Volume
 
-COLUMNS = ("method", "target", "kind", "structure", "dice", "hd95_mm", "folding_percent", "seconds", "peak_rss_mb",
+COLUMNS = ("method", "atlas", "target", "kind", "structure", "dice", "hd95_mm", "folding_percent", "seconds", "peak_rss_mb",
            "peak_gpu_mb", "status", "error")
 
 
@@ -51,9 +54,47 @@ class Method:
 
 @dataclass(frozen=True)
 class Target:
+    """A labelled subject: a target scored against ``truth``, or an atlas whose labels ``truth`` are."""
+
     id: str
     image: Path
     truth: Path
+
+
+def atlas_subjects(atlases: Sequence[Target] | tuple[str | os.PathLike, str | os.PathLike]) -> list[Target]:
+    """Atlases as labelled subjects: given so, or one (image, labels) pair, named after its image file."""
+    if len(atlases) == 2 and all(isinstance(a, (str, os.PathLike)) for a in atlases):
+        image, labels = (Path(a) for a in atlases)
+        return [Target(re.sub(r"\.nii(\.gz)?$", "", image.name), image, labels)]
+    subjects = list(atlases)
+    if not subjects:
+        raise AtlasregError("no atlas to compare with")
+    seen: dict[str, Path] = {}
+    for atlas in subjects:
+        if seen.setdefault(atlas.id, atlas.image) != atlas.image:
+            raise AtlasregError(f"two atlases are named {atlas.id!r} ({seen[atlas.id]} and {atlas.image}); rename one")
+    return subjects
+
+
+def leave_one_out(subjects: Sequence[Target]) -> tuple[list[Target], list[Target]]:
+    """(atlases, targets) of a leave-one-out comparison: every subject the atlas of every other one."""
+    if len(subjects) < 2:
+        raise AtlasregError(f"leave-one-out needs at least 2 labelled subjects, got {len(subjects)}")
+    return list(subjects), list(subjects)
+
+
+def _same_subject(atlas: Target, target: Target) -> bool:
+    return atlas.id == target.id or Path(atlas.image).resolve() == Path(target.image).resolve()
+
+
+def pairs_of(atlases: Sequence[Target], targets: Sequence[Target]) -> list[tuple[Target, Target]]:
+    """Every (atlas, target) pair, in target order, except an atlas with itself."""
+    return [(atlas, target) for target in targets for atlas in atlases if not _same_subject(atlas, target)]
+
+
+def figure_atlas(atlases: Sequence[Target], target: Target) -> Target | None:
+    """The atlas whose registrations to ``target`` the report draws: the first that is not the target itself."""
+    return next((atlas for atlas in atlases if not _same_subject(atlas, target)), None)
 
 
 def parse_methods(specs: Sequence[str], models: Mapping[str, str] | None = None) -> list[Method]:
@@ -90,29 +131,34 @@ def _safe(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).lstrip(".") or "_"
 
 
-def segmentation_path(out_dir: Path, method_label: str, target_id: str) -> Path:
-    """Where the report keeps a method's label map of a target: always inside ``out_dir``."""
-    return out_dir / "segmentations" / _safe(method_label) / f"{_safe(target_id)}.nii.gz"
+def segmentation_path(out_dir: Path, method_label: str, atlas_id: str, target_id: str) -> Path:
+    """Where the report keeps a method's label map of a target from an atlas: always inside ``out_dir``."""
+    return out_dir / "segmentations" / _safe(method_label) / _safe(atlas_id) / f"{_safe(target_id)}.nii.gz"
 
 
-def _check_file_names(methods: Sequence[Method], targets: Sequence[Target]) -> None:
-    """Refuse, before any pair runs, target ids that would share a segmentation file once made safe
+def deformation_path(out_dir: Path, method_label: str, target_id: str) -> Path:
+    """Where the report keeps the picture of a method's deformation of a drawn target (from its figure atlas)."""
+    return out_dir / "deformations" / _safe(method_label) / f"{_safe(target_id)}.npz"
+
+
+def _check_file_names(methods: Sequence[Method], subjects: Sequence[Target]) -> None:
+    """Refuse, before any pair runs, subject ids that would share a file once made safe
     (``a/b`` and ``a_b``), and ids or method labels too long for a file name."""
     seen: dict[str, str] = {}
-    for target in targets:
-        other = seen.setdefault(_safe(target.id), target.id)
-        if other != target.id:
-            raise AtlasregError(f"target ids {other!r} and {target.id!r} give the same file name {_safe(target.id)!r}; rename one")
-        check_file_name(f"{_safe(target.id)}.nii.gz", f"target id {target.id[:40]!r}")
+    for subject in subjects:
+        other = seen.setdefault(_safe(subject.id), subject.id)
+        if other != subject.id:
+            raise AtlasregError(f"subject ids {other!r} and {subject.id!r} give the same file name {_safe(subject.id)!r}; rename one")
+        check_file_name(f"{_safe(subject.id)}_overlays.png", f"subject id {subject.id[:40]!r}")
     for method in methods:
         check_file_name(f"{_safe(method.label)}.npz", f"method {method.label[:40]!r}")
 
 
-def failures(results_path: Path, methods: Sequence[Method], targets: Sequence[Target]) -> list[str]:
-    """One line per pair of these methods and targets that ``results_path`` records as failed."""
-    wanted = {(m.label, t.id) for m in methods for t in targets}
-    return [f"{row['method']} on {row['target']}: {row['error']}" for row in read_results(results_path)
-            if row["kind"] == "mean" and row["status"] == "failed" and (row["method"], row["target"]) in wanted]
+def failures(results_path: Path, methods: Sequence[Method], atlases: Sequence[Target], targets: Sequence[Target]) -> list[str]:
+    """One line per (method, atlas, target) of these that ``results_path`` records as failed."""
+    wanted = {(m.label, a.id, t.id) for m in methods for a, t in pairs_of(atlases, targets)}
+    return [f"{row['method']}, atlas {row['atlas']} on {row['target']}: {row['error']}" for row in read_results(results_path)
+            if row["kind"] == "mean" and row["status"] == "failed" and (row["method"], row["atlas"], row["target"]) in wanted]
 
 
 class PeakMemory:
@@ -166,6 +212,8 @@ def read_results(path: Path) -> list[dict[str, str]]:
     try:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) == tuple(c for c in COLUMNS if c != "atlas"):
+                raise AtlasregError(f"{path}: written by an earlier atlasreg (no atlas column); use another output folder")
             if tuple(reader.fieldnames or ()) != COLUMNS:
                 raise foreign
             rows = list(reader)
@@ -179,9 +227,9 @@ def _complete(row: dict[str, str | None]) -> bool:
     return None not in row and all(value is not None for value in row.values()) and row["status"] in ("ok", "failed")
 
 
-def finished_pairs(rows: Sequence[dict[str, str]], retry_failed: bool = True) -> set[tuple[str, str]]:
-    """(method, target) pairs with their closing ``mean`` row; failed ones only unless ``retry_failed``."""
-    return {(r["method"], r["target"]) for r in rows
+def finished_pairs(rows: Sequence[dict[str, str]], retry_failed: bool = True) -> set[tuple[str, str, str]]:
+    """(method, atlas, target) triples with their closing ``mean`` row; failed ones only unless ``retry_failed``."""
+    return {(r["method"], r["atlas"], r["target"]) for r in rows
             if r["kind"] == "mean" and (r["status"] == "ok" or not retry_failed)}
 
 
@@ -197,9 +245,9 @@ def _number(value: float | None) -> str:
     return "" if value is None or not math.isfinite(value) else f"{value:.6g}"
 
 
-def score_rows(method: Method, target: Target, scores: dict, pair: dict[str, float]) -> list[dict[str, Any]]:
+def score_rows(method: Method, atlas: Target, target: Target, scores: dict, pair: dict[str, float]) -> list[dict[str, Any]]:
     """results.csv rows of one finished pair: each region, each label, then the mean (the pair's closing row)."""
-    common = {"method": method.label, "target": target.id, "status": "ok", "error": "",
+    common = {"method": method.label, "atlas": atlas.id, "target": target.id, "status": "ok", "error": "",
               **{key: _number(value) for key, value in pair.items()}}
     rows = [{**common, "kind": "region", "structure": region, "dice": _number(value), "hd95_mm": ""}
             for region, value in scores["region_dice"].items()]
@@ -213,56 +261,82 @@ def score_rows(method: Method, target: Target, scores: dict, pair: dict[str, flo
 
 def run_compare(
     methods: Sequence[Method],
-    atlas: tuple[Path, Path],
+    atlases: Sequence[Target] | tuple[str | os.PathLike, str | os.PathLike],
     targets: Sequence[Target],
     protocol: str,
     out_dir: Path,
     progress: bool = True,
     retry_failed: bool = True,
     jobs: int = 1,
+    figure_targets: Sequence[str] | None = None,
 ) -> Path:
-    """Run every method on every target not already done in ``out_dir/results.csv``; returns that file.
+    """Run every method on every (atlas, target) pair (:func:`pairs_of`) not already done in
+    ``out_dir/results.csv``; returns that file.
 
-    Pairs recorded as failed are run again unless ``retry_failed`` is False; rows of unfinished
-    pairs (a file cut short) are dropped and those pairs run again. Pairs run through
-    :func:`atlasreg.batch.run_tasks` (``jobs`` at a time); each is written as it finishes.
+    ``atlases``: labelled subjects (:class:`Target`), or one (image, labels) pair. Pairs recorded
+    as failed are run again unless ``retry_failed`` is False; rows of unfinished pairs (a file cut
+    short) are dropped and those pairs run again. Pairs run through :func:`atlasreg.batch.run_tasks`
+    (``jobs`` at a time); each is written as it finishes. The deformations of the targets named in
+    ``figure_targets`` (default: all) from their :func:`figure_atlas` are kept for the report.
     """
+    atlases = atlas_subjects(atlases)
     if not targets:
         raise AtlasregError("no targets to compare on")
-    _check_file_names(methods, targets)
+    pairs = pairs_of(atlases, targets)
+    if not pairs:
+        raise AtlasregError("no (atlas, target) pair: every target is the only atlas")
+    drawn = _figure_targets(targets, figure_targets)
+    _check_file_names(methods, [*atlases, *(t for t in targets if t not in atlases)])
     results_path = out_dir / "results.csv"
     rows: list[dict[str, Any]] = read_results(results_path)
     done = finished_pairs(rows, retry_failed)
-    rows = [r for r in rows if (r["method"], r["target"]) in done]
+    rows = [r for r in rows if (r["method"], r["atlas"], r["target"]) in done]
     out_dir.mkdir(parents=True, exist_ok=True)
-    atlas_image, atlas_labels = as_image(atlas[0], "atlas image"), as_labels(atlas[1], "atlas labels")
-    if not atlas_image.same_grid(atlas_labels):
-        raise AtlasregError("atlas image and label map are on different grids (shape or affine differ)")
-    todo = [(t, m) for t in targets for m in methods if (m.label, t.id) not in done]
-    shared = (atlas_image, atlas_labels, protocol, out_dir, targets[0].id)
-    for outcome in run_tasks(_run_pair, todo, shared, jobs=jobs, desc="compare", progress=progress, unit="pair"):
-        target, method = outcome.task
-        rows.extend(outcome.result if outcome.ok else [_failed_row(method, target, outcome.error)])
+    loaded = {atlas.id: _load_atlas(atlas) for atlas in {a.id: a for a, _ in pairs}.values()}
+    figure_pairs = {(figure_atlas(atlases, t), t) for t in drawn}
+    todo = [(t, m, a, (a, t) in figure_pairs) for a, t in pairs for m in methods if (m.label, a.id, t.id) not in done]
+    for outcome in run_tasks(_run_pair, todo, (loaded, protocol, out_dir), jobs=jobs, desc="compare", progress=progress, unit="pair"):
+        target, method, atlas, _ = outcome.task
+        rows.extend(outcome.result if outcome.ok else [_failed_row(method, atlas, target, outcome.error)])
         _write_results(results_path, rows)
     return results_path
 
 
-def _failed_row(method: Method, target: Target, message: str) -> dict[str, Any]:
-    return {**dict.fromkeys(COLUMNS, ""), "method": method.label, "target": target.id, "kind": "mean",
+def _figure_targets(targets: Sequence[Target], chosen: Sequence[str] | None) -> list[Target]:
+    """The targets the report draws: those named (each must be a target), else all."""
+    if not chosen:
+        return list(targets)
+    known = {t.id: t for t in targets}
+    unknown = [c for c in chosen if c not in known]
+    if unknown:
+        raise AtlasregError(f"--figure-target {', '.join(unknown)}: not a target (targets: {', '.join(known)})")
+    return [known[c] for c in dict.fromkeys(chosen)]
+
+
+def _load_atlas(atlas: Target) -> tuple[Volume, Volume]:
+    image, labels = as_image(atlas.image, f"atlas {atlas.id} image"), as_labels(atlas.truth, f"atlas {atlas.id} labels")
+    if not image.same_grid(labels):
+        raise AtlasregError(f"atlas {atlas.id}: image and label map are on different grids (shape or affine differ)")
+    return image, labels
+
+
+def _failed_row(method: Method, atlas: Target, target: Target, message: str) -> dict[str, Any]:
+    return {**dict.fromkeys(COLUMNS, ""), "method": method.label, "atlas": atlas.id, "target": target.id, "kind": "mean",
             "structure": "mean", "status": "failed", "error": message}
 
 
-def _run_pair(pair: tuple[Target, Method], atlas_image: Volume, atlas_labels: Volume, protocol: str, out_dir: Path,
-              figure_target: str) -> list[dict[str, Any]]:
-    """One (target, method) pair, loaded here so that pairs can run in other processes."""
-    target, method = pair
+def _run_pair(pair: tuple[Target, Method, Target, bool], atlases: Mapping[str, tuple[Volume, Volume]], protocol: str,
+              out_dir: Path) -> list[dict[str, Any]]:
+    """One (target, method, atlas) triple, the target loaded here so that pairs can run in other processes;
+    the atlases were loaded once (``atlases``: by id)."""
+    target, method, atlas, figure = pair
     image, truth = as_target(target.image, f"target {target.id}"), as_labels(target.truth, f"truth {target.id}")
     if not image.same_grid(truth):
         raise AtlasregError(f"target {target.id}: image and truth are on different grids")
-    return _run_one(method, target, atlas_image, atlas_labels, image, truth, protocol, out_dir, figure=target.id == figure_target)
+    return _run_one(method, atlas, target, *atlases[atlas.id], image, truth, protocol, out_dir, figure=figure)
 
 
-def _run_one(method: Method, target: Target, atlas_image: Volume, atlas_labels: Volume, image: Volume, truth: Volume,
+def _run_one(method: Method, atlas: Target, target: Target, atlas_image: Volume, atlas_labels: Volume, image: Volume, truth: Volume,
              protocol: str, out_dir: Path, figure: bool) -> list[dict[str, Any]]:
     backend = get_backend(method.backend)
     try:
@@ -274,22 +348,22 @@ def _run_one(method: Method, target: Target, atlas_image: Volume, atlas_labels: 
         scores = evaluate(warped, truth, protocol, surface_distance=True)
         folding = folding_percent(transform.jacobian_determinant(), truth.array > 0)
     except Exception as exc:  # a failing method costs its own pair, never the comparison
-        return [_failed_row(method, target, one_line(exc))]
-    segmentation = segmentation_path(out_dir, method.label, target.id)
+        return [_failed_row(method, atlas, target, one_line(exc))]
+    segmentation = segmentation_path(out_dir, method.label, atlas.id, target.id)
     segmentation.parent.mkdir(parents=True, exist_ok=True)
     save(warped, segmentation)
     if figure:
-        _save_deformation(out_dir / "deformations" / f"{_safe(method.label)}.npz", transform, truth)
+        _save_deformation(deformation_path(out_dir, method.label, target.id), transform, truth)
     pair = {"folding_percent": folding, "seconds": seconds, "peak_rss_mb": memory.peak_rss_mb, "peak_gpu_mb": memory.peak_gpu_mb}
-    return score_rows(method, target, scores, pair)
+    return score_rows(method, atlas, target, scores, pair)
 
 
 def _save_deformation(path: Path, transform: Transform, truth: Volume) -> None:
-    """The non-linear part of ``transform`` drawn as a warped grid, three slices (for the report)."""
-    grid = Volume(grid_image(truth.shape), truth.affine, is_labels=False)
+    """The non-linear part of ``transform``, three slices (for the report): where each voxel pulls
+    from and the Jacobian determinant (local volume change)."""
     nonlinear = Transform.from_field(truth, transform.field) if transform.field is not None else Transform.identity(truth)
-    views = deformation_views(nonlinear.warp(grid), truth)
+    views = deformation_views(nonlinear.mapped_points(), nonlinear.jacobian_determinant(), truth)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         with tmp.open("wb") as f:
-            np.savez_compressed(f, *views)
+            np.savez_compressed(f, **views)

@@ -40,6 +40,17 @@ def label_colours(max_label: int) -> np.ndarray:
     return colours
 
 
+#: the anatomical side at the left and right edge of each view (RAS voxel order, origin lower: neurological convention)
+SIDES = {"axial": ("L", "R"), "coronal": ("L", "R"), "sagittal": ("P", "A")}
+
+
+def _mark_sides(ax, view: str) -> None:
+    """The subject's sides on the left and right edge of a view, so no one reads left for right."""
+    for x, side, align in ((0.02, SIDES[view][0], "left"), (0.98, SIDES[view][1], "right")):
+        ax.text(x, 0.5, side, transform=ax.transAxes, ha=align, va="center", fontsize=8, fontweight="bold",
+                bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
+
+
 def _cuts(truth: np.ndarray):
     """Axial, coronal and sagittal slices through the labelled region (sagittal off the midline)."""
     centre = np.round(np.argwhere(truth > 0).mean(axis=0)).astype(int) if truth.any() else np.array(truth.shape) // 2
@@ -72,6 +83,7 @@ def overlay_figure(
             ax.imshow(cut(image.array), cmap="gray", origin="lower", vmin=0, vmax=vmax)
             if labels is not None:
                 ax.imshow(colours[cut(labels.array)], origin="lower")
+            _mark_sides(ax, view)
             ax.set_xticks([])
             ax.set_yticks([])
             if name == rows[0][0]:
@@ -82,36 +94,64 @@ def overlay_figure(
     return _save(fig, path)
 
 
-def grid_image(shape: Sequence[int], every: int = 6) -> np.ndarray:
-    """A 3-D pattern of grid planes every ``every`` voxels: warped, it draws the deformation."""
-    pattern = np.zeros(tuple(shape), np.float32)
+#: the RAS world axes across and up each view (the two coordinates whose lines draw its grid)
+IN_PLANE = {"axial": (0, 1), "coronal": (0, 2), "sagittal": (1, 2)}
+
+
+def deformation_views(mapped: np.ndarray, jacobian: np.ndarray, truth: Volume) -> dict[str, np.ndarray]:
+    """What :func:`deformation_figure` draws of one deformation on ``truth``'s grid, three slices
+    through its labelled region: per view the Jacobian determinant (``<view>_jacobian``) and the two
+    in-plane world coordinates (mm) each voxel pulls from (``<view>_<axis>``), kept small on disk.
+    ``mapped``: (X, Y, Z, 3) RAS points, as :meth:`Transform.mapped_points`."""
+    cuts = _cuts(reorient(truth).array)
+
+    def sliced(array: np.ndarray) -> list[np.ndarray]:
+        oriented = reorient(Volume(np.asarray(array, np.float32), truth.affine, is_labels=False)).array
+        return [cut(oriented) for _, cut in cuts]
+
+    views = {f"{view}_jacobian": data for (view, _), data in zip(cuts, sliced(jacobian))}
     for axis in range(3):
-        index = [slice(None)] * 3
-        index[axis] = slice(0, None, every)
-        pattern[tuple(index)] = 1.0
-    return pattern
+        for (view, _), data in zip(cuts, sliced(mapped[..., axis])):
+            if axis in IN_PLANE[view]:
+                views[f"{view}_{axis}"] = data
+    return views
 
 
-def deformation_views(warped_grid: Volume, truth: Volume) -> list[np.ndarray]:
-    """The three slices of a warped grid that ``deformation_figure`` shows (kept small on disk)."""
-    grid = reorient(warped_grid).array
-    return [cut(grid) for _, cut in _cuts(reorient(truth).array)]
+#: colour range of the Jacobian determinant: 0 (and folding below) to 2, 1 (no volume change) white
+JACOBIAN_RANGE = (0.0, 1.0, 2.0)
+GRID_LINES = 12
 
 
-def deformation_figure(path: Path, views: Mapping[str, Sequence[np.ndarray]], title: str = "") -> Path:
-    """One row per method: its non-linear deformation drawn as a warped grid, three views."""
+def deformation_figure(path: Path, views: Mapping[str, Mapping[str, np.ndarray]], title: str = "") -> Path:
+    """One row per method (``views[method]`` from :func:`deformation_views`): its non-linear
+    deformation as a warped grid (lines of equal source coordinate) over its Jacobian determinant
+    (blue: shrinks, red: grows, darkest blue: folds), three views, with the colour key below."""
+    from matplotlib.colors import TwoSlopeNorm
+
     plt = _pyplot()
-    fig, axes = plt.subplots(len(views), 3, figsize=(9, 3 * len(views)), squeeze=False)
-    for (name, slices), row in zip(views.items(), axes):
-        for view, data, ax in zip(("axial", "coronal", "sagittal"), slices, row):
-            ax.imshow(data, cmap="gray_r", origin="lower", vmin=0, vmax=1)
+    fig, axes = plt.subplots(len(views), 3, figsize=(10, 3 * len(views) + 1.2), squeeze=False)
+    norm = TwoSlopeNorm(vmin=JACOBIAN_RANGE[0], vcenter=JACOBIAN_RANGE[1], vmax=JACOBIAN_RANGE[2])
+    shown = None
+    for (name, arrays), row in zip(views.items(), axes):
+        for view, ax in zip(IN_PLANE, row):
+            shown = ax.imshow(arrays[f"{view}_jacobian"], cmap="RdBu_r", norm=norm, origin="lower")
+            for axis in IN_PLANE[view]:
+                coordinate = arrays[f"{view}_{axis}"]
+                levels = np.linspace(float(coordinate.min()), float(coordinate.max()), GRID_LINES + 2)[1:-1]
+                if levels[-1] > levels[0]:
+                    ax.contour(coordinate, levels=levels, colors="black", linewidths=0.6, origin="lower")
+            _mark_sides(ax, view)
             ax.set_xticks([])
             ax.set_yticks([])
             if row is axes[0]:
                 ax.set_title(view)
         row[0].set_ylabel(name)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))  # room for the title above the view names
+    bottom = 1.2 / (3 * len(views) + 1.2)
+    fig.tight_layout(rect=(0, bottom, 1, 0.98))  # room for the title above and the key below
+    key = fig.add_axes((0.2, bottom * 0.55, 0.6, bottom * 0.18))
+    fig.colorbar(shown, cax=key, orientation="horizontal", extend="both",
+                 label="Jacobian determinant: < 1 shrinks, > 1 grows, ≤ 0 folds; lines: the warped grid")
     return _save(fig, path)
 
 

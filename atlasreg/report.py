@@ -1,7 +1,8 @@
 """The report of ``atlasreg compare``, drawn from its folder: ``summary.md`` in the layout of the
-paper's Tables 1-2 (one row per method, one column per region, then AVG, seconds and folding;
-mean ± std over targets; best per column in bold), a paired Wilcoxon signed-rank test of each
-method against the best, ``dice_boxplot.png``, ``overlays.png`` and ``deformation.png``."""
+paper's Tables 1-2 (one row per method, one column per region, then AVG, HD95, seconds and
+folding; mean ± std over (atlas, target) pairs; best per column in bold), a paired Wilcoxon
+signed-rank test of each method against the best, ``dice_boxplot.png``, and per drawn target
+``figures/<target>_overlays.png`` and ``figures/<target>_deformation.png``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .compare import Method, Target, _safe, read_results, segmentation_path
+from .compare import Method, Target, _figure_targets, _safe, atlas_subjects, deformation_path, figure_atlas, pairs_of, read_results, segmentation_path
 from .figures import deformation_figure, dice_boxplot, overlay_figure
 from .io import atomic_path, load
 from .metrics import finite_mean
@@ -29,28 +30,36 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return finite_mean(finite), float(np.std(finite)) if finite else math.nan
 
 
+def _pair_name(row: dict[str, str]) -> str:
+    """A pair as the report names it: the target, after its atlas when the rows have one."""
+    return f"{row['atlas']} → {row['target']}" if row.get("atlas") else row["target"]
+
+
 def collect(rows: list[dict[str, str]], methods: Sequence[str]) -> dict:
-    """Per method: Dice per target (mean and each region), seconds, folding, memory, failures."""
-    data = {m: {"mean": {}, "regions": defaultdict(dict), "seconds": [], "folding": [], "rss": [], "gpu": [], "failed": []} for m in methods}
+    """Per method: Dice per (atlas, target) pair (mean and each region), HD95, seconds, folding, memory, failures."""
+    data = {m: {"mean": {}, "regions": defaultdict(dict), "hd95": [], "seconds": [], "folding": [], "rss": [], "gpu": [], "failed": []}
+            for m in methods}
     for row in rows:
         entry = data.get(row["method"])
         if entry is None:
             continue
+        pair = _pair_name(row)
         if row["status"] == "failed":
-            entry["failed"].append(row["target"])
+            entry["failed"].append(pair)
         elif row["kind"] == "mean":
-            entry["mean"][row["target"]] = _float(row["dice"])
+            entry["mean"][pair] = _float(row["dice"])
+            entry["hd95"].append(_float(row.get("hd95_mm", "")))
             entry["seconds"].append(_float(row["seconds"]))
             entry["folding"].append(_float(row["folding_percent"]))
             entry["rss"].append(_float(row["peak_rss_mb"]))
             entry["gpu"].append(_float(row["peak_gpu_mb"]))
         elif row["kind"] == "region":
-            entry["regions"][row["structure"]][row["target"]] = _float(row["dice"])
+            entry["regions"][row["structure"]][pair] = _float(row["dice"])
     return data
 
 
 def wilcoxon_vs_best(data: dict) -> tuple[str | None, dict[str, tuple[float, int, float]]]:
-    """(best method by mean Dice, {method: (Δ mean Dice vs best, n paired targets, two-sided p)})."""
+    """(best method by mean Dice, {method: (Δ mean Dice vs best, n paired (atlas, target) pairs, two-sided p)})."""
     from scipy.stats import wilcoxon
 
     means = {m: _mean_std(list(d["mean"].values()))[0] for m, d in data.items()}
@@ -72,22 +81,28 @@ def wilcoxon_vs_best(data: dict) -> tuple[str | None, dict[str, tuple[float, int
     return best, tests
 
 
-def summary_markdown(data: dict, protocol: str, atlas: str, n_targets: int) -> str:
+def summary_markdown(data: dict, protocol: str, atlas: str, n_targets: int, n_pairs: int | None = None) -> str:
+    """The summary table; ``atlas`` names the atlases, ``n_pairs`` (default ``n_targets``) the (atlas, target) pairs."""
+    n_pairs = n_targets if n_pairs is None else n_pairs
     chosen = get_protocol(protocol)
     regions = list(chosen.regions)
-    columns = [(r, "dice") for r in regions] + [("AVG", "dice"), ("s / pair", "low"), ("% folding", "low"), ("peak RSS MB", "low")]
+    columns = [(r, "dice") for r in regions] + [("AVG", "dice"), ("HD95 mm", "low"), ("s / pair", "low"), ("% folding", "low"),
+                                                ("peak RSS MB", "low")]
     cells: dict[str, list[tuple[float, float]]] = {}
     for method, d in data.items():
         values = [_mean_std(list(d["regions"][r].values())) for r in regions]
-        values += [_mean_std(list(d["mean"].values())), _mean_std(d["seconds"]), _mean_std(d["folding"]), _mean_std(d["rss"])]
+        values += [_mean_std(list(d["mean"].values())), _mean_std(d["hd95"]), _mean_std(d["seconds"]), _mean_std(d["folding"]),
+                   _mean_std(d["rss"])]
         cells[method] = values
     best = []
     for k, (_, sense) in enumerate(columns):
         finite = [cells[m][k][0] for m in cells if math.isfinite(cells[m][k][0])]
         best.append((max(finite) if sense == "dice" else min(finite)) if finite else math.nan)
     avg_name = "mean over labels" if chosen.mean_over == "labels" else "mean over regions"
+    over = "targets" if n_pairs == n_targets else f"(atlas, target) pairs ({n_pairs})"
     lines = [f"Atlas {atlas} → {n_targets} targets, protocol `{protocol}` ({chosen.description}). "
-             f"Cells: mean ± std over targets; AVG = {avg_name}; best per column in **bold**.", "",
+             f"Cells: mean ± std over {over}; AVG = {avg_name}; HD95 = 95th-percentile Hausdorff distance, mean over the labels "
+             "both maps have; best per column in **bold**.", "",
              "| method | " + " | ".join(c for c, _ in columns) + " | failed |", "|---|" + "---:|" * (len(columns) + 1)]
     for method, values in cells.items():
         row = []
@@ -95,7 +110,7 @@ def summary_markdown(data: dict, protocol: str, atlas: str, n_targets: int) -> s
             if not math.isfinite(mean):
                 row.append("–")
                 continue
-            digits = 3 if sense == "dice" else (3 if name == "% folding" else 1)
+            digits = 3 if sense == "dice" else (3 if name == "% folding" else 2 if name == "HD95 mm" else 1)
             text = f"{mean:.{digits}f} ± {std:.{digits}f}"
             row.append(f"**{text}**" if mean == best[k] else text)
         failed = len(data[method]["failed"])
@@ -105,12 +120,15 @@ def summary_markdown(data: dict, protocol: str, atlas: str, n_targets: int) -> s
         lines += ["", "Peak GPU allocation (MB): " + ", ".join(f"{m} {v:.0f}" for m, v in gpu.items())]
     best_method, tests = wilcoxon_vs_best(data)
     if best_method:
-        lines += ["", f"Paired Wilcoxon signed-rank test of each method against the best ({best_method}), on per-target AVG Dice:", "",
-                  "| method | Δ AVG vs best | targets | p (two-sided) |", "|---|---:|---:|---:|"]
+        unit = "target" if n_pairs == n_targets else "pair"
+        lines += ["", f"Paired Wilcoxon signed-rank test of each method against the best ({best_method}), on per-{unit} AVG Dice:", "",
+                  f"| method | Δ AVG vs best | {unit}s | p (two-sided) |", "|---|---:|---:|---:|"]
         for method, (delta, n, p) in tests.items():
             lines.append(f"| {method} | {delta:+.3f} | {n} | {'n/a' if not math.isfinite(p) else f'{p:.3g}'} |")
-        smallest = 2 / 2 ** n_targets if n_targets else math.nan
-        lines += ["", f"With {n_targets} targets the smallest two-sided p the test can give is {smallest:.3g}."]
+        smallest = 2 / 2 ** n_pairs if n_pairs else math.nan
+        lines += ["", f"With {n_pairs} {unit}s the smallest two-sided p the test can give is {smallest:.3g}."]
+        if unit == "pair":
+            lines += ["Pairs sharing a target or an atlas are not independent: read p as a guide, not a test."]
     for method, d in data.items():
         if d["failed"]:
             lines.append(f"\n{method} failed on: {', '.join(d['failed'])} (reason in results.csv).")
@@ -119,35 +137,53 @@ def summary_markdown(data: dict, protocol: str, atlas: str, n_targets: int) -> s
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: Path, methods: Sequence[Method], atlas: tuple[Path, Path], targets: Sequence[Target], protocol: str) -> list[Path]:
-    """summary.md and the three figures, from ``out_dir/results.csv`` and the kept segmentations."""
+def write_report(out_dir: Path, methods: Sequence[Method], atlases: Sequence[Target] | tuple[Path, Path], targets: Sequence[Target],
+                 protocol: str, figure_targets: Sequence[str] | None = None) -> list[Path]:
+    """summary.md, the box plot and, per drawn target (``figure_targets``, default all), its overlays
+    and deformations, from ``out_dir/results.csv`` and the kept segmentations."""
+    atlases = atlas_subjects(atlases)
     rows = read_results(out_dir / "results.csv")
     labels = [m.label for m in methods]
     data = collect(rows, labels)
     written = []
+    names = ", ".join(Path(a.image).name for a in atlases) if len(atlases) <= 3 else f"{len(atlases)} atlases"
     with atomic_path(out_dir / "summary.md") as tmp:
-        tmp.write_text(summary_markdown(data, protocol, Path(atlas[0]).name, len(targets)))
+        tmp.write_text(summary_markdown(data, protocol, names, len(targets), len(pairs_of(atlases, targets))))
     written.append(out_dir / "summary.md")
     regions = list(get_protocol(protocol).regions) or ["mean"]
     scores = {r: {m: list((data[m]["regions"][r] if r != "mean" else data[m]["mean"]).values()) for m in labels} for r in regions}
     if protocol != "labels":
         scores["AVG"] = {m: list(data[m]["mean"].values()) for m in labels}
-    written.append(dice_boxplot(out_dir / "dice_boxplot.png", scores, title=f"Dice per region over {len(targets)} targets ({protocol})"))
-    first = targets[0]
+    written.append(dice_boxplot(out_dir / "dice_boxplot.png", scores, title=f"Dice per region over {len(pairs_of(atlases, targets))} pairs ({protocol})"))
+    for target in _figure_targets(targets, figure_targets):
+        written += _target_figures(out_dir, labels, figure_atlas(atlases, target), target)
+    return written
+
+
+def _target_figures(out_dir: Path, labels: Sequence[str], atlas: Target | None, target: Target) -> list[Path]:
+    """``figures/<target>_overlays.png`` (truth and every method's labels from ``atlas``) and
+    ``figures/<target>_deformation.png``, of the methods whose results are there."""
+    if atlas is None:
+        return []
+    written = []
     predictions = {}
     for label in labels:
-        path = segmentation_path(out_dir, label, first.id)
+        path = segmentation_path(out_dir, label, atlas.id, target.id)
         if path.exists():
             predictions[label] = load(path, labels=True)
+    folder = out_dir / "figures"
     if predictions:
-        written.append(overlay_figure(out_dir / "overlays.png", load(first.image), load(first.truth, labels=True), predictions,
-                                      title=f"atlas {Path(atlas[0]).name} → target {first.id}"))
+        folder.mkdir(exist_ok=True)
+        written.append(overlay_figure(folder / f"{_safe(target.id)}_overlays.png", load(target.image), load(target.truth, labels=True),
+                                      predictions, title=f"atlas {atlas.id} → target {target.id}"))
     views = {}
     for label in labels:
-        path = out_dir / "deformations" / f"{_safe(label)}.npz"
+        path = deformation_path(out_dir, label, target.id)
         if path.exists():
             with np.load(path) as saved:
-                views[label] = [saved[f"arr_{k}"] for k in range(3)]
+                views[label] = {key: saved[key] for key in saved.files}
     if views:
-        written.append(deformation_figure(out_dir / "deformation.png", views, title=f"non-linear part of each deformation, target {first.id}"))
+        folder.mkdir(exist_ok=True)
+        written.append(deformation_figure(folder / f"{_safe(target.id)}_deformation.png", views,
+                                          title=f"non-linear part of each deformation, atlas {atlas.id} → target {target.id}"))
     return written

@@ -52,8 +52,8 @@ def main(contrastive: str, voxelmorph: str, targets: str, optimize_steps: int, r
     print(text)
     if output:
         Path(output).write_text(text)
-        for figure in ("dice_boxplot.png", "overlays.png", "deformation.png"):
-            shutil.copy(Path(report) / figure, Path(output).with_name(f"proxy_{figure}"))
+        for figure in [Path(report) / "dice_boxplot.png", *sorted((Path(report) / "figures").glob("*.png"))]:
+            shutil.copy(figure, Path(output).with_name(f"proxy_{figure.name}"))
 
 
 if __name__ == "__main__":

@@ -93,14 +93,16 @@ def test_compare_writes_every_file_resumes_and_survives_a_failing_method(study, 
         (m.label, t.id) for m in methods for t in targets
     )
     written = write_report(out, methods, atlas, targets, "labels")
-    assert {p.name for p in written} == {"summary.md", "dice_boxplot.png", "overlays.png", "deformation.png"}
+    assert {p.relative_to(out).as_posix() for p in written} == {"summary.md", "dice_boxplot.png", *(
+        f"figures/{t.id}_{kind}.png" for t in targets for kind in ("overlays", "deformation"))}  # every target drawn
     for path in written:
         assert path.stat().st_size > 0
     assert (out / "dice_boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (out / "summary.md").read_text()
     assert "| affine |" in summary and "| affine:samples=500 |" in summary and "Wilcoxon" in summary
-    assert "affine:samples=500 failed on: s2" in summary
-    assert (out / "segmentations" / "affine" / "s3.nii.gz").exists()
+    assert "affine:samples=500 failed on: atlas_t1 → s2" in summary
+    assert "HD95 mm" in summary.splitlines()[2]
+    assert (out / "segmentations" / "affine" / "atlas_t1" / "s3.nii.gz").exists()
 
 
 def test_summary_bolds_the_best_and_tests_against_it(study, tmp_path):
@@ -140,3 +142,35 @@ def test_compare_cli_end_to_end_and_errors(study, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["compare", "-b", "affine", "-a", str(atlas[0]), str(atlas[1]), "-o", str(tmp_path / "y")])
     assert "--targets and --truth" in capsys.readouterr().err
+
+
+def test_leave_one_out_pairs_every_subject_with_every_other_and_draws_the_chosen_target(study, tmp_path):
+    from atlasreg.compare import leave_one_out, pairs_of
+
+    atlas, targets = study
+    atlases, chosen = leave_one_out(targets)
+    assert [(a.id, t.id) for a, t in pairs_of(atlases, chosen)] == [
+        ("s2", "s1"), ("s3", "s1"), ("s1", "s2"), ("s3", "s2"), ("s1", "s3"), ("s2", "s3")]  # never an atlas on itself
+    out = tmp_path / "loo"
+    methods = parse_methods(["affine"], {})
+    run_compare(methods, atlases, chosen, "labels", out, progress=False, figure_targets=["s2"])
+    means = [r for r in _rows(out / "results.csv") if r["kind"] == "mean"]
+    assert sorted((r["atlas"], r["target"]) for r in means) == sorted((a.id, t.id) for a, t in pairs_of(atlases, chosen))
+    assert all(r["status"] == "ok" and float(r["hd95_mm"]) >= 0 for r in means)
+    written = write_report(out, methods, atlases, chosen, "labels", figure_targets=["s2"])
+    assert {p.relative_to(out).as_posix() for p in written} == {"summary.md", "dice_boxplot.png", "figures/s2_overlays.png",
+                                                                 "figures/s2_deformation.png"}
+    summary = (out / "summary.md").read_text()
+    assert "mean ± std over (atlas, target) pairs (6)" in summary and "With 6 pairs" in summary
+    hd95 = np.mean([float(r["hd95_mm"]) for r in means])
+    header, _, row = summary.splitlines()[2:5]
+    column = [c.strip() for c in header.split("|")].index("HD95 mm")
+    assert [c.strip() for c in row.split("|")][column].strip("*").startswith(f"{hd95:.2f} ±")
+    with np.load(out / "deformations" / "affine" / "s2.npz") as saved:  # per view: det J and the two in-plane source coordinates
+        assert sorted(saved.files) == sorted(f"{view}_{key}" for view, axes in (("axial", "01"), ("coronal", "02"), ("sagittal", "12"))
+                                             for key in ("jacobian", *axes))
+        assert np.allclose(saved["axial_jacobian"], 1.0)  # the affine backend: no non-linear part, no volume change
+    with pytest.raises(AtlasregError, match="not a target"):
+        run_compare(methods, atlases, chosen, "labels", out, progress=False, figure_targets=["s9"])
+    with pytest.raises(AtlasregError, match="at least 2"):
+        leave_one_out(targets[:1])
