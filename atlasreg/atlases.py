@@ -62,6 +62,12 @@ class BuiltinAtlas:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def text(self) -> str:
+        """The atlas as ``atlasreg atlases`` prints it: name, labels, description, sources, licences."""
+        default = " (default)" if self.name == DEFAULT_ATLAS else ""
+        return "\n".join([f"{self.name}{default}: {self.label_count} labels", f"  {self.description}", "  sources:",
+                          *(f"    {source}" for source in self.sources), "  licences:", *(f"    {licence}" for licence in self.licences)])
+
 
 ATLASES: dict[str, BuiltinAtlas] = {
     DEFAULT_ATLAS: BuiltinAtlas(

@@ -126,6 +126,44 @@ def parse_methods(specs: Sequence[str], models: Mapping[str, str] | None = None)
     return methods
 
 
+def choose_targets(atlas: Sequence[str] | None = None, targets: str | None = None, truth: str | None = None,
+                   dataset: Sequence[str] | None = None, split: str | None = None, atlas_id: str | None = None,
+                   protocol: str | None = None) -> tuple[tuple[Path, Path], list[Target], str]:
+    """The atlas, the targets with a label map (never the atlas itself) and the protocol of a
+    comparison: targets from ``targets``/``truth`` globs, or from ``dataset`` (KIND, ROOT) where
+    ``split`` picks the targets (default: its test split if it has one, else every subject),
+    ``atlas_id`` the atlas subject (instead of ``atlas``: IMAGE, LABELS) and its protocol is the default."""
+    from .datasets import from_globs, open_dataset
+
+    if dataset and (targets or truth):
+        raise AtlasregError("give --dataset or --targets/--truth, not both")
+    if dataset:
+        data = open_dataset(dataset[0], dataset[1])
+        pool = data.split(split) if split else data.split("test") if "test" in data.splits else data.subjects
+        protocol = protocol or data.protocol
+        if atlas_id:
+            if atlas:
+                raise AtlasregError("give -a or --atlas-id, not both")
+            chosen = data.subject(atlas_id)
+            if chosen.labels is None:
+                raise AtlasregError(f"atlas subject {atlas_id} has no label map")
+            atlas = (str(chosen.image), str(chosen.labels))
+    else:
+        if not (targets and truth):
+            raise AtlasregError("give --targets and --truth (or --dataset KIND ROOT)")
+        if atlas_id:
+            raise AtlasregError("--atlas-id needs --dataset")
+        pool = from_globs(targets, truth).subjects
+    if not atlas:
+        raise AtlasregError("give the atlas: -a IMAGE LABELS (or --atlas-id with --dataset)")
+    atlas_paths = (Path(atlas[0]), Path(atlas[1]))
+    chosen_targets = [Target(s.id, s.image, s.labels) for s in pool
+                      if s.labels is not None and Path(s.image).resolve() != atlas_paths[0].resolve()]
+    if not chosen_targets:
+        raise AtlasregError("no target with a label map to score against")
+    return atlas_paths, chosen_targets, protocol or "aseg"
+
+
 def _safe(label: str) -> str:
     """A method label or target id as a file name: no path separators, no leading dot (so never ``..``)."""
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label).lstrip(".") or "_"

@@ -23,7 +23,7 @@ import numpy as np
 from .atlases import DONORS, donor_labels, to_tissue
 from .errors import AtlasregError
 from .figures import overlay_figure
-from .io import atomic_path
+from .io import atomic_path, check_output
 from .logs import progress_bar
 from .metrics import dice, finite_mean, region_dice
 from .pipeline import segment
@@ -96,22 +96,25 @@ def _check_methods(methods: Sequence[str] | None) -> list[str]:
 
 def run_demo(
     output_dir: str | os.PathLike = "atlasreg-demo",
-    backends: Sequence[str] | None = None,
+    backends: Sequence[str] | str | None = None,
     targets: int = DEFAULT_TARGETS,
     spacing: float = 2.0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Segment ``targets`` donors with the atlas donor under each backend; write the table and figure.
 
-    ``backends`` are names of ``METHODS``; ``None`` runs every one available here. Returns the
+    ``backends`` are names of ``METHODS`` (a list, or one comma-separated text); ``None`` runs every
+    one available here. The output folder is checked before any work. Returns the
     results as written to ``results.json``.
     """
+    if isinstance(backends, str):  # the command line's comma-separated list
+        backends = [b.strip() for b in backends.split(",") if b.strip()]
+    out = check_output(output_dir, suffixes=None)
     chosen = _check_methods(backends)
     if not 1 <= targets <= len(TARGET_DONORS):
         raise AtlasregError(f"--targets must be 1 to {len(TARGET_DONORS)}, got {targets}")
     if not MIN_SPACING <= spacing <= MAX_SPACING:  # NaN too: checked before the output folder is made
         raise AtlasregError(f"--spacing must be {MIN_SPACING:g} to {MAX_SPACING:g} mm, got {spacing}")
-    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()

@@ -163,6 +163,42 @@ def _read_fields(path: str) -> dict[str, int]:
     return fields
 
 
+def glob_paths(patterns: Iterable[str], what: str) -> list[Path]:
+    """Files matching each glob pattern (or literal path), in sorted order; none matching is an error."""
+    import glob
+
+    paths = []
+    for pattern in patterns:
+        found = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not found:
+            raise AtlasregError(f"{what}: nothing matches {pattern!r}")
+        paths += [Path(p) for p in found]
+    return paths
+
+
+def is_pattern_or_folder(target: str) -> bool:
+    """Whether ``target`` names several files: a glob pattern or a folder."""
+    return any(c in target for c in "*?[") or Path(target).is_dir()
+
+
+def expand_targets(targets: Iterable[str]) -> list[Path]:
+    """Files, every .nii/.nii.gz file of a folder, or what a glob matches, in the order given (sorted within)."""
+    paths: list[Path] = []
+    for target in targets:
+        if Path(target).is_dir():
+            found = sorted(p for p in Path(target).iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
+            if not found:
+                raise AtlasregError(f"{target}: folder holds no .nii or .nii.gz file")
+            paths += found
+        elif any(c in target for c in "*?["):
+            paths += glob_paths((target,), "targets")
+        elif not Path(target).exists():
+            raise AtlasregError(f"{target}: no such file")
+        else:
+            paths.append(Path(target))
+    return paths
+
+
 def check_memory(voxels: int, bytes_per_voxel: int, what: str) -> None:
     """Refuse, before any work, a grid whose work would need more memory than is available (rather
     than a MemoryError, or the system killing the process, minutes later)."""

@@ -170,6 +170,16 @@ def _json_number(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def scores_text(result: Mapping) -> str:
+    """An :func:`evaluate` result as ``atlasreg evaluate`` prints it: mean Dice, Dice per region, mean HD95 if computed."""
+    fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
+    lines = [f"protocol {result['protocol']}: mean Dice {fmt(result['mean_dice'])}"]
+    lines += [f"  {region:<28} {fmt(value)}" for region, value in result["region_dice"].items()]
+    if "mean_hd95" in result:
+        lines.append(f"mean HD95 (mm) {fmt(result['mean_hd95'])}")
+    return "\n".join(lines)
+
+
 def evaluate(pred: Volume, truth: Volume, protocol: str = "aseg", surface_distance: bool = False) -> dict:
     """Score a predicted label map against the truth under a named protocol.
 

@@ -116,6 +116,30 @@ def list_models() -> list[tuple[ModelSpec, str]]:
     return [registry().models()[name] for name in sorted(registry().models())]
 
 
+def model_table() -> list[dict[str, Any]]:
+    """``atlasreg models``: every declared model as a row (its declaration, plugin and ``status``:
+    ``ok``, or why its file fails the checksum check)."""
+    rows = []
+    for spec, plugin in list_models():
+        try:
+            verify(spec)
+            status = "ok"
+        except AtlasregError as exc:
+            status = str(exc)
+        rows.append({"name": spec.name, "backend": spec.backend, "default": spec.default, "description": spec.description,
+                     "file": spec.file, "sha256": spec.sha256, "plugin": plugin, "status": status})
+    return rows
+
+
+def model_table_text(rows: list[dict[str, Any]]) -> str:
+    """:func:`model_table` as ``atlasreg models`` prints it: name, backend, status, description."""
+    lines = []
+    for row in rows:
+        default = f" (default for {row['backend']})" if row["default"] else ""
+        lines += [f"{row['name']:<22} {row['backend']:<12} {row['status']}{default}", f"{'':<22} {row['description']}"]
+    return "\n".join(lines)
+
+
 def get_model(name: str) -> ModelSpec:
     models = registry().models()
     if name not in models:

@@ -8,16 +8,18 @@ import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Tuple, Union
 
 import nibabel as nib
 import numpy as np
 
 from ._version import __version__
 from .errors import AtlasregError
-from .io import TARGET_BYTES_PER_VOXEL, atomic_path, check_file_name, check_memory, check_output, check_outputs, from_array, load, save
+from .io import (NIFTI_SUFFIXES, TARGET_BYTES_PER_VOXEL, atomic_path, check_file_name, check_memory, check_output, check_outputs,
+                 expand_targets, from_array, is_pattern_or_folder, load, save)
 from .logs import progress_bar, step_progress
 from .lut import LabelInfo
 from .registry import get_backend, get_fusion
@@ -91,6 +93,22 @@ def register(
     if transform.shape != fixed_v.shape:
         raise AtlasregError(f"backend {backend!r} returned a transform on the wrong grid")
     return transform
+
+
+def register_file(moving: str | os.PathLike, fixed: str | os.PathLike, output: str | os.PathLike,
+                  transform_out: str | os.PathLike | None = None, backend: str = "ants",
+                  backend_options: Mapping[str, Any] | None = None) -> list[Path]:
+    """``atlasreg register``: ``moving`` resampled onto ``fixed``'s grid written to ``output`` (and the
+    transform to ``transform_out`` as a NIfTI displacement field); the files written. Outputs are
+    checked before any work: none may overwrite an input."""
+    out = check_output(output, inputs=(moving, fixed))
+    field_out = check_output(transform_out, inputs=(moving, fixed, out)) if transform_out else None
+    transform = register(moving, fixed, backend=backend, options=backend_options)
+    warped = transform.warp(as_image(moving))
+    if field_out:
+        transform.save(field_out)
+    save(warped, out)
+    return [out, field_out] if field_out else [out]
 
 
 def transform_on(transform: Transform | str | os.PathLike, reference: ImageLike | None = None, inverse: bool = False) -> Transform:
@@ -183,6 +201,83 @@ def segment(
     if not several:
         return warped_labels[0]
     return fuser.fuse(target_v, warped_images, warped_labels, **fusion_resolved)
+
+
+def segment_file(target: str | os.PathLike, output: str | os.PathLike, atlases: Sequence[tuple[str, str]] | None = None,
+                 builtin_atlas: str | None = None, progress: bool = False, **method: Any) -> Path:
+    """``atlasreg segment`` of one target: its label map written to ``output``, checked first to
+    overwrite no input; ``method``: :func:`segment`'s backend, fusion and their options."""
+    out = check_output(output, inputs=(target, *(path for atlas in atlases or () for path in atlas)))
+    save(segment(target, atlases, progress=progress, builtin_atlas=builtin_atlas, **method), out)
+    return out
+
+
+def several_targets(targets: Sequence[str]) -> bool:
+    """Whether ``targets`` (command-line texts) are a study: more than one, a folder or a glob."""
+    return len(targets) > 1 or any(is_pattern_or_folder(t) for t in targets)
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """How a study of many targets runs: ``jobs`` processes of ``threads`` threads each, or a Dask
+    cluster (``dask``: a local one of ``jobs`` workers; ``scheduler``: an existing one's address);
+    ``lut``: a FreeSurfer LUT or BIDS dseg.tsv naming the labels; ``redo``: remake every output
+    of a folder made with other settings."""
+
+    jobs: int = 1
+    threads: int | None = None
+    dask: bool = False
+    scheduler: str | None = None
+    lut: str | None = None
+    redo: bool = False
+
+    def check_one_target(self) -> None:
+        """Refuse study options for a single target (they would be ignored)."""
+        if self.jobs != 1 or self.threads or self.dask or self.scheduler or self.lut or self.redo:
+            raise AtlasregError("--jobs, --threads, --dask, --scheduler, --lut and --redo are for several targets: give -o an output folder")
+
+    @contextmanager
+    def arguments(self) -> Iterator[dict[str, Any]]:
+        """Keyword arguments of :func:`segment_many` / :func:`atlasreg.bids.run_participant` for these
+        options; a Dask cluster asked for is connected (``scheduler``) for the block and left after."""
+        from .batch import DaskLocal, dask_client, threads_per_job
+        from .lut import read_lut
+
+        threads_per_job(self.jobs, self.threads)  # refuse bad numbers before anything starts
+        if self.dask and self.scheduler:
+            raise AtlasregError("give --dask (a local cluster) or --scheduler ADDRESS, not both")
+        label_names = read_lut(self.lut) if self.lut else None
+        client = dask_client(self.scheduler) if self.scheduler else DaskLocal(self.jobs) if self.dask else None
+        try:
+            yield {"jobs": self.jobs, "threads": self.threads, "client": client, "label_names": label_names, "redo": self.redo}
+        finally:
+            if self.scheduler:  # a --dask cluster is closed by the run that started it
+                client.close()
+
+    def run(self, study: Callable[..., list[dict[str, Any]]], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        """``study(*args, **kwargs)`` run with these options (:meth:`arguments`): its records."""
+        with self.arguments() as arguments:
+            return study(*args, **kwargs, **arguments)
+
+
+def segment_study(targets: Sequence[str], out_dir: str | os.PathLike, atlases: Sequence[Atlas] | None = None,
+                  builtin_atlas: str | None = None, study: StudyOptions = StudyOptions(), progress: bool = False,
+                  **method: Any) -> list[dict[str, Any]]:
+    """``atlasreg segment`` of several targets (files, folders of NIfTI files, glob patterns) into the
+    folder ``out_dir``: :func:`segment_many` run with ``study``'s options; its records."""
+    if str(out_dir).endswith(NIFTI_SUFFIXES):
+        raise AtlasregError(f"{out_dir}: with several targets, -o is a folder (outputs are named after the inputs)")
+    out = check_output(out_dir, suffixes=None)
+    paths = expand_targets(targets)
+    return study.run(segment_many, paths, atlases, out, builtin_atlas=builtin_atlas, progress=progress, **method)
+
+
+def study_summary(records: Sequence[Mapping[str, Any]], index: Path) -> tuple[str, list[str]]:
+    """A study's records in words: one line of counts (and where its QC index is), one per failed target."""
+    failed = [r for r in records if r["status"] == "failed"]
+    skipped = sum(r["status"] == "done before" for r in records)
+    summary = f"{len(records) - len(failed) - skipped} segmented, {skipped} done before, {len(failed)} failed; QC: {index}"
+    return summary, [f"{r['id']}: {r['error']}" for r in failed]
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,13 @@ class Option:
         self._check_range(name, value)
         return value
 
+    def text(self, key: str) -> str:
+        """The option as ``atlasreg options`` prints it: ``key=default [choices] (range)`` and its help."""
+        default = ",".join(map(str, self.default)) if isinstance(self.default, tuple) else self.default
+        choices = f" [{'|'.join(self.choices)}]" if self.choices else ""
+        valid = f" ({self.range_text()})" if self.range_text() else ""
+        return f"{key}={default}{choices}{valid}\n    {self.help}"
+
     def range_text(self) -> str:
         """The valid range in words, e.g. ``> 0 and <= 1`` (empty when any value goes)."""
         parts = []

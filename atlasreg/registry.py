@@ -42,6 +42,14 @@ class MethodInfo:
             "deterministic": self.deterministic,
         }
 
+    def text(self) -> str:
+        """The method as ``atlasreg backends`` / ``fusions`` print it: name, kind, devices, status (and description)."""
+        status = "available" if self.available else f"unavailable: {self.reason}"
+        if self.available and not self.deterministic:
+            status += " (not reproducible: results may differ run to run)"
+        line = f"{self.name:<12} {self.kind:<10} {','.join(self.devices) or '-':<9} {status}"
+        return f"{line}\n{'':<12} {self.description}" if self.description else line
+
 
 class Registry:
     """The loaded plugins, their backends and fusion methods, and the plugins that failed to load.
@@ -146,3 +154,11 @@ def get_backend(name: str) -> Backend:
 
 def get_fusion(name: str) -> Fusion:
     return _get("fusion", registry().fusions(), name)  # type: ignore[return-value]
+
+
+def get_method(name: str) -> Method:
+    """The backend or fusion method ``name``, available here or not (to show its declared options)."""
+    methods = {**registry().fusions(), **registry().backends()}
+    if name not in methods:
+        raise AtlasregError(f"unknown backend or fusion {name!r} (known: {', '.join(sorted(methods))})")
+    return methods[name][0]

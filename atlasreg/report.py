@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .compare import Method, Target, _figure_targets, _safe, atlas_subjects, deformation_path, figure_atlas, pairs_of, read_results, segmentation_path
+from .compare import (Method, Target, _figure_targets, _safe, atlas_subjects, choose_targets, deformation_path, failures, figure_atlas,
+                      pairs_of, parse_methods, read_results, run_compare, segmentation_path)
 from .figures import deformation_figure, dice_boxplot, overlay_figure
-from .io import atomic_path, load
+from .io import atomic_path, check_output, load
 from .metrics import finite_mean
+from .plugin_api import parse_assignments
 from .protocols import get_protocol
 
 
@@ -187,3 +190,28 @@ def _target_figures(out_dir: Path, labels: Sequence[str], atlas: Target | None, 
         written.append(deformation_figure(folder / f"{_safe(target.id)}_deformation.png", views,
                                           title=f"non-linear part of each deformation, atlas {atlas.id} → target {target.id}"))
     return written
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A finished ``atlasreg compare``: the report files written, summary.md's text, one line per
+    failed pair, and how many pairs were compared."""
+
+    written: list[Path]
+    summary: str
+    failed: list[str]
+    pairs: int
+
+
+def run_comparison(specs: Sequence[str], output: str, models: Sequence[str] = (), retry_failed: bool = True, jobs: int = 1,
+                   progress: bool = True, **choice) -> Comparison:
+    """``atlasreg compare``: the methods of ``specs`` (``NAME[:KEY=VALUE...]``, ``models``:
+    ``NAME=MODEL.pt``) run on the atlas and targets :func:`atlasreg.compare.choose_targets` picks
+    from ``choice``, resuming in the folder ``output``, and its report written there."""
+    atlas, targets, protocol = choose_targets(**choice)
+    methods = parse_methods(specs, parse_assignments(models, "--model"))
+    out = check_output(output, suffixes=None)
+    results = run_compare(methods, atlas, targets, protocol, out, progress=progress, retry_failed=retry_failed, jobs=jobs)
+    written = write_report(out, methods, atlas, targets, protocol)
+    return Comparison(written, (out / "summary.md").read_text(), failures(results, methods, atlas_subjects(atlas), targets),
+                      len(methods) * len(targets))

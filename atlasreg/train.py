@@ -35,12 +35,13 @@ import numpy as np
 
 from .engine.grid import AlignedPair, align_pair, pick_device
 from .errors import AtlasregError
-from .io import check_output
+from .io import check_output, glob_paths
 from .logs import progress_bar
 from .learned import LearnedBackend
 from .metrics import evaluate
 from .models import load_model_file, save_model
 from .pipeline import as_image, as_labels
+from .plugin_api import parse_assignments
 from .registry import get_backend
 from .volume import Volume
 
@@ -271,6 +272,69 @@ def _distributed(device: str) -> tuple[int, int, str]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return dist.get_rank(), world, device
+
+
+def train_from_options(
+    backend_name: str, output: str | os.PathLike, *, synth: Sequence[str] = (), images: Sequence[str] = (),
+    atlas: Sequence[str] | None = None, val_images: Sequence[str] = (), val_labels: Sequence[str] = (),
+    spacing: float | None = None, shape: str | None = None, crop: str | None = None, losses: str | None = None,
+    weights: Sequence[str] = (), config: Sequence[str] = (), resume: str | None = None, init: str | None = None,
+    log: str | None = None, cache_dir: str | None = None, **settings: Any,
+) -> Path:
+    """``atlasreg train``: :func:`train` from its command-line values, texts as given there (globs
+    for the files, ``X,Y,Z`` for ``shape``/``crop``, ``a,b`` for ``losses``, ``TERM=VALUE`` for
+    ``weights``, ``KEY=VALUE`` with JSON values for ``config``); ``settings``: the other fields
+    of :class:`TrainSettings`. ``weights`` update the backend's default weights."""
+    model_config = _parse_config(config)
+    if spacing is not None:
+        model_config["spacing"] = spacing
+    for key, text in (("shape", shape), ("crop", crop)):
+        if text:
+            model_config[key] = _ints(text, f"--{key}")
+    if losses:
+        model_config["losses"] = [name.strip() for name in losses.split(",") if name.strip()]
+    if weights:
+        known = get_backend(backend_name)
+        model_config["weights"] = {**getattr(known, "default_config", {}).get("weights", {}), **_loss_weights(weights)}
+    files = {name: glob_paths(patterns, f"--{name.replace('_', '-')}") if patterns else []
+             for name, patterns in (("images", images), ("synth", synth), ("val_images", val_images), ("val_labels", val_labels))}
+    optional = {name: Path(value) if value else None for name, value in (("resume", resume), ("init", init), ("log", log),
+                                                                         ("cache_dir", cache_dir))}
+    return train(backend_name, TrainSettings(output=Path(output), atlas=(Path(atlas[0]), Path(atlas[1])) if atlas else None,
+                                             config=model_config, **files, **optional, **settings))
+
+
+def _parse_config(pairs: Sequence[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs with JSON values where they parse (numbers, lists, objects), text otherwise."""
+    config = {}
+    for key, value in parse_assignments(pairs, "config").items():
+        try:
+            config[key] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key] = value
+    return config
+
+
+def _loss_weights(pairs: Sequence[str]) -> dict[str, float]:
+    """--weight TERM=VALUE pairs as numbers; a value that is not a finite number >= 0 is refused."""
+    weights = {}
+    for term, text in parse_assignments(pairs, "--weight").items():
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (math.isfinite(value) and value >= 0):
+            raise AtlasregError(f"--weight {term}={text!r}: expected a finite number >= 0")
+        weights[term] = value
+    return weights
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    """``X,Y,Z`` as integers (their range is the config's to check)."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise AtlasregError(f"{flag} {text!r}: expected whole numbers X,Y,Z") from None
 
 
 def train(backend_name: str, settings: TrainSettings) -> Path:

@@ -50,6 +50,11 @@ def write_volumes(rows: list[dict[str, Any]], path: str | os.PathLike, columns: 
     return path
 
 
+def volumes_text(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    """``rows`` as the tab-separated table ``atlasreg volumes`` prints (header first)."""
+    return "\n".join("\t".join(line) for line in [columns, *([str(row[c]) for c in columns] for row in rows)])
+
+
 def read_volumes(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a table written by :func:`write_volumes`, numbers parsed."""
     with open(path, newline="") as f:

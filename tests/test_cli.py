@@ -37,6 +37,18 @@ def test_fusions_and_options_commands(capsys):
     assert code == 0 and "preset=quality" in out
 
 
+def test_method_options_shared(capsys):
+    """-b, -O, --model and --optimize-steps mean the same in every command that registers; segment and
+    bids also share the fusion options and --label-interp (bids once lacked --optimize-steps and --label-interp)."""
+    shared = ("--backend", "--option", "--model", "--optimize-steps")
+    for command, extra in (("register", ()), ("segment", ("--fusion", "--fusion-option", "--label-interp", "--jobs")),
+                           ("bids", ("--fusion", "--fusion-option", "--label-interp", "--jobs"))):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0 and all(option in out for option in (*shared, *extra)), command
+    code, out, _ = run(capsys, "register", "--help")
+    assert "--label-interp" not in out and "--fusion" not in out
+
+
 def test_register_writes_warped_image_and_field(capsys, files, tmp_path):
     out, field = tmp_path / "warped.nii.gz", tmp_path / "field.nii.gz"
     code, _, err = run(capsys, "register", files["mov"], files["fix"], "-b", "affine", "-o", out, "--transform-out", field)

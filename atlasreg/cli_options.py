@@ -1,0 +1,216 @@
+"""The options of ``atlasreg``'s commands, each declared once: those several commands share (the
+method, the atlases, how a study runs) reach a command gathered into one keyword argument that
+goes straight to the API function it calls."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import click
+
+from .atlases import DEFAULT_ATLAS
+from .demo import DEFAULT_TARGETS, METHODS as DEMO_METHODS, TARGET_DONORS
+from .pipeline import StudyOptions
+from .plugin_api import parse_assignments
+from .protocols import PROTOCOLS
+from .spatial import LABEL_INTERPOLATIONS
+from .synth import CONTRASTS
+
+
+def options(*declared: Callable) -> Callable:
+    """One decorator applying click options in the order listed (so ``--help`` lists them so)."""
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(declared):
+            command = option(command)
+        return command
+    return decorate
+
+
+def _gathered(into: str, build: Callable[..., Any], names: Sequence[str], *declared: Callable) -> Callable:
+    """Options ``declared`` whose values (parameters ``names``) the command receives as ``into=build(...)``."""
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def gather(*args: Any, **kwargs: Any) -> Any:
+            kwargs[into] = build(**{name: kwargs.pop(name) for name in names if name in kwargs})
+            return command(*args, **kwargs)
+        return options(*declared)(gather)
+    return decorate
+
+
+def _method(backend: str, opts: tuple[str, ...], model: str | None, optimize_steps: int | None, **fusion: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`atlasreg.pipeline.segment` (``register_file`` without the
+    fusion ones): -O pairs plus the learned-backend shortcuts --model and --optimize-steps."""
+    backend_options: dict[str, Any] = parse_assignments(opts)
+    if model:
+        backend_options["model"] = model
+    if optimize_steps is not None:
+        backend_options["optimize_steps"] = optimize_steps
+    if fusion:
+        fusion["fusion_options"] = parse_assignments(fusion.pop("fusion_opts"), "fusion option")
+    return {"backend": backend, "backend_options": backend_options, **fusion}
+
+
+BACKEND = (
+    click.option("-b", "--backend", default="ants", show_default=True, help="Registration backend (see `atlasreg backends`)."),
+    click.option("-O", "--option", "opts", multiple=True, metavar="KEY=VALUE",
+                 help="Backend option (repeatable; `atlasreg options NAME` lists them)."),
+    click.option("--model", help="Learned backends: a model NAME (see `atlasreg models`) or file  [default: the shipped model]"),
+    click.option("--optimize-steps", type=int, help="Learned backends: refine the network's velocity field on this pair by N Adam "
+                 "steps (instance optimisation; the weights stay as trained)."),
+)
+FUSION = (
+    click.option("-f", "--fusion", default="majority", show_default=True, help="Label fusion for several atlases (see `atlasreg fusions`)."),
+    click.option("-F", "--fusion-option", "fusion_opts", multiple=True, metavar="KEY=VALUE", help="Fusion option (repeatable)."),
+    click.option("--label-interp", type=click.Choice(LABEL_INTERPOLATIONS), default="nearest", show_default=True,
+                 help="How atlas labels are resampled."),
+)
+#: -b -O --model --optimize-steps: the command receives ``method`` (``backend``, ``backend_options``)
+backend_options = _gathered("method", _method, ("backend", "opts", "model", "optimize_steps"), *BACKEND)
+#: and -f -F --label-interp: ``method`` holds ``fusion``, ``fusion_options``, ``label_interp`` too
+method_options = _gathered("method", _method, ("backend", "opts", "model", "optimize_steps", "fusion", "fusion_opts", "label_interp"),
+                           *BACKEND, *FUSION)
+
+atlas_options = options(
+    click.option("-a", "--atlas", "atlases", nargs=2, multiple=True, metavar="IMAGE LABELS", callback=lambda _c, _p, value: list(value) or None,
+                 help="An atlas image and its label map (repeatable)."),
+    click.option("--builtin-atlas", help=f"Use this built-in atlas (see `atlasreg atlases`); the default when no -a is given: {DEFAULT_ATLAS}."),
+)
+
+#: options of commands that run many targets, received as ``study`` (a StudyOptions)
+study_options = _gathered(
+    "study", StudyOptions, ("jobs", "threads", "dask", "scheduler", "lut", "redo"),
+    click.option("--jobs", type=int, default=1, show_default=True, help="Targets segmented at a time, each in its own process."),
+    click.option("--threads", type=int, help="Threads per job  [default: cores / jobs, so jobs x threads <= cores]"),
+    click.option("--dask", is_flag=True, help="Run the targets on a Dask LocalCluster of --jobs worker processes."),
+    click.option("--scheduler", metavar="ADDRESS", help="Run the targets on an existing Dask cluster, e.g. tcp://host:8786 (its workers "
+                 "read the inputs and write the outputs: they need the same file system; for ANTs start them with "
+                 "DASK_DISTRIBUTED__WORKER__DAEMON=False)."),
+    click.option("--lut", type=click.Path(), help="Label names and colours: a FreeSurfer LUT or a BIDS dseg.tsv  [default: the "
+                 "built-in atlas's names, else FreeSurfer's aseg names]"),
+    click.option("--redo", is_flag=True, help="The output folder holds outputs of other settings: make every output again with "
+                 "these (without it such a run is refused)."),
+)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+register_options = options(
+    click.argument("moving"),
+    click.argument("fixed"),
+    click.option("-o", "--output", required=True, help="Warped moving image, on FIXED's grid (.nii.gz)."),
+    click.option("--transform-out", help="Also write the transform as an ITK-convention NIfTI displacement field."),
+)
+
+segment_options = options(
+    click.argument("targets", nargs=-1, required=True),
+    click.option("-o", "--output", required=True, help="One target file: its label map (.nii.gz, integer, TARGET's grid and affine). "
+                 "Several targets, a folder or a glob: an output folder (OUTDIR/<name>_seg.nii.gz, _volumes.tsv, _qc.png, index.html)."),
+)
+
+evaluate_options = options(
+    click.argument("pred"),
+    click.argument("truth"),
+    click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default="aseg", show_default=True, help="Which labels and regions to score."),
+    click.option("--hd95", is_flag=True, help="Also compute the 95th-percentile Hausdorff distance (mm) per label."),
+    click.option("--json", "as_json", is_flag=True, help="Print a JSON object (mean_dice, dice per label, region_dice)."),
+)
+
+synth_options = options(
+    click.argument("labels"),
+    click.option("-o", "--output", required=True, help="Synthetic image on LABELS' grid and affine (.nii.gz)."),
+    click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed: the same seed gives the same image, byte for byte."),
+    click.option("--contrast", type=click.Choice(CONTRASTS), default="t1", show_default=True,
+                 help="t1: realistic T1 tissue intensities; t2: T2-like (fluid bright); random: a random intensity per label."),
+    click.option("--skull-strip/--no-skull-strip", default=True, show_default=True, help="Set labels >= 100 (non-brain) to background first."),
+)
+
+volumes_options = options(
+    click.argument("seg"),
+    click.option("--lut", type=click.Path(), help="Label names: a FreeSurfer LUT or a BIDS dseg.tsv  [default: FreeSurfer's aseg names]"),
+    click.option("-o", "--output", help="Write the table to this .tsv file instead of printing it."),
+)
+
+bids_options = options(
+    click.argument("bids_dir", type=click.Path()),
+    click.argument("output_dir", type=click.Path()),
+    click.argument("analysis_level", type=click.Choice(["participant", "group"])),
+    click.option("--participant-label", "participants", multiple=True, metavar="LABEL...",
+                 help="Participants to process: 01 02 ... (or sub-01)  [default: all]"),
+    click.option("--session", "sessions", multiple=True, metavar="LABEL...", help="Sessions to process: 1 2 ...  [default: all]"),
+)
+
+demo_options = options(
+    click.option("-o", "--output-dir", default="atlasreg-demo", show_default=True, help="Folder for demo.png, results.md and results.json."),
+    click.option("--backends", help=f"Comma-separated methods to compare (default: those of {','.join(DEMO_METHODS)} available here; "
+                 "contrastive+io: the shipped model with 20 steps of instance optimisation)."),
+    click.option("--targets", type=int, default=DEFAULT_TARGETS, show_default=True, help=f"How many donors to segment (1-{len(TARGET_DONORS)})."),
+    click.option("--spacing", type=float, default=2.0, show_default=True, help="Voxel size (mm) the donors are resampled to."),
+)
+
+compare_options = options(
+    click.option("-b", "--backend", "specs", multiple=True, required=True, metavar="NAME[:KEY=VALUE...]",
+                 help="Methods to compare, comma-separated or repeated; a backend at other settings: ants:preset=fast."),
+    click.option("-a", "--atlas", nargs=2, metavar="IMAGE LABELS", help="The atlas registered to every target."),
+    click.option("--targets", metavar="GLOB", help="Target images (quote the pattern)."),
+    click.option("--truth", metavar="GLOB", help="Their manual label maps; wildcards must match the same subject ids."),
+    click.option("--dataset", nargs=2, metavar="KIND ROOT", help="Targets from a dataset instead: lpba40, mindboggle101, oasis or csv."),
+    click.option("--split", help="With --dataset: which split to use as targets  [default: test if it has one, else all]"),
+    click.option("--atlas-id", help="With --dataset: use this subject as the atlas (instead of -a)."),
+    click.option("--model", "models", multiple=True, metavar="NAME=MODEL.pt", help="Model file of a learned backend (repeatable)."),
+    click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), help="Scoring protocol  [default: the dataset's, else aseg]"),
+    click.option("-o", "--output", required=True, help="Report folder: results.csv, summary.md, figures (resumes if it exists)."),
+    click.option("--skip-failed", is_flag=True, help="On a rerun, keep pairs recorded as failed instead of retrying them."),
+    click.option("--jobs", type=int, default=1, show_default=True, help="Pairs run at a time, each in its own process (threads per job: cores / N)."),
+)
+
+train_options = options(
+    click.option("-b", "--backend", required=True, help="Learned backend to train: contrastive or voxelmorph."),
+    click.option("--synth", multiple=True, metavar="GLOB", help="Label maps (repeatable glob): train on pairs synthesized from them, no images needed."),
+    click.option("--images", multiple=True, metavar="GLOB", help="Training images instead (repeatable glob; quote it)."),
+    click.option("--atlas", nargs=2, metavar="IMAGE LABELS", help="With --images: train atlas -> subject pairs; without it, random subject pairs. "
+                 "With --synth: the atlas of --val-images only."),
+    click.option("-o", "--output", required=True, help="Model file to write (.pt); rewritten every --save-every steps."),
+    click.option("--spacing", type=float, help="Working grid spacing in mm  [default: 2]"),
+    click.option("--shape", help="Working grid shape X,Y,Z  [default: 96,112,96]"),
+    click.option("--crop", help="Training crop X,Y,Z (multiples of 16)  [default: the backend's]"),
+    click.option("--steps", type=int, default=2000, show_default=True, help="Optimiser steps: the length of the cosine learning-rate schedule."),
+    click.option("--max-minutes", type=float, default=0.0, help="Stop (and save) after this much wall-clock time."),
+    click.option("--batch-size", type=int, default=2, show_default=True, help="Pairs per step, over all processes (torchrun)."),
+    click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate at step 0."),
+    click.option("--lr-floor", type=float, default=0.01, show_default=True, help="The cosine schedule ends at lr x this."),
+    click.option("--losses", help="Comma-separated loss terms to use (contrastive: recon,dice,smooth,contrast; voxelmorph: sim,dice,smooth). "
+                 "dice (label overlap) is the data term of --synth pairs, recon / sim (image similarity) that of --images."),
+    click.option("--weight", "weights", multiple=True, metavar="TERM=VALUE", help="Loss weight, e.g. smooth=0.01 contrast=0.05 (repeatable)."),
+    click.option("-C", "--config", multiple=True, metavar="KEY=VALUE", help="Any other model config key, e.g. contrast=global, recon=mse (repeatable)."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
+    click.option("--resume", help="Continue from this model file (weights, optimiser, step)."),
+    click.option("--init", help="Fine-tune: start from this model file's weights and config, with a fresh optimiser and schedule (step 0)."),
+    click.option("--save-every", type=int, default=100, show_default=True, help="Steps between model file rewrites."),
+    click.option("--prefetch/--no-prefetch", default=True, show_default=True,
+                 help="On the CPU: synthesize the next batch in a background thread while the current step runs (uses one more core)."),
+    click.option("--val-images", multiple=True, metavar="GLOB", help="Validation images: Dice reported every --val-every steps (needs --atlas)."),
+    click.option("--val-labels", multiple=True, metavar="GLOB", help="Validation label maps, in the same order as --val-images."),
+    click.option("--val-every", type=int, default=250, show_default=True),
+    click.option("--val-protocol", type=click.Choice(sorted(PROTOCOLS)), default="aseg", show_default=True),
+    click.option("--log", help="JSON-lines log of every loss term  [default: MODEL.pt.log.jsonl]"),
+    click.option("--cache-dir", help="Where affine pre-alignments are cached (share it between models)  [default: MODEL.pt.cache]"),
+)
+
+LIST_OPTIONS = ("--participant-label", "--session")
+
+
+def spread_lists(args: list[str]) -> list[str]:
+    """BIDS Apps take space-separated lists (``--participant-label 01 02``); click takes one value per
+    flag, so the flag is repeated before each further value of ``atlasreg bids``."""
+    if not args or args[0] != "bids":
+        return args
+    spread: list[str] = []
+    flag = None
+    for arg in args:
+        if arg.startswith("-"):
+            flag = arg if arg in LIST_OPTIONS else None
+        elif flag and spread[-1] != flag:
+            spread.append(flag)
+        spread.append(arg)
+    return spread
