@@ -1,36 +1,57 @@
-"""BIDS in, BIDS derivatives out (``atlasreg bids BIDS_DIR OUTPUT_DIR participant|group``).
+"""BIDS in, BIDS derivatives out (``atlasreg bids BIDS_DIR OUTPUT_DIR participant|group``), as BIDS Apps do.
 
-T1-weighted images are found with pybids. Per image, in the BIDS-Apps convention::
+T1-weighted images are found with pybids. The outputs (``<desc>``: the built-in atlas's name, or ``atlas``)::
 
-    OUTPUT_DIR/dataset_description.json              GeneratedBy: atlasreg version, backend, options, model checksum
-    OUTPUT_DIR/desc-<desc>_dseg.tsv                  index, name, color of every atlas label
-    OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y]_desc-<desc>_dseg.nii.gz   the labels (+ _dseg.json: the record)
-    OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y]_desc-<desc>_volumes.tsv   label, name, voxels, volume_mm3
-    OUTPUT_DIR/sub-X/figures/sub-X[_ses-Y]_desc-<desc>_dseg.png           QC figure
-    OUTPUT_DIR/index.html                            QC index of the run
+    OUTPUT_DIR/dataset_description.json   DatasetType derivative; GeneratedBy (Name, Version, Description, CodeURL);
+                                          SourceDatasets and DatasetLinks: BIDS_DIR relative to OUTPUT_DIR (its DOI too)
+    OUTPUT_DIR/desc-<desc>_dseg.tsv       index, name, color of every atlas label (the lookup table of every dseg)
+    OUTPUT_DIR/desc-<desc>_morph.json     data dictionary of the volumes tables (columns, units mm^3), inherited by each
+    OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y]_desc-<desc>_dseg.nii.gz  the labels, on the T1w image's grid
+    OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y]_desc-<desc>_dseg.json    Description, Manual, Sources (bids:raw:...)
+    OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y]_desc-<desc>_morph.tsv    label, name, voxels, volume_mm3
+    OUTPUT_DIR/sub-X/figures/sub-X[_ses-Y]_desc-<desc>_dseg.png          QC figure (sides marked)
+    OUTPUT_DIR/sub-X.html                 the subject's report: command, version, settings, figures, colour legend, volumes
+    OUTPUT_DIR/index.html                 QC index of every subject the folder holds (all runs, not this one's alone)
+    OUTPUT_DIR/atlasreg_settings.json     the settings that made the folder (a rerun with others is refused)
+    OUTPUT_DIR/logs/sub-X[_ses-Y]_desc-<desc>_record.json  each image's run record (paths relative to OUTPUT_DIR)
+    OUTPUT_DIR/.bidsignore                what is not BIDS (logs, figures, reports, settings) for the BIDS validator
 
 Other entities of the source name (acq-, run-, ...) are kept. The ``group`` level gathers every
-subject's volumes into ``OUTPUT_DIR/desc-<desc>_volumes.tsv`` and rewrites the index for all of them.
+subject's volumes into ``OUTPUT_DIR/desc-<desc>_morph.tsv`` (with participant_id and session_id) and
+rewrites the index and the reports.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ._version import __version__
 from .errors import AtlasregError
-from .io import check_output
-from .lut import label_table, write_dseg_tsv
-from .pipeline import (Atlas, SegmentSettings, SubjectJob, check_study_outputs, claim_settings, made_by, method_label, read_json,
-                       segment_subjects, settings_digest, study_atlases)
+from .io import atomic_path, check_output
+from .lut import LabelInfo, label_table, write_dseg_tsv
+from .pipeline import (STUDY_SETTINGS, Atlas, SegmentSettings, SubjectJob, check_study_outputs, claim_settings, made_by, method_label,
+                       read_json, read_settings, segment_subjects, settings_digest, study_atlases)
 from .registry import get_backend
 
 BIDS_VERSION = "1.9.0"
 GROUP_COLUMNS = ("participant_id", "session_id", "label", "name", "voxels", "volume_mm3")
+#: the data dictionary of the volumes tables (BIDS: a JSON object per column; one unit, mm^3, as everywhere)
+MORPH_COLUMNS = {
+    "participant_id": {"Description": "Participant (group table only)."},
+    "session_id": {"Description": "Session, n/a without sessions (group table only)."},
+    "label": {"Description": "Label value in the dseg image (the index column of desc-<desc>_dseg.tsv)."},
+    "name": {"Description": "Name of the label (the name column of desc-<desc>_dseg.tsv)."},
+    "voxels": {"Description": "Voxels of the dseg image with this label.", "Units": "voxel"},
+    "volume_mm3": {"Description": "Volume of the label: voxels times the voxel volume from the NIfTI affine.", "Units": "mm^3"},
+}
+#: what the BIDS validator is to skip: not BIDS files (written to .bidsignore)
+NOT_BIDS = ("logs/", "*.html", "sub-*/figures/", STUDY_SETTINGS)
+LOGS = "logs"
 
 
 def desc_for(builtin_atlas: str | None, atlases: Sequence[Atlas] | None) -> str:
@@ -69,7 +90,7 @@ def find_t1w(bids_dir: str | Path, participants: Sequence[str] = (), sessions: S
 
 
 def derivative_jobs(images: Sequence[Path], out_dir: Path, desc: str) -> list[SubjectJob]:
-    """Where each image's outputs go, named after it as BIDS derivatives."""
+    """Where each image's outputs go, named after it as BIDS derivatives; its run record under ``logs/``."""
     jobs = []
     for image in images:
         prefix = re.sub(r"_T1w\.nii(\.gz)?$", "", image.name)
@@ -79,31 +100,89 @@ def derivative_jobs(images: Sequence[Path], out_dir: Path, desc: str) -> list[Su
         session = re.search(r"_(ses-[A-Za-z0-9]+)", prefix)
         anat = out_dir / subject.group(0) / (session.group(1) if session else "") / "anat"
         stem = f"{prefix}_desc-{desc}"
-        jobs.append(SubjectJob(prefix, image, anat / f"{stem}_dseg.nii.gz", anat / f"{stem}_volumes.tsv",
-                               out_dir / subject.group(0) / "figures" / f"{stem}_dseg.png", anat / f"{stem}_dseg.json"))
+        jobs.append(SubjectJob(prefix, image, anat / f"{stem}_dseg.nii.gz", anat / f"{stem}_morph.tsv",
+                               out_dir / subject.group(0) / "figures" / f"{stem}_dseg.png", out_dir / LOGS / f"{stem}_record.json",
+                               root=out_dir))
     return jobs
 
 
+def code_url() -> str | None:
+    """Where atlasreg's code is, from the installed package's metadata (a Source, Repository or Homepage URL)."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        meta = metadata("atlasreg")
+    except PackageNotFoundError:
+        return None
+    urls = dict(entry.split(", ", 1) for entry in meta.get_all("Project-URL") or [] if ", " in entry)
+    return next((urls[k] for k in ("Source", "Repository", "Source Code", "Homepage") if k in urls), None) or meta.get("Home-page")
+
+
 def generated_by(settings: SegmentSettings, atlases: Sequence[Atlas] | None, builtin_atlas: str | None) -> dict[str, Any]:
-    """The ``GeneratedBy`` entry: what made these derivatives, enough to make them again."""
-    return {"Name": "atlasreg", "Version": __version__,
-            "Description": "registration-based segmentation: atlases registered to each T1w image, labels carried across and fused",
-            **made_by(settings, atlases, builtin_atlas)}
+    """The ``GeneratedBy`` entry, in BIDS' own keys (the settings themselves are in ``atlasreg_settings.json``)."""
+    from .atlases import DEFAULT_ATLAS
+
+    source = f"{len(atlases)} atlases" if atlases and len(atlases) > 1 else "1 atlas" if atlases else f"the built-in atlas {builtin_atlas or DEFAULT_ATLAS}"
+    entry = {"Name": "atlasreg", "Version": __version__,
+             "Description": f"registration-based segmentation: {source} registered to each T1w image "
+                            f"({method_label(settings.backend, settings.backend_options)}), labels carried across"
+                            + (f" and fused ({settings.fusion})" if atlases and len(atlases) > 1 else "")}
+    url = code_url()
+    if url:
+        entry["CodeURL"] = url
+    return entry
 
 
-def claim_output(out_dir: Path, description: dict[str, Any], redo: bool = False) -> None:
-    """Write ``dataset_description.json``, or check that an existing one was made with the same
-    settings (``redo``: rewrite it for these settings instead of refusing)."""
-    path = out_dir / "dataset_description.json"
+def dataset_description(bids_root: Path, out: Path, desc: str, generated: Mapping[str, Any]) -> dict[str, Any]:
+    """``dataset_description.json`` of the derivatives: the raw dataset linked by a path relative to
+    them (``bids:raw:...`` URIs in each ``Sources``), with its DOI when it declares one."""
+    raw = relative_link(bids_root, out)
+    source: dict[str, Any] = {"URL": raw}
+    declared = read_json(bids_root / "dataset_description.json")
+    if isinstance(declared, dict) and isinstance(declared.get("DatasetDOI"), str):
+        source["DOI"] = declared["DatasetDOI"]
+    return {"Name": f"atlasreg segmentation ({desc})", "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
+            "GeneratedBy": [dict(generated)], "SourceDatasets": [source], "DatasetLinks": {"raw": raw}}
+
+
+def relative_link(path: Path, start: Path) -> str:
+    """``path`` relative to ``start``, as a URI path (forward slashes)."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
+
+
+def check_description(out: Path) -> None:
+    """Refuse an output folder whose ``dataset_description.json`` another tool wrote (never overwritten)."""
+    path = out / "dataset_description.json"
     existing = read_json(path)
-    if existing is not None:
-        generated = existing.get("GeneratedBy") if isinstance(existing, dict) else None
-        if not (isinstance(generated, list) and generated and isinstance(generated[0], dict)):
-            raise AtlasregError(f"{path}: not a dataset description atlasreg wrote (no GeneratedBy list of objects); "
-                                "use another output folder")
-        existing = generated[0]
-    claim_settings(path, existing, description["GeneratedBy"][0], redo,
-                   write=lambda tmp: tmp.write_text(json.dumps(description, indent=2) + "\n"))
+    if existing is None:
+        return
+    generated = existing.get("GeneratedBy") if isinstance(existing, dict) else None
+    if not (isinstance(generated, list) and generated and isinstance(generated[0], dict) and generated[0].get("Name") == "atlasreg"):
+        raise AtlasregError(f"{path}: not a dataset description atlasreg wrote (no GeneratedBy list naming atlasreg); "
+                            "use another output folder")
+
+
+def _write_json(path: Path, content: Any) -> None:
+    """Write ``content`` as JSON (atomically), unless the file holds it already."""
+    text = json.dumps(content, indent=2) + "\n"
+    if path.is_file() and path.read_text(encoding="utf-8", errors="replace") == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _write_text(path: Path, text: str) -> None:
+    if path.is_file() and path.read_text(encoding="utf-8", errors="replace") == text:
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def dseg_sidecar(record: Mapping[str, Any], bids_root: Path, description: str) -> dict[str, Any]:
+    """The BIDS sidecar of a dseg image: what it is, made automatically, from which raw file (a BIDS URI)."""
+    return {"Description": description, "Manual": False,
+            "Sources": [f"bids:raw:{relative_link(Path(record['target']), bids_root)}"]}
 
 
 def run_participant(
@@ -124,65 +203,109 @@ def run_participant(
     client: Any = None,
     progress: bool = False,
     redo: bool = False,
+    work_dir: str | Path | None = None,
+    command: str | None = None,
 ) -> list[dict[str, Any]]:
     """Segment the chosen participants' T1w images into BIDS derivatives; one record per image.
 
-    An OUTPUT_DIR made with other settings is refused, unless ``redo`` (every image made again)."""
-    from .qc import write_index
-
+    An OUTPUT_DIR made with other settings is refused, unless ``redo`` (every image made again).
+    ``work_dir``: scratch space (a local Dask cluster's), default OUTPUT_DIR. ``command``: the
+    command line that asked for the run, shown in the reports."""
     bids_root, out = Path(bids_dir), check_output(out_dir, suffixes=None, parents=True)
     if out.resolve() == bids_root.resolve():
         raise AtlasregError("OUTPUT_DIR must differ from BIDS_DIR (derivatives go beside the raw data, e.g. BIDS_DIR/derivatives/atlasreg)")
+    work = check_output(work_dir, suffixes=None, parents=True) if work_dir is not None else out
     images = find_t1w(bids_root, participants, sessions)
     desc = desc_for(builtin_atlas, atlases)
     study_jobs = derivative_jobs(images, out, desc)
-    check_study_outputs(study_jobs, atlases, [out / "dataset_description.json", out / f"desc-{desc}_dseg.tsv", out / "index.html"])
+    subjects = sorted({re.match(r"sub-[A-Za-z0-9]+", job.id).group(0) for job in study_jobs})
+    check_study_outputs(study_jobs, atlases, [out / name for name in ("dataset_description.json", f"desc-{desc}_dseg.tsv",
+                                                                    f"desc-{desc}_morph.json", "index.html", STUDY_SETTINGS, ".bidsignore",
+                                                                    *(f"{s}.html" for s in subjects))])
+    check_description(out)
     pairs, names = study_atlases(atlases, builtin_atlas)
     settings = SegmentSettings(backend, fusion, get_backend(backend).resolve_options(backend_options or {}),
                                dict(fusion_options or {}), label_interp, label_names or names)
-    description = {"Name": f"atlasreg segmentation ({desc})", "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
-                   "GeneratedBy": [generated_by(settings, atlases, builtin_atlas)],
-                   "SourceDatasets": [{"URL": bids_root.resolve().as_uri()}]}
+    wanted = {"Version": __version__, **made_by(settings, atlases, builtin_atlas)}
+    generated = generated_by(settings, atlases, builtin_atlas)
     out.mkdir(parents=True, exist_ok=True)
-    claim_output(out, description, redo)
-    settings = replace(settings, digest=settings_digest(description["GeneratedBy"][0]))
+    work.mkdir(parents=True, exist_ok=True)
+    claim_settings(out / STUDY_SETTINGS, read_settings(out / STUDY_SETTINGS), wanted, redo)
+    _write_json(out / "dataset_description.json", dataset_description(bids_root, out, desc, generated))
+    _write_text(out / ".bidsignore", "".join(f"{pattern}\n" for pattern in NOT_BIDS))
+    _write_json(out / f"desc-{desc}_morph.json", MORPH_COLUMNS)
+    settings = replace(settings, digest=settings_digest(wanted))
     atlas_labels = sorted({int(v) for _, labels in pairs for v in labels.labels()})
     write_dseg_tsv(label_table(atlas_labels, settings.label_names), out / f"desc-{desc}_dseg.tsv")
     records = segment_subjects(study_jobs, pairs, settings, jobs=jobs, threads=threads,
-                               client=client, progress=progress, work_dir=out)
-    write_index(out / "index.html", records,
-                title=f"atlasreg: {bids_root.name}, {len(records)} T1w images, {method_label(backend, settings.backend_options)}")
+                               client=client, progress=progress, work_dir=work)
+    for record in records:
+        if record["status"] != "failed":
+            _write_json(Path(record["labels"]).with_suffix("").with_suffix(".json"), dseg_sidecar(record, bids_root, generated["Description"]))
+    provenance = {"Version": __version__, "Command": command or "called from Python (atlasreg.bids.run_participant)", **wanted}
+    write_reports(out, desc, folder_records(out, desc, settings.digest, records), settings.label_names, provenance, subjects)
     return records
 
 
-def run_group(out_dir: str | Path, participants: Sequence[str] = ()) -> Path:
-    """Every finished subject's volumes in one table (``desc-<desc>_volumes.tsv``), and the QC index of all."""
-    from .qc import write_index
+def folder_records(out: Path, desc: str, digest: str | None, records: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """Every image's record the folder holds for ``desc`` (each run's, not the last one's alone), its
+    paths made absolute again, overridden by ``records`` of this run; one made with other settings
+    than ``digest`` is listed as such."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted((out / LOGS).glob(f"*_desc-{desc}_record.json")):
+        record = read_json(path)
+        if not (isinstance(record, dict) and record.get("status") == "ok" and isinstance(record.get("id"), str)):
+            continue
+        paths = {key: str(out / record[key]) for key in ("target", "labels", "volumes", "figure", "record") if isinstance(record.get(key), str)}
+        status = "ok" if digest is None or record.get("settings") == digest else "made with other settings"
+        found[record["id"]] = {**record, **paths, "status": status}
+    for record in records:
+        found[record["id"]] = dict(record)
+    return [found[key] for key in sorted(found)]
+
+
+def write_reports(out: Path, desc: str, records: Sequence[Mapping[str, Any]], names: Mapping[int, LabelInfo] | None,
+                  provenance: Mapping[str, Any], subjects: Sequence[str] | None = None) -> None:
+    """``index.html`` of every record, and ``sub-X.html`` of ``subjects`` (default: all)."""
+    from .qc import write_index, write_subject_report
+
+    by_subject: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        by_subject.setdefault(re.match(r"sub-[A-Za-z0-9]+", record["id"]).group(0), []).append(record)
+    for subject in subjects if subjects is not None else sorted(by_subject):
+        write_subject_report(out / f"{subject}.html", subject, by_subject.get(subject, []), names, provenance)
+    reports = {record["id"]: f"{subject}.html#{record['id']}" for subject, group in by_subject.items() for record in group
+               if (out / f"{subject}.html").is_file()}
+    write_index(out / "index.html", records, title=f"atlasreg: {len(records)} T1w images ({desc})", provenance=provenance, reports=reports)
+
+
+def run_group(out_dir: str | Path, participants: Sequence[str] = (), command: str | None = None) -> Path:
+    """Every finished subject's volumes in one table (``desc-<desc>_morph.tsv``), the QC index of all and their reports."""
+    from .lut import read_lut
     from .volumes import read_volumes, write_volumes
 
     out = Path(out_dir)
     wanted = {p.removeprefix("sub-") for p in participants}
-    records = []
-    for path in sorted(out.glob("sub-*/**/anat/*_dseg.json")):
-        record = json.loads(path.read_text())
-        subject = re.match(r"sub-([A-Za-z0-9]+)", path.name)
-        if record.get("status") == "ok" and subject and (not wanted or subject.group(1) in wanted):
-            stem = path.name[: -len("_dseg.json")]  # paths from where the files are now, not where they were written
-            records.append({**record, "labels": str(path.with_name(f"{stem}_dseg.nii.gz")), "record": str(path),
-                            "volumes": str(path.with_name(f"{stem}_volumes.tsv")),
-                            "figure": str(out / subject.group(0) / "figures" / f"{stem}_dseg.png")})
-    if not records:
+    descs = sorted({m.group(1) for p in (out / LOGS).glob("*_record.json") if (m := re.search(r"_desc-([A-Za-z0-9]+)_record\.json$", p.name))})
+    if not descs:
         raise AtlasregError(f"{out}: no finished participant outputs; run the participant level first")
-    descs = {re.search(r"_desc-([A-Za-z0-9]+)_dseg\.json$", r["record"]).group(1) for r in records}
     if len(descs) > 1:
-        raise AtlasregError(f"{out}: outputs of several atlases ({', '.join(sorted(descs))}); keep one per folder")
+        raise AtlasregError(f"{out}: outputs of several atlases ({', '.join(descs)}); keep one per folder")
+    desc = descs[0]
+    settings = read_settings(out / STUDY_SETTINGS) or {}
+    records = [r for r in folder_records(out, desc, settings_digest(settings) if settings else None)
+               if not wanted or re.match(r"sub-([A-Za-z0-9]+)", r["id"]).group(1) in wanted]
+    if not records:
+        raise AtlasregError(f"{out}: no finished participant outputs of these participants; run the participant level first")
     rows = []
     for record in records:
-        name = Path(record["labels"]).name
-        session = re.search(r"_ses-([A-Za-z0-9]+)", name)
-        participant = re.match(r"sub-([A-Za-z0-9]+)", name).group(1)
+        session = re.search(r"_ses-([A-Za-z0-9]+)", record["id"])
+        participant = re.match(r"sub-[A-Za-z0-9]+", record["id"]).group(0)
         for row in read_volumes(record["volumes"]):
-            rows.append({"participant_id": f"sub-{participant}", "session_id": f"ses-{session.group(1)}" if session else "n/a", **row})
-    table = write_volumes(rows, out / f"desc-{descs.pop()}_volumes.tsv", GROUP_COLUMNS)
-    write_index(out / "index.html", records, title=f"atlasreg: {len(records)} T1w images")
+            rows.append({"participant_id": participant, "session_id": f"ses-{session.group(1)}" if session else "n/a", **row})
+    table = write_volumes(rows, out / f"desc-{desc}_morph.tsv", GROUP_COLUMNS)
+    _write_json(out / f"desc-{desc}_morph.json", MORPH_COLUMNS)
+    lut = out / f"desc-{desc}_dseg.tsv"
+    provenance = {"Version": __version__, "Command": command or "called from Python (atlasreg.bids.run_group)", **settings}
+    write_reports(out, desc, records, read_lut(lut) if lut.is_file() else None, provenance)
     return table

@@ -291,6 +291,9 @@ class SubjectJob:
     volumes: Path
     figure: Path
     record: Path
+    #: the folder the paths in the written record are relative to (None: as given), so that a
+    #: study folder can be moved
+    root: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -320,7 +323,7 @@ def plain_jobs(targets: Sequence[ImageLike], out_dir: str | os.PathLike) -> list
             raise AtlasregError(f"{seen[stem]} and {path} have the same name: their outputs would collide")
         seen[stem] = path
         jobs.append(SubjectJob(stem, path, out / f"{stem}_seg.nii.gz", out / f"{stem}_volumes.tsv", out / f"{stem}_qc.png",
-                               out / f"{stem}_seg.json"))
+                               out / f"{stem}_seg.json", root=out))
     return jobs
 
 
@@ -501,9 +504,12 @@ def method_label(backend: str, options: Mapping[str, Any]) -> str:
     return " ".join([backend, *changed])
 
 
-def _job_paths(job: SubjectJob) -> dict[str, Any]:
-    return {"id": job.id, "target": str(job.target), "labels": str(job.labels), "volumes": str(job.volumes),
-            "figure": str(job.figure), "record": str(job.record)}
+def _job_paths(job: SubjectJob, relative: bool = False) -> dict[str, Any]:
+    """The job's paths as given, or (``relative``) relative to its ``root`` as its record keeps them."""
+    def shown(path: Path) -> str:
+        return Path(os.path.relpath(path, job.root)).as_posix() if relative and job.root is not None else str(path)
+
+    return {"id": job.id, **{key: shown(getattr(job, key)) for key in ("target", "labels", "volumes", "figure", "record")}}
 
 
 def _finished_record(job: SubjectJob, digest: str) -> dict[str, Any] | None:
@@ -540,7 +546,7 @@ def segment_subject(job: SubjectJob, atlases: list[tuple[Volume, Volume]], setti
               "peak_rss_mb": round(_peak_rss_mb(), 1), "labels_found": len(rows),
               "total_mm3": round(sum(r["volume_mm3"] for r in rows), 3), "settings": settings.digest}
     with atomic_path(job.record) as tmp:
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.write_text(json.dumps({**record, **_job_paths(job, relative=True)}, indent=1) + "\n")
     return record
 
 

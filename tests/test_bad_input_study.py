@@ -133,8 +133,9 @@ def test_bids_rerun_with_other_settings_is_refused_unless_redo(capsys, files, bi
     refused(capsys, tmp_path, "made with other settings", *_bids(bids_dir, out, *_atlas(files), "-O", "metric=mse"))
     code, _, err = run(capsys, *_bids(bids_dir, out, *_atlas(files), "-O", "metric=mse", "--redo"))
     assert code == 0 and "1 segmented, 0 done before" in err, err
-    description = json.loads((out / "dataset_description.json").read_text())
-    assert description["GeneratedBy"][0]["BackendOptions"]["metric"] == "mse" and description["DatasetType"] == "derivative"
+    settings = json.loads((out / "atlasreg_settings.json").read_text())
+    assert settings["BackendOptions"]["metric"] == "mse"
+    assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == "derivative"
 
 
 # --- compare ------------------------------------------------------------------------------------------

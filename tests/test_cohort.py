@@ -67,33 +67,68 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
     return [dict(zip(header.split("\t"), line.split("\t"))) for line in lines]
 
 
-def test_bids_participant_writes_named_derivatives_and_group_table(bids_dir, atlas, tmp_path, capsys):
+def test_bids_derivatives_are_valid_and_every_page_lists_every_subject(bids_dir, atlas, tmp_path, capsys):
+    """Two partial runs (one participant each), then the group level: BIDS-valid outputs (pybids),
+    sidecars with Sources, a data dictionary, an index and reports of every subject (issue 19)."""
+    bids = pytest.importorskip("bids")
+    from bids_validator import BIDSValidator
+
     out = tmp_path / "derivatives" / "atlasreg"
-    code, _, err = run(capsys, "bids", bids_dir, out, "participant", "-a", *atlas, "-b", "affine")
-    assert code == 0, err
+    for label in ("01", "02"):
+        code, _, err = run(capsys, "bids", bids_dir, out, "participant", "--participant-label", label, "-a", *atlas, "-b", "affine")
+        assert code == 0, err
+    assert "2 segmented, 0 done before" in err, err
+    index = (out / "index.html").read_text()
+    ids = ["sub-01", "sub-02_ses-1", "sub-02_ses-2"]
+    assert all(f"<td>{i}<br>" in index for i in ids), index  # the second run kept the first one's subject
     stems = ["sub-01/anat/sub-01_desc-atlas", "sub-02/ses-1/anat/sub-02_ses-1_desc-atlas", "sub-02/ses-2/anat/sub-02_ses-2_desc-atlas"]
-    for stem in stems:
-        seg = out / f"{stem}_dseg.nii.gz"
-        assert atlasreg.load(seg, labels=True).affine.tolist() == AFFINE.tolist()
-        rows = read_tsv(out / f"{stem}_volumes.tsv")
-        assert {int(r["label"]): float(r["volume_mm3"]) for r in rows} == hand_volumes(seg)
-        assert json.loads((out / f"{stem}_dseg.json").read_text())["status"] == "ok"
-    assert sorted(p.name for p in (out / "sub-02" / "figures").iterdir()) == ["sub-02_ses-1_desc-atlas_dseg.png", "sub-02_ses-2_desc-atlas_dseg.png"]
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative" and description["BIDSVersion"]
     generated = description["GeneratedBy"][0]
-    assert generated["Name"] == "atlasreg" and generated["Version"] == atlasreg.__version__
-    assert generated["Backend"] == "affine" and generated["BackendOptions"]["rigid_iterations"] == [100, 30]
-    assert generated["Atlases"] == [[str(atlas[0].resolve()), str(atlas[1].resolve())]]
+    assert generated["Name"] == "atlasreg" and generated["Version"] == atlasreg.__version__ and "affine" in generated["Description"]
+    assert set(generated) <= {"Name", "Version", "Description", "CodeURL", "Container"}  # BIDS' keys only
+    assert description["SourceDatasets"] == [{"URL": "../../study"}] and description["DatasetLinks"] == {"raw": "../../study"}
+    settings = json.loads((out / "atlasreg_settings.json").read_text())  # the settings, out of the BIDS files
+    assert settings["Backend"] == "affine" and settings["BackendOptions"]["rigid_iterations"] == [100, 30]
+    assert settings["Atlases"] == [[str(atlas[0].resolve()), str(atlas[1].resolve())]]
+    for stem, source in zip(stems, ["sub-01/anat/sub-01_T1w.nii.gz", "sub-02/ses-1/anat/sub-02_ses-1_T1w.nii.gz",
+                                    "sub-02/ses-2/anat/sub-02_ses-2_T1w.nii.gz"]):
+        seg = out / f"{stem}_dseg.nii.gz"
+        assert atlasreg.load(seg, labels=True).affine.tolist() == AFFINE.tolist()
+        rows = read_tsv(out / f"{stem}_morph.tsv")
+        assert {int(r["label"]): float(r["volume_mm3"]) for r in rows} == hand_volumes(seg)
+        sidecar = json.loads((out / f"{stem}_dseg.json").read_text())
+        assert sidecar["Sources"] == [f"bids:raw:{source}"] and sidecar["Manual"] is False
+        assert (out / description["DatasetLinks"]["raw"] / source).is_file() and BIDSValidator().is_bids(f"/{source}")
+    record = json.loads((out / "logs" / "sub-02_ses-1_desc-atlas_record.json").read_text())
+    assert record["status"] == "ok" and record["labels"] == f"{stems[1]}_dseg.nii.gz"  # relative to the derivatives folder
+    assert sorted(p.name for p in (out / "sub-02" / "figures").iterdir()) == ["sub-02_ses-1_desc-atlas_dseg.png", "sub-02_ses-2_desc-atlas_dseg.png"]
     dseg = read_tsv(out / "desc-atlas_dseg.tsv")
     assert [(r["index"], r["name"], r["color"]) for r in dseg] == [(str(v), f"label-{v}", "n/a") for v in (1, 2, 3, 4)]
+    assert {"logs/", "*.html", "atlasreg_settings.json"} <= set((out / ".bidsignore").read_text().split())
+
+    layout = bids.BIDSLayout(out, validate=True, is_derivative=True)  # raises on a bad dataset_description
+    dsegs = layout.get(suffix="dseg", extension=".nii.gz")
+    assert sorted(f.path for f in dsegs) == sorted(str(out / f"{stem}_dseg.nii.gz") for stem in stems)
+    assert {f.entities["desc"] for f in dsegs} == {"atlas"} and dsegs[0].get_metadata()["Sources"][0].startswith("bids:raw:sub-")
+    morphs = layout.get(suffix="morph", extension=".tsv")
+    assert len(morphs) == 3 and morphs[0].get_metadata()["volume_mm3"]["Units"] == "mm^3"  # the dictionary, inherited
+
+    for page in ("index.html", "sub-01.html", "sub-02.html"):  # one unit: mm³ everywhere, as in the tables
+        text = (out / page).read_text()
+        assert "mm³" in text and " mL" not in text and atlasreg.__version__ in text and "rigid_iterations" in text, page
+    report = (out / "sub-02.html").read_text()
+    assert "sub-02_ses-1" in report and "sub-02_ses-2" in report and "sub-01_" not in report
+    assert report.count("class='swatch'") == 8 and "neurological convention" in report  # a legend of 4 labels per image
+    assert 'href=\'sub-02.html#sub-02_ses-1\'' in index
 
     code, _, err = run(capsys, "bids", bids_dir, out, "group")
     assert code == 0, err
-    table = read_tsv(out / "desc-atlas_volumes.tsv")
+    table = read_tsv(out / "desc-atlas_morph.tsv")
     assert sorted({(r["participant_id"], r["session_id"]) for r in table}) == [("sub-01", "n/a"), ("sub-02", "ses-1"), ("sub-02", "ses-2")]
     first = {int(r["label"]): float(r["volume_mm3"]) for r in table if r["session_id"] == "ses-2"}
     assert first == hand_volumes(out / f"{stems[2]}_dseg.nii.gz")
+    assert all(f"<td>{i}<br>" in (out / "index.html").read_text() for i in ids)
 
 
 def test_bids_selects_participants_and_sessions_and_refuses_bad_input(bids_dir, atlas, tmp_path, capsys):
