@@ -32,11 +32,10 @@ from atlasreg.registry import get_backend
 from atlasreg.train import TrainSettings, aligned, train
 from atlasreg.transform import Transform
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import header  # noqa: E402
+from common import HERE, WORK, command_line, header
 
-HERE = Path(__file__).parent
-DATA = HERE / "work" / "data"
+DATA = WORK / "data"
+CACHE = WORK / "affine-cache"  # shared with benchmarks/inference.py
 
 #: name -> (backend, config overrides); the four contrastive rows are the paper's Table 3
 VARIANTS: dict[str, tuple[str, dict]] = {
@@ -76,7 +75,7 @@ def data(n: int, kind: str) -> Path:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--variants", default="all,recon,recon+smooth,recon+contrast,all-kl-eq6,voxelmorph", show_default=True)
 @click.option("--targets", default="8,9,10", show_default=True)
-@click.option("--work", default=str(HERE / "work" / "ablation"), show_default=True)
+@click.option("--work", default=str(WORK / "ablation"), show_default=True)
 @click.option("--evaluate-only", is_flag=True, help="Score the models already in --work.")
 @click.option("-o", "--output", default=None, help="Markdown table (also written as JSON beside it).")
 def main(steps: int, budget_seconds: float, batch_size: int, lr: float, device: str, variants: str, targets: str, work: str,
@@ -84,29 +83,24 @@ def main(steps: int, budget_seconds: float, batch_size: int, lr: float, device: 
     device = pick_device(device)
     work_dir = Path(work)
     work_dir.mkdir(parents=True, exist_ok=True)
-    cache = HERE / "work" / "affine-cache"  # shared with benchmarks/inference.py
     names = [v.strip() for v in variants.split(",")]
     atlas = (data(1, "t1"), data(1, "seg"))
     images = [data(n, "t1") for n in range(2, 8)]
     trained: dict[str, dict] = {}
     for name in names:
-        backend, config = VARIANTS[name]
         model = work_dir / f"{name}.pt"
         if not evaluate_only:
             model.unlink(missing_ok=True)
-            log = work_dir / f"{name}.pt.log.jsonl"
-            log.unlink(missing_ok=True)
+            (work_dir / f"{name}.pt.log.jsonl").unlink(missing_ok=True)
             by_time = budget_seconds > 0 and not trained
-            settings = TrainSettings(images=images, atlas=atlas, output=model, steps=10**9 if by_time else steps,
-                                     max_minutes=budget_seconds / 60 if by_time else 0.0, batch_size=batch_size, lr=lr,
-                                     lr_floor=1.0, seed=0, device=device, cache_dir=cache, progress=False, config=config)
             start = time.perf_counter()
-            train(backend, settings)
+            train(VARIANTS[name][0], train_settings(name, work_dir, atlas, images, steps, budget_seconds if by_time else 0.0,
+                                                    batch_size, lr, device))
             print(f"{name}: trained in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         trained[name] = _training_record(work_dir / f"{name}.pt.log.jsonl")
         steps = trained[name]["steps"] if budget_seconds > 0 and len(trained) == 1 else steps
-    scores = evaluate(names, work_dir, atlas, [int(n) for n in targets.split(",")], cache, device)
-    command = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
+    scores = evaluate(names, work_dir, atlas, [int(n) for n in targets.split(",")], CACHE, device)
+    command = command_line()
     result = {"command": command, "device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
               "torch": torch.__version__, "steps": steps, "batch_size": batch_size, "lr": lr, "training": trained, "dice": scores}
     text = report(result, header(command))
@@ -114,6 +108,24 @@ def main(steps: int, budget_seconds: float, batch_size: int, lr: float, device: 
     if output:
         Path(output).write_text(text)
         Path(output).with_suffix(".json").write_text(json.dumps(result, indent=1))
+
+
+def train_settings(name: str, work_dir: Path, atlas: tuple[Path, Path], images: list[Path], steps: int, budget_seconds: float,
+                   batch_size: int, lr: float, device: str) -> TrainSettings:
+    """How variant ``name`` is trained: ``steps`` steps, or as many as ``budget_seconds`` allow (> 0),
+    at the constant learning rate ``lr`` (lr_floor 1); its config checked by its backend."""
+    backend, config = VARIANTS[name]
+    get_backend(backend).config(config)
+    return TrainSettings(images=images, atlas=atlas, output=work_dir / f"{name}.pt", steps=10**9 if budget_seconds > 0 else steps,
+                         max_minutes=budget_seconds / 60, batch_size=batch_size, lr=lr, lr_floor=1.0, seed=0, device=device,
+                         cache_dir=CACHE, progress=False, config=config)
+
+
+def settings(steps: int, budget_seconds: float, batch_size: int, lr: float, device: str, variants: str, work: str, **_: object) -> list:
+    """The TrainSettings of every variant asked for, without training (the atlas and images need not exist yet)."""
+    atlas, images = (DATA / "subject01_t1.nii.gz", DATA / "subject01_seg.nii.gz"), [DATA / f"subject{n:02d}_t1.nii.gz" for n in range(2, 8)]
+    return [train_settings(name.strip(), Path(work), atlas, images, steps, budget_seconds, batch_size, lr, device)
+            for name in variants.split(",")]
 
 
 def _training_record(log: Path) -> dict:

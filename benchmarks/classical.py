@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from statistics import mean
 
 import click
@@ -22,16 +21,8 @@ import atlasreg
 from atlasreg.metrics import folding_percent
 from atlasreg.registry import get_backend, get_fusion
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import header  # noqa: E402
-from shared_maps import subject  # noqa: E402
-
-BACKENDS = [
-    ("affine", "affine", {}),
-    ("simpleitk", "simpleitk", {}),
-    ("ants fast", "ants", {"preset": "fast"}),
-    ("ants quality", "ants", {"preset": "quality"}),
-]
+from common import CLASSICAL, check_methods, command_line, header, publish
+from shared_maps import subject
 
 
 def parse_pairs(text: str) -> list[tuple[int, int]]:
@@ -46,16 +37,16 @@ def parse_pairs(text: str) -> list[tuple[int, int]]:
 @click.option("--fusion-backend", default="simpleitk", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the markdown here.")
 def main(pairs: str, quality: bool, fusion_atlases: str, fusion_target: int, fusion_backend: str, output: str | None) -> None:
-    command = "python benchmarks/classical.py " + " ".join(sys.argv[1:])
-    backends = [b for b in BACKENDS if quality or b[0] != "ants quality"]
-    rows: dict[str, list[tuple[float, float, float]]] = {label: [] for label, _, _ in backends}
-    lines = [header(command), "", "| atlas → target | " + " | ".join(f"{b[0]} Dice / s" for b in backends) + " |",
+    plan = settings(pairs, quality, fusion_atlases, fusion_target, fusion_backend, output)
+    backends = plan["backends"]
+    rows: dict[str, list[tuple[float, float, float]]] = {label: [] for label in backends}
+    lines = [header(command_line()), "", "| atlas → target | " + " | ".join(f"{label} Dice / s" for label in backends) + " |",
              "|---|" + "---|" * len(backends)]
-    for atlas_n, target_n in parse_pairs(pairs):
+    for atlas_n, target_n in plan["pairs"]:
         atlas_img, atlas_lab = subject(atlas_n)
         target_img, target_lab = subject(target_n)
         cells = []
-        for label, name, options in backends:
+        for label, (name, options) in backends.items():
             start = time.perf_counter()
             transform = atlasreg.register(atlas_img, target_img, backend=name, options=options)
             seconds = time.perf_counter() - start
@@ -74,17 +65,19 @@ def main(pairs: str, quality: bool, fusion_atlases: str, fusion_target: int, fus
         sd = np.std([v[0] for v in values])
         lines.append(f"| {label} | {d:.3f} ± {sd:.3f} | {s:.1f} | {s / reference:.2f} | {f:.3f} |")
 
-    lines += ["", fusion_section(fusion_atlases, fusion_target, fusion_backend)]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(text)
+    lines += ["", fusion_section(plan["fusion_atlases"], fusion_target, fusion_backend)]
+    publish(lines, output)
 
 
-def fusion_section(atlases_text: str, target_n: int, backend: str) -> str:
+def settings(pairs: str, quality: bool, fusion_atlases: str, fusion_target: int, fusion_backend: str, output: str | None) -> dict:
+    """What a run would do, its methods checked against what the plugins declare."""
+    backends = {label: method for label, method in CLASSICAL.items() if quality or label != "ants quality"}
+    check_methods({**backends, "fusion backend": (fusion_backend, {})})
+    return {"pairs": parse_pairs(pairs), "backends": backends, "fusion_atlases": [int(v) for v in fusion_atlases.split(",")]}
+
+
+def fusion_section(numbers: list[int], target_n: int, backend: str) -> str:
     """Single-atlas Dice of each atlas, then each fusion method's Dice, all on one target."""
-    numbers = [int(v) for v in atlases_text.split(",")]
     atlases = [subject(n) for n in numbers]
     target_img, target_lab = subject(target_n)
     # register once; every fusion method sees the same warped atlases

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import click
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
+from common import RESULTS, WORK, header, subject_files
 
 BACKENDS = {"affine": ["-b", "affine"], "ants fast": ["-b", "ants", "-O", "preset=fast"]}
 MODES = {"--jobs 1": ["--jobs", "1"], "--jobs 2": ["--jobs", "2"], "Dask LocalCluster, 2 workers": ["--dask", "--jobs", "2"]}
@@ -34,21 +33,14 @@ MODES = {"--jobs 1": ["--jobs", "1"], "--jobs 2": ["--jobs", "2"], "Dask LocalCl
 
 def study(work: Path, numbers: list[int]) -> tuple[Path, Path, Path]:
     """(atlas image, atlas labels, folder of target images), written once."""
-    import atlasreg
-    from shared_maps import subject
-
-    data, targets = work / "data", work / f"targets-{numbers[0]:02d}-{numbers[-1]:02d}"
+    targets = work / f"targets-{numbers[0]:02d}-{numbers[-1]:02d}"
     targets.mkdir(parents=True, exist_ok=True)
-    data.mkdir(parents=True, exist_ok=True)
-    for n in [1, *numbers]:
-        image, labels = data / f"subject{n:02d}_t1.nii.gz", data / f"subject{n:02d}_seg.nii.gz"
-        if not image.exists():
-            volume, label_map = subject(n)
-            atlasreg.save(volume, image)
-            atlasreg.save(label_map, labels)
+    atlas = subject_files(1, work / "data")
+    for n in numbers:
+        image, _ = subject_files(n, work / "data")
         if n != 1 and not (targets / image.name).exists():
             shutil.copy(image, targets / image.name)
-    return data / "subject01_t1.nii.gz", data / "subject01_seg.nii.gz", targets
+    return *atlas, targets
 
 
 def run(atlas: tuple[Path, Path], targets: Path, out: Path, args: list[str]) -> dict:
@@ -80,12 +72,10 @@ def _mean(results: list[dict]) -> dict:
 
 @click.command()
 @click.option("--targets", "span", default="2-7", show_default=True, help="Target subjects FIRST-LAST.")
-@click.option("--work", type=click.Path(path_type=Path), default=HERE / "work" / "cohort", show_default=True)
+@click.option("--work", type=click.Path(path_type=Path), default=WORK / "cohort", show_default=True)
 @click.option("--repeats", type=int, default=1, show_default=True, help="Rounds over every configuration.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=HERE / "results" / "cohort.md", show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=RESULTS / "cohort.md", show_default=True)
 def main(span: str, work: Path, repeats: int, output: Path) -> None:
-    from machine import header
-
     first, last = map(int, span.split("-"))
     numbers = list(range(first, last + 1))
     image, labels, targets = study(work, numbers)

@@ -18,14 +18,12 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import click
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
+from common import CLASSICAL, RESULTS, publish
 
-METHODS = {"affine": ("affine", {}), "simpleitk": ("simpleitk", {}), "ants fast": ("ants", {"preset": "fast"})}
+METHODS = {label: CLASSICAL[label] for label in ("affine", "simpleitk", "ants fast")}
 
 
 def measure(threads: int, repeats: int) -> dict:
@@ -54,7 +52,7 @@ def measure(threads: int, repeats: int) -> dict:
 
 @click.command()
 @click.option("--repeats", default=3, show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=str(HERE / "results" / "determinism.md"), show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=str(RESULTS / "determinism.md"), show_default=True)
 @click.option("--child", type=int, hidden=True)
 def main(repeats: int, output: str, child: int | None) -> None:
     if child is not None:
@@ -74,10 +72,7 @@ def main(repeats: int, output: str, child: int | None) -> None:
         one, two = results[1][label], results[2][label]
         lines.append(f"| {label} | {one['seconds']:.1f} | {one['distinct']} | {two['seconds']:.1f} | {two['distinct']} | "
                      f"{one['seconds'] / two['seconds']:.2f} |")
-    table = "\n".join(lines)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    Path(output).write_text(table + "\n")
-    click.echo(table)
+    publish(lines, output)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,9 @@
 # nibabel travels as a wheel in .whl/, the shared-map images and their cached affine matrices in
 # benchmarks/work/ (SimpleITK is not needed while the cache holds every pair).
 #   carry: .whl benchmarks/work/data benchmarks/work/affine-cache atlasreg.egg-info
-set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:?set OUT}
-BUDGET=${BUDGET:-35}
+#   run there:  OUT=... [BUDGET=35] bash benchmarks/device.sh
 source benchmarks/device_env.sh
+BUDGET=${BUDGET:-35}
 python3 benchmarks/ablation.py --device cuda --budget-seconds "$BUDGET" --work "$OUT/ablation" \
     -o "$OUT/ablation.md" 2>&1 | tee "$OUT/ablation.log"
 python3 benchmarks/inference.py --device cuda --repeats 5 --model contrastive="$OUT/ablation/all.pt" \

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 from statistics import mean
 
 import click
 
-HERE = Path(__file__).parent
-WORK = HERE / "work" / "engine"
+from common import HERE, WORK as WORK_ROOT, check_methods, command_line, header, peak_rss_gib, publish, subject_files
+
+WORK = WORK_ROOT / "engine"
 HELD_OUT = (8, 9, 10)
 
 #: (row label, backend, options); None: the SimpleITK affine stage called directly (not a backend)
@@ -92,9 +91,7 @@ def run_fireants(python: str, threads: int, pairs: list[tuple[int, int]], done: 
     jobs = []
     for a, t in todo:
         for n in (a, t):
-            image, labels = subjects(n)
-            atlasreg.save(image, folder / f"subject{n:02d}_t1.nii.gz")
-            atlasreg.save(labels, folder / f"subject{n:02d}_seg.nii.gz")
+            subject_files(n, folder)
         jobs.append({"moving": str(folder / f"subject{a:02d}_t1.nii.gz"), "moving_seg": str(folder / f"subject{a:02d}_seg.nii.gz"),
                      "fixed": str(folder / f"subject{t:02d}_t1.nii.gz"), "output": str(folder / f"warped_{a:02d}_{t:02d}.nii.gz")})
     (folder / "jobs.json").write_text(json.dumps(jobs))
@@ -120,7 +117,7 @@ def one_mm_child(spacing: float) -> None:
     transform = atlasreg.register(moving, fixed, backend="svf", options={"spacing": spacing})
     seconds = time.perf_counter() - start
     dice, folding = score(transform.warp_labels(moving_labels), fixed_labels, transform)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    rss = peak_rss_gib()
     print(json.dumps({"spacing": spacing, "seconds": seconds, "dice": dice, "folding": folding, "max_rss_gib": rss, "shape": list(fixed.shape)}))
 
 
@@ -167,16 +164,15 @@ def main(pairs: str, threads: int, fireants_python: str, one_mm: bool, run: bool
     import torch
 
     torch.set_num_threads(threads)
-    sys.path.insert(0, str(HERE))
     from functools import lru_cache
 
-    from machine import header
     from shared_maps import subject
 
     if child is not None:
         one_mm_child(child)
         return
-    started = header("python benchmarks/engine.py " + " ".join(sys.argv[1:]))  # the commit measured, not the one at the end
+    settings()
+    started = header(command_line())  # the commit measured, not the one at the end
     subjects = lru_cache(maxsize=None)(subject)
     pair_list = [tuple(int(v) for v in p.split(":")) for p in pairs.split(",")]
     done = {(r["pair"], r["method"]) for r in load_results()}
@@ -208,11 +204,12 @@ def main(pairs: str, threads: int, fireants_python: str, one_mm: bool, run: bool
             proc = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--child", str(spacing)], capture_output=True, text=True, check=True)
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             lines.append(f"| {spacing} mm | {'×'.join(map(str, r['shape']))} | {r['seconds']:.1f} | {r['dice']:.3f} | {r['folding']:.4f} | {r['max_rss_gib']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(text)
+    publish(lines, output)
+
+
+def settings(**_: object) -> None:
+    """Check the methods against what the plugins declare (a renamed backend or option fails here)."""
+    check_methods({label: (backend, options) for label, backend, options in METHODS})
 
 
 if __name__ == "__main__":

@@ -23,10 +23,9 @@ from statistics import mean, median
 
 import click
 
-HERE = Path(__file__).parent
-DATA = HERE / "work" / "data"
-sys.path.insert(0, str(HERE))
-from machine import header, publish  # noqa: E402
+from common import WORK, header, publish
+
+DATA = WORK / "data"
 
 
 def _seconds(fn, device: str, repeats: int):

@@ -9,13 +9,6 @@
 #                      and a nibabel wheel in .whl/ (see /work/.library/device/README.md)
 # Run there:           OUT=... bash benchmarks/gpu.sh
 #   carry: .whl benchmarks/work/data atlasreg.egg-info
-set -uo pipefail
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
-    exit 0
-fi
-export PYTHONUNBUFFERED=1
-OUT=${OUT:?set OUT}
 source benchmarks/device_env.sh
 DATA=benchmarks/work/data
 mkdir -p /tmp/gpu-targets && cp "$DATA"/subject*_t1.nii.gz /tmp/gpu-targets/ || exit 1

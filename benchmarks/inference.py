@@ -17,7 +17,6 @@ allocation.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -33,9 +32,8 @@ from atlasreg.registry import get_backend
 from atlasreg.spatial import resample_to_spacing
 from atlasreg.train import aligned
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ablation import data  # noqa: E402
-from machine import header  # noqa: E402
+from ablation import data
+from common import command_line, header, peak_rss_gib
 
 
 def _sync(device: str) -> None:
@@ -107,10 +105,10 @@ def main(models: tuple[str, ...], device: str, repeats: int, optimize_steps: int
     start = time.perf_counter()
     atlasreg.register(atlasreg.load(atlas_image), target_2mm, backend="affine")
     affine_s = time.perf_counter() - start
-    command = "python benchmarks/inference.py " + " ".join(sys.argv[1:])
+    command = command_line()
     result = {"command": command, "device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
               "torch": torch.__version__, "threads": torch.get_num_threads(), "affine_s": affine_s, "rows": rows,
-              "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+              "peak_rss_gib": peak_rss_gib()}
     text = report(result, header(command))
     print(text)
     if output:

@@ -10,7 +10,6 @@ Run against another checkout by setting PYTHONPATH to its atlasreg and plugins f
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -18,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import click
 
 
 def make_pair(labels: Path, folder: Path) -> tuple[Path, Path]:
@@ -66,17 +67,16 @@ def registration_seconds(moving: Path, fixed: Path) -> tuple[float, float]:
     return forked, time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labels", type=Path, required=True, help="folder with subject01/02.nii.gz label maps")
-    parser.add_argument("--wait", type=float, default=5.0, help="seconds into the registration before SIGINT")
-    parser.add_argument("--no-overhead", action="store_true", help="only the interrupt (e.g. against an older checkout)")
-    args = parser.parse_args()
+@click.command(help=__doc__.splitlines()[0])
+@click.option("--labels", type=click.Path(path_type=Path), required=True, help="folder with subject01/02.nii.gz label maps")
+@click.option("--wait", type=float, default=5.0, show_default=True, help="seconds into the registration before SIGINT")
+@click.option("--no-overhead", is_flag=True, help="only the interrupt (e.g. against an older checkout)")
+def main(labels: Path, wait: float, no_overhead: bool) -> None:
     folder = Path(tempfile.mkdtemp(prefix="atlasreg-interrupt-"))
-    moving, fixed = make_pair(args.labels, folder)
-    seconds, code, err = interrupt_seconds(moving, fixed, folder, args.wait)
+    moving, fixed = make_pair(labels, folder)
+    seconds, code, err = interrupt_seconds(moving, fixed, folder, wait)
     print(f"SIGINT -> exit: {seconds:.1f} s (exit {code}, stderr {err[-80:]!r})")
-    if not args.no_overhead:
+    if not no_overhead:
         forked, in_process = registration_seconds(moving, fixed)
         print(f"ants fast, one 2 mm pair: {forked:.1f} s in a child, {in_process:.1f} s in-process ({forked / in_process:.2f}x)")
 

@@ -12,10 +12,8 @@ Peak memory is the process's peak RSS (torch, data and all) at the end of the ru
 
 from __future__ import annotations
 
-import resource
 import sys
 import time
-from pathlib import Path
 from statistics import mean
 
 import click
@@ -26,9 +24,8 @@ from atlasreg.engine.grid import align_pair, pick_device
 from atlasreg.metrics import folding_percent
 from atlasreg.registry import get_backend
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import header  # noqa: E402
-from shared_maps import subject  # noqa: E402
+from common import command_line, header, peak_rss_gib, publish
+from shared_maps import subject
 
 
 @click.command()
@@ -73,7 +70,7 @@ def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int,
                 print(f"{atlas:02d}->{n:02d} {label:<40} Dice {score:.3f} {seconds:6.2f} s", file=sys.stderr)
     base = mean(d for d, _ in rows["affine"])
     ants_s = mean(s for _, s in rows["ants fast"])
-    command = "python benchmarks/learned.py " + " ".join(sys.argv[1:])
+    command = command_line()
     lines = [header(command), f"- device: {device}, torch {torch.__version__}, {torch.get_num_threads()} threads", "",
              f"Atlas {atlas:02d} → targets {', '.join(f'{n:02d}' for n in numbers)}, mean Dice over the 28 aseg structures.",
              "Seconds: affine and ANTs = whole registration; learned rows = network (+ instance optimisation) + warp of the atlas labels, "
@@ -83,12 +80,9 @@ def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int,
         d, s = mean(v[0] for v in values), mean(v[1] for v in values)
         fold = f"{mean(folding[label]):.3f}" if label in folding else "–"
         lines.append(f"| {label} | {d:.3f} | {d - base:+.3f} | {s:.2f} | {s / ants_s:.2f} | {fold} |")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    peak = peak_rss_gib()
     lines += ["", f"Peak RSS of the whole benchmark process: {peak:.2f} GiB."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if output:
-        Path(output).write_text(text)
+    publish(lines, output)
 
 
 def _dice(transform, atlas_labels, target_labels) -> float:

@@ -15,24 +15,21 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import click
 
-sys.path.insert(0, str(Path(__file__).parent))
-from ablation import DATA, data  # noqa: E402
-from machine import header  # noqa: E402
+from ablation import DATA, data
+from common import WORK, command_line, header
 
-HERE = Path(__file__).parent
 
 
 @click.command()
-@click.option("--contrastive", default=str(HERE / "work" / "gpu" / "all.pt"), show_default=True)
-@click.option("--voxelmorph", default=str(HERE / "work" / "gpu" / "voxelmorph.pt"), show_default=True)
+@click.option("--contrastive", default=str(WORK / "gpu" / "all.pt"), show_default=True)
+@click.option("--voxelmorph", default=str(WORK / "gpu" / "voxelmorph.pt"), show_default=True)
 @click.option("--targets", default="8,9,10", show_default=True)
 @click.option("--optimize-steps", default=20, show_default=True)
-@click.option("--report", default=str(HERE / "work" / "proxy"), show_default=True)
+@click.option("--report", default=str(WORK / "proxy"), show_default=True)
 @click.option("-o", "--output", default=None)
 def main(contrastive: str, voxelmorph: str, targets: str, optimize_steps: int, report: str, output: str | None) -> None:
     numbers = [int(n) for n in targets.split(",")]
@@ -48,7 +45,7 @@ def main(contrastive: str, voxelmorph: str, targets: str, optimize_steps: int, r
                "--model", f"contrastive={contrastive}", "-o", report]
     subprocess.run(command, check=True)
     summary = (Path(report) / "summary.md").read_text()
-    text = header("python benchmarks/proxy.py " + " ".join(sys.argv[1:])) + "\n- compare command: `" + " ".join(command) + "`\n\n" + summary
+    text = header(command_line()) + "\n- compare command: `" + " ".join(command) + "`\n\n" + summary
     print(text)
     if output:
         Path(output).write_text(text)

@@ -24,17 +24,16 @@ that are not the synthesizer's, jittered per subject), and its own corruption mo
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+import click
 import numpy as np
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).parent))
-import atlasreg  # noqa: E402
-from atlasreg.spatial import resample  # noqa: E402
-from atlasreg.volume import Volume  # noqa: E402
-from shared_maps import labels_of, stripped_labels  # noqa: E402
+import atlasreg
+from atlasreg.spatial import resample
+from atlasreg.volume import Volume
+from shared_maps import labels_of, stripped_labels
 
 CONTRASTS = ("t1", "t2", "pd", "flair")
 SEED_BASE = 7919  # images of subject n draw from default_rng([SEED_BASE, n]): never the synthesizer's seed n
@@ -148,17 +147,18 @@ def _half_voxel(affine: np.ndarray) -> np.ndarray:
     return shift
 
 
-if __name__ == "__main__":
-    import argparse
+@click.command(help="Write second-renderer images of shared subjects: subjectNN_<contrast>_r2.nii.gz and subjectNN_seg.nii.gz.")
+@click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("numbers", type=int, nargs=-1, required=True)
+@click.option("--contrast", type=click.Choice(CONTRASTS), default="t1", show_default=True)
+def main(outdir: Path, numbers: tuple[int, ...], contrast: str) -> None:
+    outdir.mkdir(parents=True, exist_ok=True)
+    for number in numbers:
+        image, labels = subject(number, contrast)
+        atlasreg.save(image, outdir / f"subject{number:02d}_{contrast}_r2.nii.gz")
+        atlasreg.save(labels, outdir / f"subject{number:02d}_seg.nii.gz")
+        print(outdir / f"subject{number:02d}_{contrast}_r2.nii.gz")
 
-    parser = argparse.ArgumentParser(description="Write second-renderer images of shared subjects: subjectNN_<contrast>_r2.nii.gz and subjectNN_seg.nii.gz.")
-    parser.add_argument("outdir", type=Path)
-    parser.add_argument("numbers", type=int, nargs="+")
-    parser.add_argument("--contrast", choices=CONTRASTS, default="t1")
-    args = parser.parse_args()
-    args.outdir.mkdir(parents=True, exist_ok=True)
-    for number in args.numbers:
-        image, labels = subject(number, args.contrast)
-        atlasreg.save(image, args.outdir / f"subject{number:02d}_{args.contrast}_r2.nii.gz")
-        atlasreg.save(labels, args.outdir / f"subject{number:02d}_seg.nii.gz")
-        print(args.outdir / f"subject{number:02d}_{args.contrast}_r2.nii.gz")
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+import click
 import numpy as np
 
 import atlasreg
@@ -64,12 +65,16 @@ def target(number: int, contrast: str = "t1", renderer: str = "synth") -> tuple[
     return image, labels
 
 
+@click.command()
+@click.argument("outdir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("numbers", type=int, nargs=-1, required=True)
+def main(outdir: Path, numbers: tuple[int, ...]) -> None:
+    """Write subjectNN_t1.nii.gz / subjectNN_seg.nii.gz of the shared subjects NUMBERS (2 mm) into OUTDIR."""
+    from common import subject_files
+
+    for n in numbers:
+        print(*subject_files(n, outdir))
+
+
 if __name__ == "__main__":
-    # python benchmarks/shared_maps.py OUTDIR N [N ...]: write subjectNN_t1.nii.gz / subjectNN_seg.nii.gz
-    out = Path(sys.argv[1])
-    out.mkdir(parents=True, exist_ok=True)
-    for n in map(int, sys.argv[2:]):
-        image, labels = subject(n)
-        atlasreg.save(image, out / f"subject{n:02d}_t1.nii.gz")
-        atlasreg.save(labels, out / f"subject{n:02d}_seg.nii.gz")
-        print(out / f"subject{n:02d}_t1.nii.gz", out / f"subject{n:02d}_seg.nii.gz")
+    main()

@@ -28,9 +28,8 @@ from atlasreg.engine.grid import align_pair
 from atlasreg.models import resolve
 from atlasreg.registry import get_backend
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import header  # noqa: E402
-from shared_maps import RENDERERS, TARGET_CONTRASTS, subject, target  # noqa: E402
+from common import command_line, header, publish
+from shared_maps import RENDERERS, TARGET_CONTRASTS, subject, target
 
 
 @click.command()
@@ -54,7 +53,7 @@ def main(targets: str, atlas: int, contrasts: str, atlas_contrast: str, renderer
         model = resolve(name, chosen.get(name, ""))
         networks[name] = (backend, model, *backend.load_network(model, "cpu"))
     numbers = [int(n) for n in targets.split(",")]
-    command = "python benchmarks/shipped.py " + " ".join(sys.argv[1:])
+    command = command_line()
     lines = [header(command), f"- torch {torch.__version__}, {torch.get_num_threads()} threads; models: "
              + ", ".join(f"{n} = {Path(v[1]).name}" for n, v in networks.items()), ""]
     for contrast in contrasts.split(","):
@@ -86,10 +85,7 @@ def main(targets: str, atlas: int, contrasts: str, atlas_contrast: str, renderer
             each = " / ".join(f"{v[0]:.3f}" for v in values)
             lines.append(f"| {label} | {d:.3f} | {each} | {d - base:+.3f} | {s:.2f} | {s / ants_s:.2f} |")
         lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    if output:
-        Path(output).write_text(text)
+    publish(lines, output)
 
 
 def _add(rows, label, transform, atlas_labels, target_labels, start, number, contrast) -> None:

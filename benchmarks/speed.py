@@ -15,7 +15,6 @@ ANTs `quality` at 1 mm is left out (about half an hour per pair here).
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -23,32 +22,14 @@ from pathlib import Path
 
 import click
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
+from common import CLASSICAL, LEARNED, WORK, command_line, header, peak_rss_gib, publish, subject_files
 
-METHODS = {
-    "affine": ("affine", {}),
-    "simpleitk": ("simpleitk", {}),
-    "ants fast": ("ants", {"preset": "fast"}),
-    "ants quality": ("ants", {"preset": "quality"}),
-    "voxelmorph": ("voxelmorph", {}),
-    "contrastive": ("contrastive", {}),
-}
+METHODS = {**CLASSICAL, **LEARNED}
 
 
 def files(n: int, spacing: float) -> tuple[Path, Path]:
     """(image, labels) of subject n at spacing mm, written once."""
-    folder = HERE / "work" / ("data" if spacing == 2.0 else f"data{spacing:g}mm")
-    image, labels = folder / f"subject{n:02d}_t1.nii.gz", folder / f"subject{n:02d}_seg.nii.gz"
-    if not image.exists():
-        import atlasreg
-        from shared_maps import subject
-
-        folder.mkdir(parents=True, exist_ok=True)
-        volume, label_map = subject(n, spacing)
-        atlasreg.save(volume, image)
-        atlasreg.save(label_map, labels)
-    return image, labels
+    return subject_files(n, WORK / ("data" if spacing == 2.0 else f"data{spacing:g}mm"), spacing)
 
 
 def measure(method: str, spacing: float, targets: list[int], models: dict[str, str]) -> dict:
@@ -62,7 +43,7 @@ def measure(method: str, spacing: float, targets: list[int], models: dict[str, s
     from atlasreg.registry import get_backend
 
     get_backend(backend)  # plugin imports (ANTs, SimpleITK, torch) happen here, outside the timing
-    rss_before = _peak_rss_gib()
+    rss_before = peak_rss_gib()
     seconds, dice = [], []
     for image, truth in loaded:
         start = time.perf_counter()
@@ -70,15 +51,7 @@ def measure(method: str, spacing: float, targets: list[int], models: dict[str, s
         seconds.append(time.perf_counter() - start)
         dice.append(atlasreg.evaluate(warped, truth, "aseg")["mean_dice"])
     return {"seconds": seconds, "dice": dice, "rss_before_gib": rss_before,
-            "peak_rss_gib": _peak_rss_gib()}
-
-
-def _peak_rss_gib() -> float:
-    """This process's own peak RSS (VmHWM): ru_maxrss would carry over the parent's peak across fork + exec."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            "peak_rss_gib": peak_rss_gib()}
 
 
 def child(method: str, spacing: float, targets: list[int], models: dict[str, str]) -> dict:
@@ -90,8 +63,8 @@ def child(method: str, spacing: float, targets: list[int], models: dict[str, str
 
 
 @click.command()
-@click.option("--contrastive", default=str(HERE / "work" / "gpu" / "all.pt"), show_default=True)
-@click.option("--voxelmorph", default=str(HERE / "work" / "gpu" / "voxelmorph.pt"), show_default=True)
+@click.option("--contrastive", default=str(WORK / "gpu" / "all.pt"), show_default=True)
+@click.option("--voxelmorph", default=str(WORK / "gpu" / "voxelmorph.pt"), show_default=True)
 @click.option("--child", "child_args", hidden=True)
 @click.option("-o", "--output", default=None)
 def main(contrastive: str, voxelmorph: str, child_args: str | None, output: str | None) -> None:
@@ -99,8 +72,6 @@ def main(contrastive: str, voxelmorph: str, child_args: str | None, output: str 
         print(json.dumps(measure(*json.loads(child_args))))
         return
     import torch
-
-    from machine import header
 
     models = {"contrastive": contrastive, "voxelmorph": voxelmorph}
     for spacing in (2.0, 1.0):
@@ -116,8 +87,7 @@ def main(contrastive: str, voxelmorph: str, child_args: str | None, output: str 
             single[method, spacing] = child(method, spacing, [8], models)
             print(method, spacing, single[method, spacing], file=sys.stderr)
     batch = {method: child(method, 2.0, [8, 9, 10], models) for method in METHODS if method != "ants quality"}
-    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
-    lines = [header(command), f"- torch {torch.__version__}, {torch.get_num_threads()} threads; learned backends on the CPU", "",
+    lines = [header(command_line()), f"- torch {torch.__version__}, {torch.get_num_threads()} threads; learned backends on the CPU", "",
              "Atlas 01 → target 08. s = `register` + label warp in a fresh process after plugin imports (first call: model "
              "loading and, for learned backends, the affine stage included); × = ratio to ANTs fast at the same resolution, "
              "same run. Peak RSS: the process's own peak (VmHWM), imports and data included.", "",
@@ -135,10 +105,7 @@ def main(contrastive: str, voxelmorph: str, child_args: str | None, output: str 
     for method, r in batch.items():
         per_minute = 60 * len(r["seconds"]) / sum(r["seconds"])
         lines.append(f"| {method} | {', '.join(f'{s:.1f}' for s in r['seconds'])} | {per_minute:.1f} | {sum(r['dice']) / len(r['dice']):.3f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if output:
-        Path(output).write_text(text)
+    publish(lines, output)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,8 @@ from atlasreg.registry import get_backend
 from atlasreg.synth_pairs import SynthPairs, pair_seed
 from atlasreg.train import SynthSource, TrainSettings, train
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import header, publish  # noqa: E402
+from common import HERE, command_line, header, publish
 
-HERE = Path(__file__).resolve().parent
 DEFAULT_MAPS = str(HERE.parents[1] / "shared" / "data" / "labelmaps" / "subject0[12].nii.gz")
 
 
@@ -111,7 +109,7 @@ def main(backends, batches, device, threads, steps, maps, configs, prefetch, wor
             row = _run(backend, batch, steps, device, paths, overrides.get(backend, {}), prefetch, root / "runs")
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
-    command = "python benchmarks/train_speed.py " + " ".join(sys.argv[1:])
+    command = command_line()
     load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
     lines = [header(command), f"- torch {torch.__version__}, device {device}, {threads} threads, prefetch {prefetch}, "
              f"load average before the last row (1/5/15 min) {load}; maps: {', '.join(p.name for p in paths)}", "",

@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from statistics import mean
 
 import click
@@ -30,8 +29,7 @@ import torch
 
 import atlasreg
 
-sys.path.insert(0, str(Path(__file__).parent))
-from shared_maps import RENDERERS, TARGET_CONTRASTS, target  # noqa: E402
+from shared_maps import RENDERERS, TARGET_CONTRASTS, target
 
 
 def affine(settings: dict, atlas, target, model: str):
