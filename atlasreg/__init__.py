@@ -3,14 +3,13 @@
     import atlasreg
     labels = atlasreg.segment("scan.nii.gz", [("atlas.nii.gz", "atlas_seg.nii.gz")], backend="ants")
     atlasreg.save(labels, "scan_seg.nii.gz")
-    print(atlasreg.evaluate(labels, atlasreg.load("truth.nii.gz", labels=True))["mean_dice"])
+    print(atlasreg.evaluate(labels, "truth.nii.gz")["mean_dice"])
 """
 
 from ._version import __version__
 from .errors import AtlasregError
 from .io import load, save
-from .metrics import evaluate
-from .pipeline import apply, register, segment, segment_many
+from .pipeline import apply, evaluate, register, segment, segment_many
 from .registry import backend_infos as backends, fusion_infos as fusions
 from .transform import Transform
 from .volume import Volume

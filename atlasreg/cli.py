@@ -17,8 +17,10 @@ from .cli_options import (atlas_options, backend_options, bids_options, compare_
                           volumes_options)
 from .errors import AtlasregError
 from .io import available_memory, check_output, save
-from .metrics import evaluate as evaluate_labels, scores_text
-from .pipeline import StudyOptions, as_labels, register_file, segment_file, segment_study, several_targets, study_summary
+from .lut import tsv_beside
+from .metrics import scores_text
+from .pipeline import (StudyOptions, as_labels, evaluate as evaluate_labels, register_file, segment_file, segment_study, several_targets,
+                       study_summary)
 from .registry import MethodInfo, backend_infos, fusion_infos
 from .synth import synthesize
 
@@ -113,14 +115,21 @@ def segment(targets: tuple[str, ...], atlases: list | None, builtin_atlas: str |
         return
     study.check_one_target()
     out = segment_file(targets[0], output, atlases, builtin_atlas, progress=True, **method)
-    click.echo(f"wrote {out}" + ("" if atlases else f" (using the built-in atlas {builtin_atlas or DEFAULT_ATLAS})"), err=True)
+    click.echo(f"wrote {out} and its label names {tsv_beside(out)}" + ("" if atlases else f" (using the built-in atlas {builtin_atlas or DEFAULT_ATLAS})"),
+               err=True)
 
 
 @cli.command()
 @evaluate_options
-def evaluate(pred: str, truth: str, protocol: str, hd95: bool, as_json: bool) -> None:
-    """Score the label map PRED against the reference TRUTH: Dice per label and region."""
-    result = evaluate_labels(as_labels(pred, "prediction"), as_labels(truth, "truth"), protocol, surface_distance=hd95)
+def evaluate(pred: str, truth: str, protocol: str, hd95: bool, as_json: bool, allow_label_mismatch: bool) -> None:
+    """Score the label map PRED against the reference TRUTH: Dice per label and region.
+
+    Labels are named from the dseg.tsv beside PRED (as `atlasreg segment` writes it) or TRUTH, else
+    FreeSurfer's names where they apply. A TRUTH whose label codes do not correspond to PRED's (no
+    scored label in common, or fewer than half of the common ones overlapping with Dice >= 0.05:
+    another numbering) is refused, unless --allow-label-mismatch.
+    """
+    result = evaluate_labels(pred, truth, protocol, surface_distance=hd95, allow_label_mismatch=allow_label_mismatch)
     click.echo(json.dumps(result, indent=2) if as_json else scores_text(result))
 
 
@@ -258,11 +267,11 @@ def volumes(seg: str, lut: str | None, output: str | None) -> None:
 
     A voxel's volume comes from the NIfTI affine, so anisotropic voxels are measured exactly.
     """
-    from .lut import read_lut
+    from .lut import names_beside, read_lut
     from .volumes import label_volumes, volumes_text, write_volumes
 
-    out = check_output(output, inputs=(seg,), suffixes=(".tsv",)) if output else None
-    rows = label_volumes(as_labels(seg, "label map"), read_lut(lut) if lut else None)
+    out = check_output(output, inputs=(seg, tsv_beside(seg)), suffixes=(".tsv",)) if output else None
+    rows = label_volumes(as_labels(seg, "label map"), read_lut(lut) if lut else names_beside(seg))
     click.echo(f"wrote {write_volumes(rows, out)}" if out else volumes_text(rows), err=bool(out))
 
 

@@ -112,7 +112,9 @@ evaluate_options = options(
     click.argument("truth"),
     click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default="aseg", show_default=True, help="Which labels and regions to score."),
     click.option("--hd95", is_flag=True, help="Also compute the 95th-percentile Hausdorff distance (mm) per label."),
-    click.option("--json", "as_json", is_flag=True, help="Print a JSON object (mean_dice, dice per label, region_dice)."),
+    click.option("--json", "as_json", is_flag=True, help="Print a JSON object (mean_dice, dice per label, region_dice, label_names)."),
+    click.option("--allow-label-mismatch", is_flag=True, help="Score even a TRUTH whose label codes do not correspond to PRED's "
+                 "(refused by default: its scores would be noise)."),
 )
 
 synth_options = options(
@@ -126,7 +128,8 @@ synth_options = options(
 
 volumes_options = options(
     click.argument("seg"),
-    click.option("--lut", type=click.Path(), help="Label names: a FreeSurfer LUT or a BIDS dseg.tsv  [default: FreeSurfer's aseg names]"),
+    click.option("--lut", type=click.Path(), help="Label names: a FreeSurfer LUT or a BIDS dseg.tsv  [default: the dseg.tsv beside SEG "
+                 "(SEG's name with .tsv, as `atlasreg segment` writes it), else FreeSurfer's names]"),
     click.option("-o", "--output", help="Write the table to this .tsv file instead of printing it."),
 )
 

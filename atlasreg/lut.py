@@ -177,7 +177,7 @@ def label_table(labels: Iterable[int], known: Mapping[int, LabelInfo] | None = N
     return {v: table.get(v) or LabelInfo(f"label-{v}") for v in values}
 
 
-def dseg_sidecar(label_map: str | os.PathLike) -> Path:
+def tsv_beside(label_map: str | os.PathLike) -> Path:
     """Where a label map's names travel: the BIDS ``dseg.tsv`` beside it, its name with ``.tsv``
     for ``.nii.gz`` / ``.nii`` (``sub-01_dseg.nii.gz`` -> ``sub-01_dseg.tsv``, ``out.nii.gz`` -> ``out.tsv``)."""
     path = Path(label_map)
@@ -189,7 +189,7 @@ def names_beside(label_map: object) -> dict[int, LabelInfo] | None:
     """The names in the ``dseg.tsv`` beside ``label_map`` (a path; anything else has none), or None."""
     if not isinstance(label_map, (str, os.PathLike)):
         return None
-    sidecar = dseg_sidecar(label_map)
+    sidecar = tsv_beside(label_map)
     return read_lut(sidecar) if sidecar.is_file() else None
 
 

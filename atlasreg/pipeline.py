@@ -21,7 +21,7 @@ from .errors import AtlasregError
 from .io import (NIFTI_SUFFIXES, TARGET_BYTES_PER_VOXEL, atomic_path, check_file_name, check_memory, check_output, check_outputs,
                  expand_targets, from_array, is_pattern_or_folder, load, save)
 from .logs import progress_bar, step_progress
-from .lut import LabelInfo
+from .lut import LabelInfo, label_table, names_beside, tsv_beside, write_dseg_tsv
 from .registry import get_backend, get_fusion
 from .transform import Transform
 from .volume import Volume
@@ -205,11 +205,49 @@ def segment(
 
 def segment_file(target: str | os.PathLike, output: str | os.PathLike, atlases: Sequence[tuple[str, str]] | None = None,
                  builtin_atlas: str | None = None, progress: bool = False, **method: Any) -> Path:
-    """``atlasreg segment`` of one target: its label map written to ``output``, checked first to
-    overwrite no input; ``method``: :func:`segment`'s backend, fusion and their options."""
-    out = check_output(output, inputs=(target, *(path for atlas in atlases or () for path in atlas)))
-    save(segment(target, atlases, progress=progress, builtin_atlas=builtin_atlas, **method), out)
+    """``atlasreg segment`` of one target: its label map written to ``output``, and beside it the
+    names of its labels (a BIDS ``dseg.tsv``, :func:`atlasreg.lut.tsv_beside`: the built-in atlas's,
+    else those beside the first atlas's label map, else FreeSurfer's where they apply); both are
+    checked first to overwrite no input. ``method``: :func:`segment`'s backend, fusion and their options."""
+    inputs = (target, *(path for atlas in atlases or () for path in atlas))
+    out = check_output(output, inputs=inputs)
+    names_out = check_output(tsv_beside(out), inputs=inputs, suffixes=(".tsv",))
+    labels = segment(target, atlases, progress=progress, builtin_atlas=builtin_atlas, **method)
+    save(labels, out)
+    write_dseg_tsv(label_table(labels.labels().tolist(), atlas_names(atlases, builtin_atlas)), names_out)
     return out
+
+
+def atlas_names(atlases: Sequence[Atlas] | None, builtin_atlas: str | None) -> dict[int, LabelInfo] | None:
+    """The names of the atlas labels where known: the built-in atlas's (``atlases`` None), else
+    those of the ``dseg.tsv`` beside the first atlas's label map."""
+    if atlases is not None:
+        return names_beside(atlases[0][1]) if atlases else None
+    from .atlases import DEFAULT_ATLAS, label_infos
+
+    return label_infos(builtin_atlas or DEFAULT_ATLAS)
+
+
+def evaluate(pred: ImageLike, truth: ImageLike, protocol: str = "aseg", surface_distance: bool = False,
+             label_names: Mapping[int, LabelInfo] | None = None, allow_label_mismatch: bool = False) -> dict[str, Any]:
+    """Score the label map ``pred`` against the reference ``truth`` (paths, Volumes, nibabel images
+    or (array, affine) pairs) under ``protocol``: :func:`atlasreg.metrics.evaluate`'s result plus
+    ``label_names`` ({str(label): name} of the scored labels: ``label_names`` if given, else the
+    ``dseg.tsv`` beside ``pred`` or ``truth``, else FreeSurfer's where they apply, else ``label-N``).
+
+    A reference whose label codes do not correspond to the prediction's (another numbering:
+    :func:`atlasreg.metrics.check_label_codes`) is refused unless ``allow_label_mismatch``.
+    """
+    from .metrics import check_label_codes, evaluate as score
+
+    pred_v, truth_v = as_labels(pred, "prediction"), as_labels(truth, "reference")
+    if not pred_v.same_grid(truth_v):  # (score checks it too: first, so a grid mismatch is not taken for a code mismatch)
+        raise AtlasregError(f"prediction and reference are on different grids (shapes {pred_v.shape} vs {truth_v.shape}, or affines differ)")
+    if not allow_label_mismatch:
+        check_label_codes(pred_v, truth_v, protocol)
+    result = score(pred_v, truth_v, protocol, surface_distance)
+    names = label_table([int(label) for label in result["dice"]], label_names or names_beside(pred) or names_beside(truth))
+    return {**result, "label_names": {str(label): info.name for label, info in names.items()}}
 
 
 def several_targets(targets: Sequence[str]) -> bool:
@@ -381,11 +419,11 @@ def study_atlases(atlases: Sequence[Atlas] | None, builtin_atlas: str | None) ->
     if atlases is not None and builtin_atlas:
         raise AtlasregError("give atlases or a built-in atlas name, not both")
     if atlases is not None:
-        return load_atlases(atlases), None
-    from .atlases import DEFAULT_ATLAS, label_infos, load_atlas
+        return load_atlases(atlases), atlas_names(atlases, None)
+    from .atlases import DEFAULT_ATLAS, load_atlas
 
     image, labels, _ = load_atlas(builtin_atlas or DEFAULT_ATLAS)
-    return [(image, labels)], label_infos(builtin_atlas or DEFAULT_ATLAS)
+    return [(image, labels)], atlas_names(None, builtin_atlas)
 
 
 def check_study_outputs(study_jobs: Sequence[SubjectJob], atlases: Sequence[Atlas] | None, others: Iterable[Path] = ()) -> None:

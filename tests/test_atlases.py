@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import atlasreg
+import atlasreg.lut
 from atlasreg import atlases
 from atlasreg.atlases import WM_LEFT, WM_RIGHT, load_atlas
 from atlasreg.errors import AtlasregError
@@ -91,6 +92,12 @@ def test_segment_without_atlas_uses_the_builtin(offline, capsys, tmp_path, monke
     assert seg.same_grid(Volume(image.array, affine, is_labels=False))
     assert set(seg.labels().tolist()) <= set(labels.labels().tolist())
     assert len(seg.labels()) > 40
+    names = atlasreg.lut.read_lut(tmp_path / "seg.tsv")  # FreeSurfer's names and colours travel beside the output
+    assert set(names) == set(seg.labels().tolist()) and names[2].name == "Left-Cerebral-White-Matter"
+    assert all(info.name.startswith(("ctx-lh-", "ctx-rh-", "Left-", "Right-", "Brain-Stem")) and info.colour for info in names.values())
+    (tmp_path / "seg.tsv").unlink()  # and without it, `volumes` knows FreeSurfer's names
+    code, out, _ = run(capsys, "volumes", tmp_path / "seg.nii.gz")
+    assert code == 0 and "\tctx-lh-superiorfrontal\t" in out and "label-" not in out
     code, _, err = run(capsys, "segment", target, "-a", target, target, "--builtin-atlas", "mni152-dk", "-o", tmp_path / "x.nii.gz")
     assert code == 1 and "not both" in err
 

@@ -26,8 +26,10 @@ def files(tmp_path, pair):
 def test_backends_json_lists_first_party(capsys):
     code, out, _ = run(capsys, "backends", "--json")
     assert code == 0
-    available = {row["name"] for row in json.loads(out) if row["available"]}
-    assert {"affine", "ants", "simpleitk"} <= available
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert rows["affine"]["available"] and rows["svf"]["available"]
+    for optional in ("ants", "simpleitk"):  # extras: available, or listed with the line that installs them
+        assert rows[optional]["available"] or "pip install 'atlasreg[" in rows[optional]["reason"]
 
 
 def test_fusions_and_options_commands(capsys):
@@ -70,6 +72,35 @@ def test_segment_and_evaluate(capsys, files, tmp_path):
     result = json.loads(printed)
     assert result["mean_dice"] > 0.8  # the atlas differs from the target by a translation only
     assert set(result["dice"]) == {"1", "2", "3", "4"}
+    assert result["label_names"] == {"1": "label-1", "2": "label-2", "3": "label-3", "4": "label-4"}  # 1: no FreeSurfer name
+    assert (tmp_path / "seg.tsv").read_text().splitlines()[:2] == ["index\tname\tcolor", "1\tlabel-1\tn/a"]
+
+
+def test_label_names_travel_from_the_atlas_to_segment_volumes_and_evaluate(capsys, files, tmp_path):
+    """The dseg.tsv beside the atlas's labels names the output's labels (seg.tsv beside it), which
+    `volumes` and `evaluate --json` then use without being told."""
+    (tmp_path / "mov_seg.tsv").write_text("index\tname\tcolor\n1\tshell\t#ff0000\n2\tring\tn/a\n3\tcore\tn/a\n4\tblob\tn/a\n")
+    out = tmp_path / "seg.nii.gz"
+    code, _, err = run(capsys, "segment", files["fix"], "-a", files["mov"], files["mov_seg"], "-b", "affine", "-o", out)
+    assert code == 0 and "seg.tsv" in err, err
+    assert "1\tshell\t#ff0000" in (tmp_path / "seg.tsv").read_text()
+    code, printed, _ = run(capsys, "volumes", out)
+    assert code == 0 and [line.split("\t")[1] for line in printed.splitlines()[1:]] == ["shell", "ring", "core", "blob"]
+    code, printed, _ = run(capsys, "evaluate", out, files["fix_seg"], "--protocol", "labels", "--json")
+    assert code == 0 and json.loads(printed)["label_names"] == {"1": "shell", "2": "ring", "3": "core", "4": "blob"}
+    code, _, err = run(capsys, "volumes", out, "-o", tmp_path / "seg.tsv")
+    assert code == 1 and "would overwrite an input" in err  # the names beside SEG are an input of `volumes`
+
+
+def test_evaluate_refuses_a_reference_in_other_label_codes(capsys, files, tmp_path):
+    """The same anatomy numbered otherwise (labels permuted) scores noise: refused in one line unless allowed."""
+    truth = atlasreg.load(files["fix_seg"], labels=True)
+    permuted = atlasreg.save(truth.with_array(np.array([0, 3, 4, 1, 2], np.int32)[truth.array]), tmp_path / "permuted.nii.gz")
+    code, _, err = run(capsys, "evaluate", files["fix_seg"], permuted, "--protocol", "labels")
+    assert code == 1 and err.startswith("atlasreg: error: prediction and reference labels do not correspond") and err.count("\n") == 1
+    assert "--allow-label-mismatch" in err
+    code, printed, err = run(capsys, "evaluate", files["fix_seg"], permuted, "--protocol", "labels", "--allow-label-mismatch", "--json")
+    assert code == 0 and json.loads(printed)["mean_dice"] < 0.3, err
 
 
 def test_segment_with_three_atlases_and_fusion(capsys, files, tmp_path, affine):

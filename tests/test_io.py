@@ -138,6 +138,13 @@ def test_api_accepts_paths_volumes_nibabel_images_and_array_affine_pairs(tmp_pat
     labels_pair = (moving_labels.array, moving_labels.affine)
     seg = atlasreg.segment(fixed_path, [(as_nibabel, labels_pair)], backend="affine", backend_options=options)
     assert seg.is_labels and seg.same_grid(fixed)
+    seg_path = atlasreg.save(seg, tmp_path / "seg.nii.gz")
+    by_volume = atlasreg.evaluate(seg, seg, protocol="labels")
+    for pred, truth in ((seg_path, seg_path), (str(seg_path), seg.to_nibabel()), ((seg.array, seg.affine), seg)):
+        assert atlasreg.evaluate(pred, truth, protocol="labels") == by_volume  # paths too (once an AttributeError)
+    assert by_volume["mean_dice"] == 1.0 and set(by_volume["label_names"]) == set(by_volume["dice"])
+    with pytest.raises(AtlasregError, match="missing.nii.gz: no such file"):
+        atlasreg.evaluate(seg_path, tmp_path / "missing.nii.gz")
     with pytest.raises(AtlasregError, match="expected a path, a Volume, a nibabel image"):
         atlasreg.register(42, fixed, backend="affine")
     with pytest.raises(AtlasregError, match="3-D"):
