@@ -36,7 +36,7 @@ from .io import atomic_path, check_output
 from .lut import LabelInfo, label_table, write_dseg_tsv
 from .pipeline import (STUDY_SETTINGS, Atlas, SegmentSettings, SubjectJob, check_study_outputs, claim_settings, made_by, method_label,
                        read_json, read_settings, segment_subjects, settings_digest, study_atlases)
-from .registry import get_backend
+from .registry import DEFAULT_BACKEND, DEFAULT_FUSION, get_backend
 
 BIDS_VERSION = "1.9.0"
 GROUP_COLUMNS = ("participant_id", "session_id", "label", "name", "voxels", "volume_mm3")
@@ -192,9 +192,9 @@ def run_participant(
     sessions: Sequence[str] = (),
     atlases: Sequence[Atlas] | None = None,
     builtin_atlas: str | None = None,
-    backend: str = "ants",
+    backend: str = DEFAULT_BACKEND,
     backend_options: dict[str, Any] | None = None,
-    fusion: str = "majority",
+    fusion: str = DEFAULT_FUSION,
     fusion_options: dict[str, Any] | None = None,
     label_interp: str = "nearest",
     label_names=None,

@@ -22,7 +22,7 @@ from .io import (NIFTI_SUFFIXES, TARGET_BYTES_PER_VOXEL, atomic_path, check_file
                  expand_targets, from_array, is_pattern_or_folder, load, save)
 from .logs import progress_bar, step_progress
 from .lut import LabelInfo, label_table, names_beside, tsv_beside, write_dseg_tsv
-from .registry import get_backend, get_fusion
+from .registry import DEFAULT_BACKEND, DEFAULT_FUSION, get_backend, get_fusion
 from .transform import Transform
 from .volume import Volume
 
@@ -76,7 +76,7 @@ def as_labels(value: ImageLike, what: str = "label map") -> Volume:
 
 
 def register(
-    moving: ImageLike, fixed: ImageLike, backend: str = "ants", options: Mapping[str, Any] | None = None, progress: bool = False
+    moving: ImageLike, fixed: ImageLike, backend: str = DEFAULT_BACKEND, options: Mapping[str, Any] | None = None, progress: bool = False
 ) -> Transform:
     """Register ``moving`` to ``fixed``; the Transform lives on ``fixed``'s grid and pulls ``moving`` onto it.
 
@@ -96,7 +96,7 @@ def register(
 
 
 def register_file(moving: str | os.PathLike, fixed: str | os.PathLike, output: str | os.PathLike,
-                  transform_out: str | os.PathLike | None = None, backend: str = "ants",
+                  transform_out: str | os.PathLike | None = None, backend: str = DEFAULT_BACKEND,
                   backend_options: Mapping[str, Any] | None = None) -> list[Path]:
     """``atlasreg register``: ``moving`` resampled onto ``fixed``'s grid written to ``output`` (and the
     transform to ``transform_out`` as a NIfTI displacement field); the files written. Outputs are
@@ -159,8 +159,8 @@ def load_atlases(atlases: Iterable[Atlas]) -> list[tuple[Volume, Volume]]:
 def segment(
     target: ImageLike,
     atlases: Sequence[Atlas] | None = None,
-    backend: str = "ants",
-    fusion: str = "majority",
+    backend: str = DEFAULT_BACKEND,
+    fusion: str = DEFAULT_FUSION,
     backend_options: Mapping[str, Any] | None = None,
     fusion_options: Mapping[str, Any] | None = None,
     label_interp: str = "nearest",
@@ -339,7 +339,7 @@ class SegmentSettings:
     """What every subject of a study shares: the method and the names of the atlas labels."""
 
     backend: str
-    fusion: str = "majority"
+    fusion: str = DEFAULT_FUSION
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     fusion_options: Mapping[str, Any] = field(default_factory=dict)
     label_interp: str = "nearest"
@@ -369,8 +369,8 @@ def segment_many(
     targets: Sequence[ImageLike],
     atlases: Sequence[Atlas] | None = None,
     out_dir: str | os.PathLike = "atlasreg-out",
-    backend: str = "ants",
-    fusion: str = "majority",
+    backend: str = DEFAULT_BACKEND,
+    fusion: str = DEFAULT_FUSION,
     backend_options: Mapping[str, Any] | None = None,
     fusion_options: Mapping[str, Any] | None = None,
     label_interp: str = "nearest",

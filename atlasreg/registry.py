@@ -16,6 +16,17 @@ from .plugin_api import Backend, Fusion, Method, ModelSpec
 
 ENTRY_POINT_GROUP = "atlasreg.plugins"
 
+#: The backend used where none is named (``-b``, ``backend=``): a documented setting (README,
+#: "Backends"), the one place the core names a plugin's method; the core imports no plugin, and a
+#: default that is not installed fails as any unavailable backend does. ``svf``, the best fast
+#: backend measured: on validation pair 01 -> 07 it matches ANTs ``quality`` (Dice 0.711 vs 0.712),
+#: and in the engine benchmark it takes 13.7 s a pair to ANTs quality's 182.3 s (0.075x; 2 mm,
+#: 2 CPU cores; benchmarks/RESULTS.md, "The torch engine" sections).
+DEFAULT_BACKEND = "svf"
+#: The label fusion used for several atlases where none is named (``-f``, ``fusion=``): ``majority``,
+#: 0.2 s a target for 3 atlases (benchmarks/RESULTS.md, issue 2's fusion table).
+DEFAULT_FUSION = "majority"
+
 
 @dataclass(frozen=True)
 class MethodInfo:

@@ -180,3 +180,29 @@ def test_console_script_help_and_error_without_traceback(tmp_path):
     failed = subprocess.run([*exe, "evaluate", tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"], capture_output=True, text=True)
     assert failed.returncode == 1
     assert failed.stderr.strip() == f"atlasreg: error: {tmp_path / 'a.nii.gz'}: no such file"
+
+
+def test_the_default_backend_is_a_documented_setting_and_help_says_what_defaults_cost(capsys):
+    """svf (as accurate as ANTs quality at a tenth of its time: benchmarks/RESULTS.md) is the default
+    everywhere through one setting; --help gives each default's cost; no other default names a plugin."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from atlasreg import bids, pipeline, registry
+
+    assert registry.DEFAULT_BACKEND == "svf" and registry.DEFAULT_FUSION == "majority"
+    for function in (pipeline.register, pipeline.segment, pipeline.segment_many, pipeline.register_file, bids.run_participant):
+        assert inspect.signature(function).parameters["backend"].default == registry.DEFAULT_BACKEND, function
+    package = Path(atlasreg.__file__).parent
+    for path in package.rglob("*.py"):  # a plugin named as a default anywhere else in the core
+        assert not re.search(r"(backend|fusion)\w*: str = \"", path.read_text()), path
+    assert "DEFAULT_BACKEND" in (package.parent / "README.md").read_text()
+    for command in ("segment", "register", "bids"):
+        code, out, _ = run(capsys, command, "--help")
+        text = " ".join(out.split())
+        assert code == 0 and "[default: svf, about 14 s a pair at 2 mm on 2 CPU cores" in text and "preset=quality, about 180 s" in text
+    code, out, _ = run(capsys, "segment", "--help")
+    assert "[default: majority, 0.2 s a target for 3 atlases" in " ".join(out.split())
+    code, out, _ = run(capsys, "options", "ants")
+    assert "about 6 s a pair" in out and "about 180 s" in out

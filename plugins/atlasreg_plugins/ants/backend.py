@@ -35,7 +35,8 @@ class AntsBackend(Backend):
     requires = ("ants",)
     install = "pip install 'atlasreg[ants]'"
     options = {
-        "preset": Option("quality", "fast: antspyx SyN defaults; quality: antsRegistrationSyN.sh schedule", tuple(PRESETS)),
+        "preset": Option("quality", "fast: antspyx SyN defaults (about 6 s a pair at 2 mm on 2 CPU cores); quality: the "
+                         "antsRegistrationSyN.sh schedule (about 180 s; benchmarks/RESULTS.md)", tuple(PRESETS)),
         "transform": Option("", "an antspyx type_of_transform overriding the preset, e.g. SyNCC, Affine, antsRegistrationSyNQuick[s]"),
         "iterations": Option((), "SyN iterations per level, coarse to fine, e.g. 40,20,0 (empty: the transform's own)",
                              minimum=0, maximum=MAX_ITERATIONS),
