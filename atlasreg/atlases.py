@@ -31,7 +31,7 @@ from scipy import ndimage
 
 from .errors import AtlasregError
 from .io import atomic_path, load, save
-from .lut import DK_LEFT, DK_RIGHT, FREESURFER, LabelInfo, read_lut
+from .lut import FREESURFER, LabelInfo, aseg_tissue, read_lut
 from .spatial import resample, resample_to_spacing
 from .volume import Volume, label_map
 
@@ -46,7 +46,6 @@ _DK_TSV = DATA / "desikan_killiany" / "atlas-desikankilliany_dseg.tsv"
 _DK_MNI = DATA / "desikan_killiany" / "atlas-desikankilliany.nii.gz"
 _MNI_T1 = DATA / "mni152" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 _MNI_WM = DATA / "mni152" / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"
-_ASEG_CORTEX = (3, 42)
 
 
 @dataclass(frozen=True)
@@ -127,15 +126,9 @@ def label_names(name: str) -> dict[int, str]:
 def tissue_table() -> dict[int, int]:
     """Label of a DK map (and cerebral white matter) -> FreeSurfer aseg tissue, for synthesis:
     cortical parcels -> cortex (3 left, 42 right); subcortical structures, brain stem and white
-    matter already carry their aseg codes."""
-    return {label: _cortex_of(label) or label for label in label_infos(DEFAULT_ATLAS)}
-
-
-def _cortex_of(label: int) -> int | None:
-    """Aseg cortex (3 or 42) of a DK cortical parcel code, None for any other label."""
-    if DK_LEFT < label < DK_RIGHT:
-        return _ASEG_CORTEX[0]
-    return _ASEG_CORTEX[1] if label > DK_RIGHT else None
+    matter already carry their aseg codes (:func:`atlasreg.lut.aseg_tissue`)."""
+    labels = np.array(sorted(label_infos(DEFAULT_ATLAS)))
+    return dict(zip(labels.tolist(), aseg_tissue(labels).tolist()))
 
 
 def _side_lookup() -> np.ndarray:
@@ -176,9 +169,7 @@ def to_tissue(labels: Volume, fill_white_matter: bool = True) -> Volume:
     unknown = sorted(set(labels.labels().tolist()) - set(table))
     if unknown:
         raise AtlasregError(f"not a DK label map: labels {unknown[:5]} are not DK labels")
-    lookup = np.zeros(max(table) + 1, dtype=np.int32)
-    lookup[list(table)] = list(table.values())
-    tissue = lookup[labels.array]
+    tissue = aseg_tissue(labels.array)
     if fill_white_matter:
         fill = brain_mask(labels) & (labels.array == 0)
         sides = _side_lookup()[labels.array]

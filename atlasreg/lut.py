@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import numpy as np
+
 from .errors import AtlasregError
 
 
@@ -104,6 +106,16 @@ DK_CORTEX: dict[int, tuple[str, tuple[int, int, int]]] = {
 }
 #: the left / right offsets of the DK cortical codes
 DK_LEFT, DK_RIGHT = 1000, 2000
+
+def aseg_tissue(labels: np.ndarray) -> np.ndarray:
+    """FreeSurfer parcellation codes as aseg tissue: cortical parcels (1000-1999 left, 2000-2999 right,
+    as in aparc+aseg, aparc.DKTatlas+aseg, aparc.a2005s+aseg) -> cerebral cortex 3 / 42, white-matter
+    parcels (3000-3999, 4000-4999, as in wmparc) -> cerebral white matter 2 / 41; other labels kept."""
+    labels = np.asarray(labels)
+    tissue = np.select([(labels >= 1000) & (labels < 2000), (labels >= 2000) & (labels < 3000),
+                        (labels >= 3000) & (labels < 4000), (labels >= 4000) & (labels < 5000)], [3, 42, 2, 41], labels)
+    return tissue.astype(labels.dtype)
+
 
 #: FreeSurfer's names and colours of every label of an aparc+aseg (DK) or aseg segmentation
 FREESURFER: dict[int, LabelInfo] = ASEG | {

@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import AtlasregError
+from .lut import aseg_tissue
 from .volume import Volume, image, label_map
 
 NON_BRAIN = 100  # labels >= 100 are skull, scalp, eyes, ... (not brain)
@@ -166,7 +167,9 @@ def synthesize(
 
     contrast: ``"t1"`` (realistic T1 tissue ordering, 0-150 scale, means jittered ±5 % per seed),
         ``"t2"`` (T2-like: fluid bright, white matter dark; same scale and jitter) or ``"random"`` (every label's mean uniform in [0, 255): contrast-agnostic training data).
-    skull_strip: zero labels >= 100 first, so the head outside the brain is background.
+    skull_strip: zero labels >= 100 first, so the head outside the brain is background. Before
+        that, FreeSurfer's cortical and white-matter parcels (1000-4999: aparc+aseg, wmparc, the
+        built-in atlas) become the cortex or white matter they parcellate (:func:`atlasreg.lut.aseg_tissue`).
     blur_mm: std (mm) of the Gaussian partial-volume blur.
     bias_strength: std of the log of the smooth multiplicative bias field (0 = none).
     noise: std of the additive Gaussian noise, in image intensity units.
@@ -190,7 +193,8 @@ def synthesize(
     for name, value in amounts.items():
         if not (np.isfinite(value) and value >= 0):
             raise AtlasregError(f"{name} must be a finite number >= 0, got {value}")
-    array = _strip(labels.array) if skull_strip else labels.array
+    array = aseg_tissue(labels.array)
+    array = _strip(array) if skull_strip else array
     if array.size and (array.min() < 0 or array.max() > MAX_LABEL):
         raise AtlasregError(f"labels must lie in 0..{MAX_LABEL}")
 

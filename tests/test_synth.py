@@ -109,6 +109,20 @@ def test_synthesize_skull_strip_makes_non_brain_background():
     assert np.array_equal(stripped[brain], kept[brain])  # same draws for the brain either way
 
 
+def test_freesurfer_parcels_are_the_tissue_they_parcellate():
+    """An aparc+aseg / wmparc map (the built-in atlas's codes): cortical parcels are cortex, white-matter
+    parcels white matter, not non-brain labels >= 100 stripped away; the image is that of the aseg map."""
+    labels = phantom()
+    parcels = labels.array.copy()
+    parcels[(labels.array == 3) & (np.indices(parcels.shape)[0] < 20)] = 1028  # ctx-lh-superiorfrontal
+    parcels[(labels.array == 3) & (np.indices(parcels.shape)[0] >= 20)] = 2035  # ctx-rh-insula
+    parcels[labels.array == 2] = 3001  # wm-lh-bankssts
+    aseg = np.where(parcels == 2035, 42, labels.array)
+    seeded = synthesize(label_map(parcels, labels.affine), seed=3, **QUIET).array
+    assert np.array_equal(seeded, synthesize(label_map(aseg, labels.affine), seed=3, **QUIET).array)
+    assert seeded[parcels == 1028].mean() > 50 and seeded[parcels == 3001].mean() > seeded[parcels == 1028].mean()
+
+
 def test_t1_orders_wm_over_cortex_over_csf_on_phantom():
     labels = phantom()
     for seed in range(5):
