@@ -12,5 +12,5 @@ labels = atlasreg.segment(target, [(atlas_image, atlas_labels)], backend="ants",
 atlasreg.save(labels, "segmentation.nii.gz")
 print("wrote segmentation.nii.gz")
 if len(sys.argv) > 4:
-    scores = atlasreg.evaluate(labels, atlasreg.load(sys.argv[4], labels=True), protocol="aseg")
+    scores = atlasreg.evaluate(labels, sys.argv[4], protocol="aseg")
     print(f"mean Dice (aseg): {scores['mean_dice']:.3f}")
