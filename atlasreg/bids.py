@@ -212,9 +212,8 @@ def run_participant(
     ``work_dir``: scratch space (a local Dask cluster's), default OUTPUT_DIR. ``command``: the
     command line that asked for the run, shown in the reports."""
     bids_root, out = Path(bids_dir), check_output(out_dir, suffixes=None, parents=True)
-    if out.resolve() == bids_root.resolve():
-        raise AtlasregError("OUTPUT_DIR must differ from BIDS_DIR (derivatives go beside the raw data, e.g. BIDS_DIR/derivatives/atlasreg)")
     work = check_output(work_dir, suffixes=None, parents=True) if work_dir is not None else out
+    check_outside_raw_data(bids_root, [out, work])
     images = find_t1w(bids_root, participants, sessions)
     desc = desc_for(builtin_atlas, atlases)
     study_jobs = derivative_jobs(images, out, desc)
@@ -222,6 +221,7 @@ def run_participant(
     check_study_outputs(study_jobs, atlases, [out / name for name in ("dataset_description.json", f"desc-{desc}_dseg.tsv",
                                                                     f"desc-{desc}_morph.json", "index.html", STUDY_SETTINGS, ".bidsignore",
                                                                     *(f"{s}.html" for s in subjects))])
+    check_outside_raw_data(bids_root, [path for job in study_jobs for path in job.outputs])
     check_description(out)
     pairs, names = study_atlases(atlases, builtin_atlas)
     settings = SegmentSettings(backend, fusion, get_backend(backend).resolve_options(backend_options or {}),
@@ -245,6 +245,19 @@ def run_participant(
     provenance = {"Version": __version__, "Command": command or "called from Python (atlasreg.bids.run_participant)", **wanted}
     write_reports(out, desc, folder_records(out, desc, settings.digest, records), settings.label_names, provenance, subjects)
     return records
+
+
+def check_outside_raw_data(bids_root: Path, paths: Sequence[Path]) -> None:
+    """Refuse, before any work, an output folder or file in the raw dataset at ``bids_root``: it would
+    change the raw data, and a rerun's pybids would index it with the inputs. Only a folder of its
+    ``derivatives/`` (``BIDS_DIR/derivatives/NAME``, as BIDS Apps write) is allowed. A BIDS_DIR inside
+    OUTPUT_DIR is refused only where an output would land in it (BIDS_DIR named ``OUTPUT_DIR/sub-01``)."""
+    root = bids_root.resolve()
+    for path in paths:
+        parts = path.resolve().relative_to(root).parts if path.resolve().is_relative_to(root) else None
+        if parts is not None and not (len(parts) >= 2 and parts[0] == "derivatives"):
+            raise AtlasregError(f"{path}: would be written into the raw dataset BIDS_DIR ({bids_root}); give an OUTPUT_DIR "
+                                f"outside it, or in its derivatives folder (e.g. {bids_root / 'derivatives' / 'atlasreg'})")
 
 
 def folder_records(out: Path, desc: str, digest: str | None, records: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:

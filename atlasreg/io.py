@@ -176,6 +176,14 @@ def glob_paths(patterns: Iterable[str], what: str) -> list[Path]:
     return paths
 
 
+def glob_matches(pattern: str, path: str | os.PathLike) -> bool:
+    """Whether ``glob.glob(pattern)`` would list ``path`` were it there (compared name by name, both made absolute)."""
+    import fnmatch
+
+    want, have = Path(os.path.abspath(os.path.expanduser(pattern))).parts, Path(os.path.abspath(path)).parts
+    return len(want) == len(have) and all(fnmatch.fnmatchcase(name, part) for name, part in zip(have, want))
+
+
 def is_pattern_or_folder(target: str) -> bool:
     """Whether ``target`` names several files: a glob pattern or a folder."""
     return any(c in target for c in "*?[") or Path(target).is_dir()

@@ -19,7 +19,7 @@ import numpy as np
 from ._version import __version__
 from .errors import AtlasregError
 from .io import (NIFTI_SUFFIXES, TARGET_BYTES_PER_VOXEL, atomic_path, check_file_name, check_memory, check_output, check_outputs,
-                 expand_targets, from_array, is_pattern_or_folder, load, save)
+                 expand_targets, from_array, glob_matches, is_pattern_or_folder, load, save)
 from .logs import progress_bar, step_progress
 from .lut import LabelInfo, label_table, names_beside, tsv_beside, write_dseg_tsv
 from .registry import DEFAULT_BACKEND, DEFAULT_FUSION, get_backend, get_fusion
@@ -307,6 +307,12 @@ def segment_study(targets: Sequence[str], out_dir: str | os.PathLike, atlases: S
         raise AtlasregError(f"{out_dir}: with several targets, -o is a folder (outputs are named after the inputs)")
     out = check_output(out_dir, suffixes=None)
     paths = expand_targets(targets)
+    outputs = [out, out / "index.html", out / STUDY_SETTINGS, *(path for job in plain_jobs(paths, out) for path in job.outputs)]
+    for pattern in (t for t in targets if any(c in t for c in "*?[") and not Path(t).is_dir()):
+        caught = next((path for path in outputs if glob_matches(pattern, path)), None)
+        if caught is not None:
+            raise AtlasregError(f"{pattern}: would match the output {caught} (a rerun would take it for a target); "
+                                "give -o a folder the pattern does not reach")
     return study.run(segment_many, paths, atlases, out, builtin_atlas=builtin_atlas, progress=progress, **method)
 
 
@@ -332,6 +338,11 @@ class SubjectJob:
     #: the folder the paths in the written record are relative to (None: as given), so that a
     #: study folder can be moved
     root: Path | None = None
+
+    @property
+    def outputs(self) -> tuple[Path, Path, Path, Path]:
+        """Every file the job writes."""
+        return self.labels, self.volumes, self.figure, self.record
 
 
 @dataclass(frozen=True)
@@ -429,7 +440,7 @@ def study_atlases(atlases: Sequence[Atlas] | None, builtin_atlas: str | None) ->
 def check_study_outputs(study_jobs: Sequence[SubjectJob], atlases: Sequence[Atlas] | None, others: Iterable[Path] = ()) -> None:
     """Refuse, before any work, a study output (a subject's, or one of ``others``) that would
     overwrite an input (a target, an atlas file) or whose name no file system takes."""
-    outputs = [*(path for job in study_jobs for path in (job.labels, job.volumes, job.figure, job.record)), *others]
+    outputs = [*(path for job in study_jobs for path in job.outputs), *others]
     for path in outputs:
         check_file_name(path.name, f"output in {path.parent}")
     inputs = [*(job.target for job in study_jobs), *(path for atlas in atlases or () for path in atlas)]

@@ -84,6 +84,27 @@ def test_study_folder_refuses_a_rerun_with_other_settings_unless_redo(capsys, fi
     assert code == 0 and "1 segmented, 0 done before" in err, err
 
 
+
+def test_study_outputs_a_target_pattern_would_reach_are_refused(capsys, files, tmp_path):
+    scans = tmp_path / "scans"
+    (scans / "x").mkdir(parents=True)
+    shutil.copy(files["target"], scans / "a.nii.gz")
+    shutil.copy(files["target"], scans / "x" / "b.nii.gz")
+    # a rerun would take scans/out/b_seg.nii.gz for a target (and then refuse the folder as holding it)
+    refused(capsys, tmp_path, "would match the output " + str(tmp_path / "scans" / "out" / "b_seg.nii.gz"),
+            "segment", f"{scans}/*/*.nii.gz", *_atlas(files), *QUICK, "-o", scans / "out")
+    # a rerun would take the output folder itself for a target
+    refused(capsys, tmp_path, "would match the output " + str(tmp_path / "scans" / "out"),
+            "segment", f"{scans}/*", *_atlas(files), *QUICK, "-o", scans / "out")
+    # a folder's targets are its own NIfTI files, not its subfolders': an output folder inside it is never read back
+    study = ["segment", scans, *_atlas(files), *QUICK, "-o", scans / "out"]
+    code, _, err = run(capsys, *study)
+    assert code == 0 and "1 segmented, 0 done before, 0 failed" in err, err
+    code, _, err = run(capsys, *study)
+    assert code == 0 and "0 segmented, 1 done before, 0 failed" in err, err
+    assert not list(scans.rglob("*_seg_seg*"))
+
+
 # --- BIDS: the output folder ------------------------------------------------------------------------
 
 @pytest.fixture
@@ -137,6 +158,28 @@ def test_bids_rerun_with_other_settings_is_refused_unless_redo(capsys, files, bi
     assert settings["BackendOptions"]["metric"] == "mse"
     assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == "derivative"
 
+
+
+def test_bids_output_in_the_raw_dataset_is_refused(capsys, files, bids_dir, tmp_path):
+    """Only BIDS_DIR/derivatives/NAME of the raw dataset may hold outputs; a BIDS_DIR inside OUTPUT_DIR
+    is refused only where outputs would land in it."""
+    for out in (bids_dir, bids_dir / "sub-01" / "anat", bids_dir / "extra", bids_dir / "derivatives"):
+        refused(capsys, tmp_path, f"{out}: would be written into the raw dataset BIDS_DIR", *_bids(bids_dir, out, *_atlas(files)))
+    named_as_a_subject = shutil.copytree(bids_dir, tmp_path / "outer" / "sub-01")  # OUTPUT_DIR/sub-01/anat/... is in it
+    refused(capsys, tmp_path, "would be written into the raw dataset BIDS_DIR",
+            *_bids(named_as_a_subject, tmp_path / "outer", *_atlas(files)))
+    raw = snapshot(bids_dir)
+    out = bids_dir / "derivatives" / "atlasreg"
+    code, _, err = run(capsys, *_bids(bids_dir, out, *_atlas(files)))
+    assert code == 0 and "1 segmented, 0 done before" in err, err
+    code, _, err = run(capsys, *_bids(bids_dir, out, *_atlas(files)))  # pybids does not index derivatives/ as raw data
+    assert code == 0 and "0 segmented, 1 done before" in err, err
+    assert {k: v for k, v in snapshot(bids_dir).items() if not k.startswith("derivatives")} == raw
+    inside = shutil.copytree(bids_dir, tmp_path / "project" / "raw")  # a BIDS_DIR inside OUTPUT_DIR where no output lands: harmless
+    raw = snapshot(inside)
+    code, _, err = run(capsys, *_bids(inside, tmp_path / "project", *_atlas(files)))
+    assert code == 0 and "1 segmented, 0 done before" in err, err
+    assert snapshot(inside) == raw
 
 # --- compare ------------------------------------------------------------------------------------------
 
