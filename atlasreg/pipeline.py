@@ -451,12 +451,23 @@ STUDY_SETTINGS = "atlasreg_settings.json"
 
 
 def made_by(settings: SegmentSettings, atlases: Sequence[Atlas] | None, builtin_atlas: str | None) -> dict[str, Any]:
-    """What makes a study's outputs what they are (the method, its options, the atlases, the model's
-    checksum), as plain JSON values: enough to make them again, and to tell a rerun of other settings."""
+    """What makes a study's outputs what they are (the method, its options, the atlases and their
+    contents' checksums, the model's checksum), as plain JSON values: enough to make them again, and to
+    tell a rerun of other settings, also one whose atlas file was replaced in place."""
     from .atlases import DEFAULT_ATLAS
+    from .models import sha256
 
     def where(value: Any) -> Any:
         return str(Path(value).resolve()) if isinstance(value, (str, os.PathLike)) else f"in memory ({type(value).__name__})"
+
+    def content(value: ImageLike, labels: bool) -> str:  # of a file's bytes, or of an in-memory volume's grid and values
+        if isinstance(value, (str, os.PathLike)):
+            return sha256(value)
+        volume = _as_volume(value, labels, "atlas")
+        digest = hashlib.sha256(f"{volume.array.dtype.str} {volume.array.shape}".encode())
+        for array in (volume.affine, volume.array):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
 
     entry: dict[str, Any] = {
         "Backend": settings.backend,
@@ -466,8 +477,10 @@ def made_by(settings: SegmentSettings, atlases: Sequence[Atlas] | None, builtin_
         "LabelInterpolation": settings.label_interp,
         "Atlases": [[where(i), where(l)] for i, l in atlases] if atlases else (builtin_atlas or DEFAULT_ATLAS),
     }
+    if atlases:  # a built-in atlas is told by its name and the Version
+        entry["AtlasSHA256"] = [[content(i, False), content(l, True)] for i, l in atlases]
     if get_backend(settings.backend).kind == "learned":  # the model actually run: a file, a name or the shipped default
-        from .models import resolve, sha256
+        from .models import resolve
 
         entry["ModelSHA256"] = sha256(resolve(settings.backend, settings.backend_options.get("model", "")))
     return json.loads(json.dumps(entry))  # tuples become lists, as they read back

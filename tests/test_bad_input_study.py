@@ -8,6 +8,7 @@ stderr, no traceback, every file under the test folder byte-identical afterwards
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import shutil
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 import atlasreg
+from atlasreg.pipeline import settings_digest
 from atlasreg.volume import label_map
 
 from conftest import AFFINE, blob_labels, case_files, refused, run_cli as run, snapshot, unwritable_folder
@@ -104,6 +106,41 @@ def test_study_outputs_a_target_pattern_would_reach_are_refused(capsys, files, t
     assert code == 0 and "0 segmented, 1 done before, 0 failed" in err, err
     assert not list(scans.rglob("*_seg_seg*"))
 
+
+def test_an_atlas_replaced_in_place_counts_as_other_settings(capsys, files, tmp_path):
+    """The settings record each atlas file's SHA-256, not only its path: outputs of the old atlas are
+    not kept under the new one; a record without checksums (an older atlasreg's) is not trusted either."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(files["target"], scans / "a.nii.gz")
+    out = tmp_path / "out"
+    study = ["segment", scans, *_atlas(files), *QUICK, "-o", out]
+    assert run(capsys, *study)[0] == 0
+    settings = json.loads((out / "atlasreg_settings.json").read_text())
+    assert settings["AtlasSHA256"] == [[hashlib.sha256(files[name].read_bytes()).hexdigest() for name in ("atlas", "atlas_seg")]]
+    original = files["atlas_seg"].read_bytes()
+    atlasreg.save(label_map(blob_labels((24, 24, 24), shift=(2, 0, 0)), AFFINE), files["atlas_seg"])
+    refused(capsys, tmp_path, "made with other settings (differing: AtlasSHA256;", *study)
+    files["atlas_seg"].write_bytes(original)
+    assert run(capsys, *study)[2].startswith("0 segmented, 1 done before")  # the same bytes again: the same settings
+    older = {k: v for k, v in settings.items() if k != "AtlasSHA256"}  # the folder as an older atlasreg left it
+    (out / "atlasreg_settings.json").write_text(json.dumps(older))
+    record = json.loads((out / "a_seg.json").read_text())
+    (out / "a_seg.json").write_text(json.dumps({**record, "settings": settings_digest(older)}))
+    refused(capsys, tmp_path, "made with other settings (differing: AtlasSHA256;", *study)
+    code, _, err = run(capsys, *study, "--redo")
+    assert code == 0 and "1 segmented, 0 done before" in err, err
+
+
+def test_an_in_memory_atlas_changed_counts_as_other_settings(files, tmp_path):
+    image, labels = atlasreg.load(files["atlas"]), atlasreg.load(files["atlas_seg"], labels=True)
+    out = tmp_path / "out"
+    options = {"backend": "affine", "backend_options": {"rigid_iterations": (5, 5), "affine_iterations": (5, 5)}, "qc": False}
+    assert [r["status"] for r in atlasreg.segment_many([files["target"]], [(image, labels)], out, **options)] == ["ok"]
+    assert [r["status"] for r in atlasreg.segment_many([files["target"]], [(image, labels)], out, **options)] == ["done before"]
+    shifted = label_map(np.roll(labels.array, 2, axis=0), labels.affine)
+    with pytest.raises(atlasreg.AtlasregError, match=r"differing: AtlasSHA256;"):
+        atlasreg.segment_many([files["target"]], [(image, shifted)], out, **options)
 
 # --- BIDS: the output folder ------------------------------------------------------------------------
 
