@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,12 @@ from typing import Any
 import click
 
 from .atlases import DEFAULT_ATLAS, label_names, list_atlases
-from .cli_options import (atlas_options, backend_options, bids_options, compare_options, demo_options, evaluate_options, json_option,
-                          method_options, register_options, segment_options, spread_lists, study_options, synth_options, train_options,
-                          volumes_options)
+from .cli_options import (Group, atlas_options, backend_options, bids_app_args, bids_options, compare_options, demo_options, evaluate_options,
+                          group_options, json_option, method_options, options as declared, register_options, segment_options, study_options,
+                          synth_options, train_options, volumes_options)
 from .errors import AtlasregError
 from .io import available_memory, check_output, save
+from .logs import close_bars, configure, internal_error
 from .lut import tsv_beside
 from .metrics import scores_text
 from .pipeline import (StudyOptions, as_labels, evaluate as evaluate_labels, register_file, segment_file, segment_study, several_targets,
@@ -30,15 +32,18 @@ def _print_methods(infos: list[MethodInfo], as_json: bool) -> None:
         click.echo(line)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@declared(*group_options)
 @click.version_option(package_name="atlasreg")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool, log_file: str | None, no_progress: bool) -> None:
     """atlasreg: atlas registration and registration-based segmentation of 3-D brain MRI.
 
     Register labelled atlases to a scan with a pluggable backend and carry their labels across;
     fuse several atlases; score the result. Inputs and outputs are NIfTI (.nii / .nii.gz); the
     output keeps the target's grid and affine.
     """
+    configure(verbose, log_file, progress=not no_progress, quiet=quiet, command=ctx.obj["command"])
 
 
 @cli.command()
@@ -80,7 +85,7 @@ def options(name: str) -> None:
 @backend_options
 def register(moving: str, fixed: str, output: str, transform_out: str | None, method: dict[str, Any]) -> None:
     """Register MOVING to FIXED and write MOVING resampled onto FIXED's grid."""
-    written = register_file(moving, fixed, output, transform_out, **method)
+    written = register_file(moving, fixed, output, transform_out, progress=True, **method)
     click.echo("wrote " + " and ".join(map(str, written)), err=True)
 
 
@@ -236,28 +241,25 @@ def _report_study(records: list[dict[str, Any]], out_dir: Path) -> None:
 @atlas_options
 @method_options
 @study_options
-def bids(bids_dir: str, output_dir: str, analysis_level: str, participants: tuple[str, ...], sessions: tuple[str, ...],
-         atlases: list | None, builtin_atlas: str | None, method: dict[str, Any], study: StudyOptions) -> None:
-    """Segment the T1w images of a BIDS dataset into BIDS derivatives (a BIDS App).
+@click.pass_obj
+def bids(obj: dict[str, str], bids_dir: str, output_dir: str, analysis_level: str, participants: tuple[str, ...], sessions: tuple[str, ...],
+         work_dir: str | None, atlases: list | None, builtin_atlas: str | None, method: dict[str, Any], study: StudyOptions) -> None:
+    """Segment the T1w images of a BIDS dataset into BIDS derivatives (a BIDS App; options anywhere).
 
-    participant: per T1w image OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y]_desc-<atlas>_dseg.nii.gz
-    (labels), _volumes.tsv, a QC figure under sub-X/figures/, plus dataset_description.json,
-    desc-<atlas>_dseg.tsv (label names and colours) and index.html. Reruns skip finished images.
-    group: one volumes table for the whole study, OUTPUT_DIR/desc-<atlas>_volumes.tsv.
+    participant: per T1w image sub-X[/ses-Y]/anat/..._desc-<atlas>_dseg.nii.gz (+ .json: Sources), _morph.tsv (volumes, mm³),
+    QC figures, sub-X.html, index.html of every subject; reruns skip finished images. group: OUTPUT_DIR/desc-<atlas>_morph.tsv.
 
     \b
     Example:
-      atlasreg bids /data/study /data/study/derivatives/atlasreg participant --participant-label 01 02 -b ants -O preset=fast --jobs 2
+      atlasreg bids /data/study /data/study/derivatives/atlasreg participant --participant_label 01 02 -b ants --jobs 2
       atlasreg bids /data/study /data/study/derivatives/atlasreg group
     """
     from .bids import run_group, run_participant
 
     if analysis_level == "group":
-        table = run_group(output_dir, participants)
-        click.echo(f"wrote {table} and {Path(output_dir) / 'index.html'}", err=True)
-        return
+        return click.echo(f"wrote {run_group(output_dir, participants, command=obj['command'])} and {Path(output_dir) / 'index.html'}", err=True)
     _report_study(study.run(run_participant, bids_dir, output_dir, participants, sessions, atlases, builtin_atlas, progress=True,
-                            **method), Path(output_dir))
+                            work_dir=work_dir, command=obj["command"], **method), Path(output_dir))
 
 
 @cli.command()
@@ -283,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     # temporary folder, where it would stay: it goes beside atlasreg's own cache (unless set)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
     try:
-        cli.main(args=spread_lists(sys.argv[1:] if argv is None else argv), prog_name="atlasreg", standalone_mode=False)
+        args = sys.argv[1:] if argv is None else argv
+        cli.main(args=bids_app_args(args, cli), prog_name="atlasreg", standalone_mode=False, obj={"command": shlex.join(["atlasreg", *args])})
     except AtlasregError as exc:
         _fail(str(exc))
     except (click.exceptions.Abort, KeyboardInterrupt):
@@ -292,16 +295,13 @@ def main(argv: list[str] | None = None) -> None:
         _fail(exc.format_message(), exc.exit_code)
     except MemoryError:
         _fail(f"out of memory (about {available_memory() / 2**30:.1f} GiB is available): give smaller volumes or fewer --jobs")
-    except Exception as exc:  # last resort: never a traceback unless asked for
+    except Exception as exc:  # last resort: never a traceback unless asked for (-vv, ATLASREG_DEBUG=1)
         if os.environ.get("ATLASREG_DEBUG"):
             raise
-        _fail(f"internal error: {type(exc).__name__}: {exc} (set ATLASREG_DEBUG=1 for the traceback)")
+        _fail(internal_error(exc))
 
 
 def _fail(message: str, code: int = 1) -> None:
-    from tqdm import tqdm
-
-    for bar in list(tqdm._instances):  # bars a failure left open: closed, so the error starts a line of its own
-        bar.close()
+    close_bars()  # bars a failure left open: closed, so the error starts a line of its own
     click.echo(f"atlasreg: error: {' '.join(message.split())}", err=True)
     sys.exit(code)

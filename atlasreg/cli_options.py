@@ -19,6 +19,38 @@ from .spatial import LABEL_INTERPOLATIONS
 from .synth import CONTRASTS
 
 
+class OnceCommand(click.Command):
+    """A command that refuses an option given twice unless it is repeatable: click keeps the last
+    value silently (``compare -a A -a B`` would compare against B alone)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        _, _, order = self.make_parser(ctx).parse_args(args=list(args))
+        seen = set()
+        for param in order:
+            if isinstance(param, click.Option) and not (param.multiple or param.count or param.is_flag):
+                if param.name in seen:
+                    raise click.UsageError(f"{' / '.join(param.opts)} given twice; it takes one value", ctx)
+                seen.add(param.name)
+        return super().parse_args(ctx, args)
+
+
+class Group(click.Group):
+    """``atlasreg``: every command an :class:`OnceCommand`."""
+
+    command_class = OnceCommand
+
+
+#: the options of the ``atlasreg`` group itself: logging and progress (see :mod:`atlasreg.logs`)
+group_options = (
+    click.option("-v", "--verbose", count=True, help="More messages: -v what each step did and took, -vv debugging "
+                 "detail and the traceback of an internal error (ATLASREG_DEBUG=1: Python raises it instead)."),
+    click.option("-q", "--quiet", is_flag=True, help="Errors only, no progress bars."),
+    click.option("--log-file", type=click.Path(dir_okay=False), help="Also append every message (from -v's level, with times) to this file."),
+    click.option("--no-progress", is_flag=True, help="No progress bars (they are off anyway when stderr is not a terminal, "
+                 "or with TQDM_DISABLE=1)."),
+)
+
+
 def options(*declared: Callable) -> Callable:
     """One decorator applying click options in the order listed (so ``--help`` lists them so)."""
     def decorate(command: Callable) -> Callable:
@@ -141,9 +173,12 @@ bids_options = options(
     click.argument("bids_dir", type=click.Path()),
     click.argument("output_dir", type=click.Path()),
     click.argument("analysis_level", type=click.Choice(["participant", "group"])),
-    click.option("--participant-label", "participants", multiple=True, metavar="LABEL...",
+    click.option("--participant-label", "--participant_label", "participants", multiple=True, metavar="LABEL...",
                  help="Participants to process: 01 02 ... (or sub-01)  [default: all]"),
-    click.option("--session", "sessions", multiple=True, metavar="LABEL...", help="Sessions to process: 1 2 ...  [default: all]"),
+    click.option("--session", "--session-label", "--session_label", "sessions", multiple=True, metavar="LABEL...",
+                 help="Sessions to process: 1 2 ...  [default: all]"),
+    click.option("-w", "--work-dir", type=click.Path(file_okay=False),
+                 help="Folder for scratch files (a --dask cluster's spill space)  [default: OUTPUT_DIR]"),
 )
 
 demo_options = options(
@@ -157,12 +192,17 @@ demo_options = options(
 compare_options = options(
     click.option("-b", "--backend", "specs", multiple=True, required=True, metavar="NAME[:KEY=VALUE...]",
                  help="Methods to compare, comma-separated or repeated; a backend at other settings: ants:preset=fast."),
-    click.option("-a", "--atlas", nargs=2, metavar="IMAGE LABELS", help="The atlas registered to every target."),
+    click.option("-a", "--atlas", "atlases", nargs=2, multiple=True, metavar="IMAGE LABELS",
+                 help="An atlas registered to every target (repeatable: each target against each atlas)."),
     click.option("--targets", metavar="GLOB", help="Target images (quote the pattern)."),
     click.option("--truth", metavar="GLOB", help="Their manual label maps; wildcards must match the same subject ids."),
     click.option("--dataset", nargs=2, metavar="KIND ROOT", help="Targets from a dataset instead: lpba40, mindboggle101, oasis or csv."),
     click.option("--split", help="With --dataset: which split to use as targets  [default: test if it has one, else all]"),
-    click.option("--atlas-id", help="With --dataset: use this subject as the atlas (instead of -a)."),
+    click.option("--atlas-id", "atlas_ids", multiple=True, help="With --dataset: use this subject as an atlas (instead of -a; repeatable)."),
+    click.option("--leave-one-out", is_flag=True, help="Every subject with a label map (of --targets/--truth or the --dataset split) "
+                 "is the atlas of every other one (instead of -a / --atlas-id)."),
+    click.option("--figure-target", "figure_targets", multiple=True, metavar="ID",
+                 help="Draw the figures of this target only (repeatable)  [default: every target]"),
     click.option("--model", "models", multiple=True, metavar="NAME=MODEL.pt", help="Model file of a learned backend (repeatable)."),
     click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), help="Scoring protocol  [default: the dataset's, else aseg]"),
     click.option("-o", "--output", required=True, help="Report folder: results.csv, summary.md, figures (resumes if it exists)."),
@@ -204,20 +244,51 @@ train_options = options(
     click.option("--cache-dir", help="Where affine pre-alignments are cached (share it between models)  [default: MODEL.pt.cache]"),
 )
 
-LIST_OPTIONS = ("--participant-label", "--session")
+LIST_OPTIONS = ("--participant-label", "--participant_label", "--session", "--session-label", "--session_label")
+LEVELS = ("participant", "group")
 
 
-def spread_lists(args: list[str]) -> list[str]:
-    """BIDS Apps take space-separated lists (``--participant-label 01 02``); click takes one value per
-    flag, so the flag is repeated before each further value of ``atlasreg bids``."""
-    if not args or args[0] != "bids":
+def _arities(command: click.Command) -> dict[str, int]:
+    """How many values each option name of ``command`` takes."""
+    return {name: 0 if (param.is_flag or param.count) else param.nargs
+            for param in command.params if isinstance(param, click.Option) for name in (*param.opts, *param.secondary_opts)}
+
+
+def _split(args: list[str], arities: dict[str, int], lists: Sequence[str]) -> tuple[list[str], list[tuple[str, str | None]]]:
+    """Options with their values, and the other words, each with the list option it follows (if any)."""
+    taken, words = [], []
+    current = None
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        if arg.startswith("-") and len(arg) > 1:
+            name = arg.split("=", 1)[0]
+            current = name if name in lists and "=" not in arg else None
+            count = 1 + (0 if "=" in arg or current else arities.get(name, 0))
+            taken += args[index:index + count]
+            index += count
+            continue
+        words.append((arg, current))
+        index += 1
+    return taken, words
+
+
+def bids_app_args(args: list[str], group: click.Group) -> list[str]:
+    """``atlasreg bids`` the BIDS Apps way, in the order click reads: lists separated by spaces
+    (``--participant-label 01 02``, each value then gets its flag) and options anywhere, before the
+    positionals too (``bids --participant-label 01 BIDS_DIR OUTPUT_DIR participant``): the
+    positionals are the analysis level and the two words before it; other words after a list
+    option are its values."""
+    arities, at = _arities(group), 0
+    while at < len(args) and args[at].startswith("-"):  # the group's options, then the command
+        at += 1 + (0 if "=" in args[at] else arities.get(args[at], 0))
+    if at >= len(args) or args[at] != "bids":
         return args
-    spread: list[str] = []
-    flag = None
-    for arg in args:
-        if arg.startswith("-"):
-            flag = arg if arg in LIST_OPTIONS else None
-        elif flag and spread[-1] != flag:
-            spread.append(flag)
-        spread.append(arg)
-    return spread
+    taken, words = _split(args[at + 1:], _arities(group.commands["bids"]), LIST_OPTIONS)
+    level = next((k for k, (word, _) in enumerate(words) if word in LEVELS and k >= 2), None)
+    positionals = [word for word, _ in words[level - 2:level + 1]] if level is not None else [w for w, flag in words if flag is None]
+    values = [(flag, word) for k, (word, flag) in enumerate(words)
+              if flag is not None and (level is None or not level - 2 <= k <= level)]
+    options = [arg for arg in taken if arg not in LIST_OPTIONS]
+    stray = [word for k, (word, flag) in enumerate(words) if flag is None and level is not None and not level - 2 <= k <= level]
+    return [*args[:at + 1], *positionals, *stray, *options, *(arg for flag, word in values for arg in (flag, word))]

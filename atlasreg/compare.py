@@ -3,7 +3,7 @@ settings, register the same atlases to the same targets and are scored by the sa
 
 Every method runs on every (atlas, target) pair: one atlas against every target, several atlases
 against every target, or leave-one-out over a set of labelled subjects (each one the atlas of all
-the others: :func:`leave_one_out`); an atlas is never its own target. Every finished
+the others: :func:`leave_one_out_of`); an atlas is never its own target. Every finished
 (method, atlas, target) triple is written to ``results.csv`` at once, so an interrupted comparison
 resumes where it stopped; a method that fails on a pair is recorded as failed there and the others
 go on (and is retried on the next run, unless asked not to). A pair's ``mean`` row is written
@@ -76,7 +76,7 @@ def atlas_subjects(atlases: Sequence[Target] | tuple[str | os.PathLike, str | os
     return subjects
 
 
-def leave_one_out(subjects: Sequence[Target]) -> tuple[list[Target], list[Target]]:
+def leave_one_out_of(subjects: Sequence[Target]) -> tuple[list[Target], list[Target]]:
     """(atlases, targets) of a leave-one-out comparison: every subject the atlas of every other one."""
     if len(subjects) < 2:
         raise AtlasregError(f"leave-one-out needs at least 2 labelled subjects, got {len(subjects)}")
@@ -126,42 +126,49 @@ def parse_methods(specs: Sequence[str], models: Mapping[str, str] | None = None)
     return methods
 
 
-def choose_targets(atlas: Sequence[str] | None = None, targets: str | None = None, truth: str | None = None,
-                   dataset: Sequence[str] | None = None, split: str | None = None, atlas_id: str | None = None,
-                   protocol: str | None = None) -> tuple[tuple[Path, Path], list[Target], str]:
-    """The atlas, the targets with a label map (never the atlas itself) and the protocol of a
-    comparison: targets from ``targets``/``truth`` globs, or from ``dataset`` (KIND, ROOT) where
-    ``split`` picks the targets (default: its test split if it has one, else every subject),
-    ``atlas_id`` the atlas subject (instead of ``atlas``: IMAGE, LABELS) and its protocol is the default."""
+def choose_targets(atlases: Sequence[Sequence[str]] | None = None, targets: str | None = None, truth: str | None = None,
+                   dataset: Sequence[str] | None = None, split: str | None = None, atlas_ids: Sequence[str] = (),
+                   leave_one_out: bool = False, protocol: str | None = None) -> tuple[list[Target], list[Target], str]:
+    """The atlases, the targets with a label map and the protocol of a comparison: targets from
+    ``targets``/``truth`` globs, or from ``dataset`` (KIND, ROOT) where ``split`` picks the targets
+    (default: its test split if it has one, else every subject) and its protocol is the default.
+    Atlases: ``atlases`` (IMAGE, LABELS pairs), subjects of the dataset (``atlas_ids``), or, with
+    ``leave_one_out``, every target (each the atlas of all the others). Outside leave-one-out an atlas is never a target."""
     from .datasets import from_globs, open_dataset
 
     if dataset and (targets or truth):
         raise AtlasregError("give --dataset or --targets/--truth, not both")
+    if leave_one_out and (atlases or atlas_ids):
+        raise AtlasregError("--leave-one-out takes its atlases from the targets: give no -a or --atlas-id")
+    if atlases and atlas_ids:
+        raise AtlasregError("give -a or --atlas-id, not both")
+    chosen: list[Target] = [subject for pair in atlases or () for subject in atlas_subjects(tuple(pair))]
     if dataset:
         data = open_dataset(dataset[0], dataset[1])
         pool = data.split(split) if split else data.split("test") if "test" in data.splits else data.subjects
         protocol = protocol or data.protocol
-        if atlas_id:
-            if atlas:
-                raise AtlasregError("give -a or --atlas-id, not both")
-            chosen = data.subject(atlas_id)
-            if chosen.labels is None:
+        for atlas_id in atlas_ids:
+            subject = data.subject(atlas_id)
+            if subject.labels is None:
                 raise AtlasregError(f"atlas subject {atlas_id} has no label map")
-            atlas = (str(chosen.image), str(chosen.labels))
+            chosen.append(Target(atlas_id, Path(subject.image), Path(subject.labels)))
     else:
         if not (targets and truth):
             raise AtlasregError("give --targets and --truth (or --dataset KIND ROOT)")
-        if atlas_id:
+        if atlas_ids:
             raise AtlasregError("--atlas-id needs --dataset")
         pool = from_globs(targets, truth).subjects
-    if not atlas:
-        raise AtlasregError("give the atlas: -a IMAGE LABELS (or --atlas-id with --dataset)")
-    atlas_paths = (Path(atlas[0]), Path(atlas[1]))
-    chosen_targets = [Target(s.id, s.image, s.labels) for s in pool
-                      if s.labels is not None and Path(s.image).resolve() != atlas_paths[0].resolve()]
-    if not chosen_targets:
+    labelled = [Target(s.id, Path(s.image), Path(s.labels)) for s in pool if s.labels is not None]
+    if leave_one_out:
+        chosen, labelled = leave_one_out_of(labelled)
+    if not chosen:
+        raise AtlasregError("give the atlas: -a IMAGE LABELS (or --atlas-id with --dataset, or --leave-one-out)")
+    chosen = atlas_subjects(chosen)
+    atlas_images = {Path(a.image).resolve() for a in chosen}
+    picked = labelled if leave_one_out else [t for t in labelled if Path(t.image).resolve() not in atlas_images]
+    if not picked:
         raise AtlasregError("no target with a label map to score against")
-    return atlas_paths, chosen_targets, protocol or "aseg"
+    return chosen, picked, protocol or "aseg"
 
 
 def _safe(label: str) -> str:
@@ -195,7 +202,8 @@ def _check_file_names(methods: Sequence[Method], subjects: Sequence[Target]) -> 
 def failures(results_path: Path, methods: Sequence[Method], atlases: Sequence[Target], targets: Sequence[Target]) -> list[str]:
     """One line per (method, atlas, target) of these that ``results_path`` records as failed."""
     wanted = {(m.label, a.id, t.id) for m in methods for a, t in pairs_of(atlases, targets)}
-    return [f"{row['method']}, atlas {row['atlas']} on {row['target']}: {row['error']}" for row in read_results(results_path)
+    return [f"{row['method']} on {row['target']}" + (f" from atlas {row['atlas']}" if len(atlases) > 1 else "") + f": {row['error']}"
+            for row in read_results(results_path)
             if row["kind"] == "mean" and row["status"] == "failed" and (row["method"], row["atlas"], row["target"]) in wanted]
 
 
@@ -311,7 +319,8 @@ def run_compare(
     """Run every method on every (atlas, target) pair (:func:`pairs_of`) not already done in
     ``out_dir/results.csv``; returns that file.
 
-    ``atlases``: labelled subjects (:class:`Target`), or one (image, labels) pair. Pairs recorded
+    ``atlases``: labelled subjects (:class:`Target`), or one (image, labels) pair; leave-one-out:
+    the same subjects as atlases and targets (:func:`leave_one_out_of`). Pairs recorded
     as failed are run again unless ``retry_failed`` is False; rows of unfinished pairs (a file cut
     short) are dropped and those pairs run again. Pairs run through :func:`atlasreg.batch.run_tasks`
     (``jobs`` at a time); each is written as it finishes. The deformations of the targets named in

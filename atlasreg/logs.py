@@ -23,17 +23,23 @@ from typing import Any, Iterable, Iterator
 
 from tqdm import tqdm
 
+from ._version import __version__
+from .errors import AtlasregError
+
 LOGGER = "atlasreg"
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 _steps: ContextVar[bool] = ContextVar("atlasreg_step_progress", default=False)
+#: the application's word on bars (the CLI's -q / --no-progress, through :func:`configure`)
+_bars = {"allowed": True}
 
 
 def progress_wanted(requested: bool = True) -> bool:
-    """Whether a bar may be drawn: asked for, stderr a terminal, and no ``TQDM_DISABLE`` (tqdm's own switch)."""
+    """Whether a bar may be drawn: asked for, allowed by the application, stderr a terminal, and no
+    ``TQDM_DISABLE`` (tqdm's own switch)."""
     disabled = os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no")
     isatty = getattr(sys.stderr, "isatty", None)
-    return bool(requested and not disabled and isatty is not None and isatty())
+    return bool(requested and _bars["allowed"] and not disabled and isatty is not None and isatty())
 
 
 def progress_bar(iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
@@ -58,6 +64,12 @@ def steps(count: int, desc: str) -> tqdm:
     return progress_bar(range(count), total=count, desc=desc, unit="step", enabled=_steps.get(), leave=False)
 
 
+def close_bars() -> None:
+    """Close every open bar (one a failure left open), so what is printed next starts a line of its own."""
+    for bar in list(tqdm._instances):
+        bar.close()
+
+
 class _TqdmHandler(logging.StreamHandler):
     """Writes records through ``tqdm.write``, so a log line never cuts an open progress bar."""
 
@@ -68,10 +80,16 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def configure(verbosity: int = 0, log_file: str | os.PathLike | None = None) -> logging.Logger:
-    """The command line's logging: on stderr WARNING and above (``verbosity`` -1, from ``-q``: errors
-    only; 1, ``-v``: INFO; 2, ``-vv``: DEBUG); ``log_file`` gets everything from INFO (DEBUG with
-    ``-vv``) with timestamps, appended. Replaces what an earlier call set up."""
+def configure(verbosity: int = 0, log_file: str | os.PathLike | None = None, progress: bool = True, quiet: bool = False,
+              command: str | None = None) -> logging.Logger:
+    """The command line's logging: on stderr WARNING and above (``verbosity`` 1, ``-v``: INFO; 2,
+    ``-vv``: DEBUG; ``quiet`` (``-q``): errors only, no bars); ``log_file`` gets everything from INFO
+    (DEBUG with ``-vv``) with timestamps, appended, starting with ``command``; ``progress``: whether
+    bars may be drawn at all. Replaces what an earlier call set up; returns the ``atlasreg`` logger."""
+    if verbosity and quiet:
+        raise AtlasregError("give -v or -q, not both")
+    verbosity = -1 if quiet else verbosity
+    _bars["allowed"] = progress and not quiet
     logger = logging.getLogger(LOGGER)
     for handler in list(logger.handlers):
         if getattr(handler, "_atlasreg", False):
@@ -83,7 +101,10 @@ def configure(verbosity: int = 0, log_file: str | os.PathLike | None = None) -> 
     console.setFormatter(logging.Formatter("atlasreg: %(message)s" if verbosity < 2 else "%(name)s %(levelname)s: %(message)s"))
     handlers: list[logging.Handler] = [console]
     if log_file is not None:
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        try:
+            file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError as exc:
+            raise AtlasregError(f"--log-file {log_file}: cannot write there ({exc.strerror})") from None
         file_handler.setLevel(min(level, logging.INFO))
         file_handler.setFormatter(logging.Formatter(FORMAT))
         handlers.append(file_handler)
@@ -92,4 +113,12 @@ def configure(verbosity: int = 0, log_file: str | os.PathLike | None = None) -> 
         logger.addHandler(handler)
     logger.setLevel(min(h.level for h in handlers))
     logger.propagate = False
+    if command:
+        logger.info("atlasreg %s: %s", __version__, command)
     return logger
+
+
+def internal_error(exc: BaseException) -> str:
+    """The one line an unexpected exception ends a command with; its traceback goes to the DEBUG log (``-vv``)."""
+    logging.getLogger(LOGGER).debug("internal error", exc_info=exc)
+    return f"internal error: {type(exc).__name__}: {exc} (-vv shows the traceback)"

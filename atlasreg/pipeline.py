@@ -97,13 +97,13 @@ def register(
 
 def register_file(moving: str | os.PathLike, fixed: str | os.PathLike, output: str | os.PathLike,
                   transform_out: str | os.PathLike | None = None, backend: str = DEFAULT_BACKEND,
-                  backend_options: Mapping[str, Any] | None = None) -> list[Path]:
+                  backend_options: Mapping[str, Any] | None = None, progress: bool = False) -> list[Path]:
     """``atlasreg register``: ``moving`` resampled onto ``fixed``'s grid written to ``output`` (and the
     transform to ``transform_out`` as a NIfTI displacement field); the files written. Outputs are
     checked before any work: none may overwrite an input."""
     out = check_output(output, inputs=(moving, fixed))
     field_out = check_output(transform_out, inputs=(moving, fixed, out)) if transform_out else None
-    transform = register(moving, fixed, backend=backend, options=backend_options)
+    transform = register(moving, fixed, backend=backend, options=backend_options, progress=progress)
     warped = transform.warp(as_image(moving))
     if field_out:
         transform.save(field_out)

@@ -204,14 +204,16 @@ class Comparison:
 
 
 def run_comparison(specs: Sequence[str], output: str, models: Sequence[str] = (), retry_failed: bool = True, jobs: int = 1,
-                   progress: bool = True, **choice) -> Comparison:
+                   progress: bool = True, figure_targets: Sequence[str] = (), **choice) -> Comparison:
     """``atlasreg compare``: the methods of ``specs`` (``NAME[:KEY=VALUE...]``, ``models``:
-    ``NAME=MODEL.pt``) run on the atlas and targets :func:`atlasreg.compare.choose_targets` picks
-    from ``choice``, resuming in the folder ``output``, and its report written there."""
-    atlas, targets, protocol = choose_targets(**choice)
+    ``NAME=MODEL.pt``) run on the atlases and targets :func:`atlasreg.compare.choose_targets` picks
+    from ``choice``, resuming in the folder ``output``, and its report written there (figures of
+    ``figure_targets``, default every target)."""
+    atlases, targets, protocol = choose_targets(**choice)
     methods = parse_methods(specs, parse_assignments(models, "--model"))
     out = check_output(output, suffixes=None)
-    results = run_compare(methods, atlas, targets, protocol, out, progress=progress, retry_failed=retry_failed, jobs=jobs)
-    written = write_report(out, methods, atlas, targets, protocol)
-    return Comparison(written, (out / "summary.md").read_text(), failures(results, methods, atlas_subjects(atlas), targets),
-                      len(methods) * len(targets))
+    results = run_compare(methods, atlases, targets, protocol, out, progress=progress, retry_failed=retry_failed, jobs=jobs,
+                          figure_targets=figure_targets)
+    written = write_report(out, methods, atlases, targets, protocol, figure_targets)
+    return Comparison(written, (out / "summary.md").read_text(), failures(results, methods, atlases, targets),
+                      len(methods) * len(pairs_of(atlases, targets)))

@@ -74,10 +74,11 @@ def test_bids_derivatives_are_valid_and_every_page_lists_every_subject(bids_dir,
     from bids_validator import BIDSValidator
 
     out = tmp_path / "derivatives" / "atlasreg"
-    for label in ("01", "02"):
-        code, _, err = run(capsys, "bids", bids_dir, out, "participant", "--participant-label", label, "-a", *atlas, "-b", "affine")
-        assert code == 0, err
-    assert "2 segmented, 0 done before" in err, err
+    code, _, err = run(capsys, "bids", "--participant_label", "01", "-w", tmp_path / "work", bids_dir, out, "participant",
+                       "-a", *atlas, "-b", "affine")  # BIDS Apps habits: the underscore spelling, options first, -w
+    assert code == 0 and "1 segmented, 0 done before" in err, err
+    code, _, err = run(capsys, "bids", bids_dir, out, "participant", "--participant-label", "02", "-a", *atlas, "-b", "affine")
+    assert code == 0 and "2 segmented, 0 done before" in err, err
     index = (out / "index.html").read_text()
     ids = ["sub-01", "sub-02_ses-1", "sub-02_ses-2"]
     assert all(f"<td>{i}<br>" in index for i in ids), index  # the second run kept the first one's subject
@@ -129,6 +130,20 @@ def test_bids_derivatives_are_valid_and_every_page_lists_every_subject(bids_dir,
     first = {int(r["label"]): float(r["volume_mm3"]) for r in table if r["session_id"] == "ses-2"}
     assert first == hand_volumes(out / f"{stems[2]}_dseg.nii.gz")
     assert all(f"<td>{i}<br>" in (out / "index.html").read_text() for i in ids)
+
+
+def test_bids_app_arguments_anywhere_lists_after_their_flag():
+    from atlasreg.cli import cli
+    from atlasreg.cli_options import bids_app_args
+
+    assert bids_app_args(["bids", "--participant-label", "01", "B", "O", "participant"], cli) == [
+        "bids", "B", "O", "participant", "--participant-label", "01"]
+    assert bids_app_args(["-v", "--log-file", "bids", "bids", "--participant_label", "01", "sub-02", "B", "O", "participant",
+                          "-a", "i.nii", "l.nii", "-w", "W", "--session", "1", "2"], cli) == [
+        "-v", "--log-file", "bids", "bids", "B", "O", "participant", "-a", "i.nii", "l.nii", "-w", "W",
+        "--participant_label", "01", "--participant_label", "sub-02", "--session", "1", "--session", "2"]
+    assert bids_app_args(["bids", "B", "O", "group", "--participant-label=01"], cli) == ["bids", "B", "O", "group", "--participant-label=01"]
+    assert bids_app_args(["segment", "--participant-label", "01"], cli) == ["segment", "--participant-label", "01"]
 
 
 def test_bids_selects_participants_and_sessions_and_refuses_bad_input(bids_dir, atlas, tmp_path, capsys):

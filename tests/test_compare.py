@@ -125,12 +125,21 @@ def test_compare_cli_end_to_end_and_errors(study, tmp_path, capsys):
     atlas, _ = study
     data = atlas[0].parent
     out = tmp_path / "cli-report"
-    args = ["compare", "-b", "affine", "-a", str(atlas[0]), str(atlas[1]), "--targets", str(data / "s*_t1.nii.gz"),
-            "--truth", str(data / "s*_seg.nii.gz"), "--protocol", "labels", "-o", str(out)]
+    args = ["compare", "-b", "affine", "-a", str(atlas[0]), str(atlas[1]), "-a", str(data / "s1_t1.nii.gz"), str(data / "s1_seg.nii.gz"),
+            "--targets", str(data / "s*_t1.nii.gz"), "--truth", str(data / "s*_seg.nii.gz"), "--protocol", "labels", "--figure-target", "2",
+            "-o", str(out)]
     main(args)
     captured = capsys.readouterr()
-    assert "| affine |" in captured.out
-    assert {r["target"] for r in _rows(out / "results.csv")} == {"1", "2", "3"}
+    assert "| affine |" in captured.out and "over (atlas, target) pairs (4)" in captured.out
+    # each target against each atlas; an atlas is not a target
+    assert {(r["atlas"], r["target"]) for r in _rows(out / "results.csv")} == {(a, t) for a in ("atlas_t1", "s1_t1") for t in ("2", "3")}
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["2_deformation.png", "2_overlays.png"]
+
+    for extra, message in ((["-o", str(tmp_path / "z")], "-o / --output given twice"),  # click would keep the last one silently
+                           (["--leave-one-out"], "--leave-one-out takes its atlases from the targets")):
+        with pytest.raises(SystemExit):
+            main(args + extra)
+        assert message in capsys.readouterr().err
 
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "-b", "nope", "-a", str(atlas[0]), str(atlas[1]), "--targets", str(data / "s*_t1.nii.gz"),
@@ -145,10 +154,10 @@ def test_compare_cli_end_to_end_and_errors(study, tmp_path, capsys):
 
 
 def test_leave_one_out_pairs_every_subject_with_every_other_and_draws_the_chosen_target(study, tmp_path):
-    from atlasreg.compare import leave_one_out, pairs_of
+    from atlasreg.compare import leave_one_out_of, pairs_of
 
     atlas, targets = study
-    atlases, chosen = leave_one_out(targets)
+    atlases, chosen = leave_one_out_of(targets)
     assert [(a.id, t.id) for a, t in pairs_of(atlases, chosen)] == [
         ("s2", "s1"), ("s3", "s1"), ("s1", "s2"), ("s3", "s2"), ("s1", "s3"), ("s2", "s3")]  # never an atlas on itself
     out = tmp_path / "loo"
@@ -173,4 +182,4 @@ def test_leave_one_out_pairs_every_subject_with_every_other_and_draws_the_chosen
     with pytest.raises(AtlasregError, match="not a target"):
         run_compare(methods, atlases, chosen, "labels", out, progress=False, figure_targets=["s9"])
     with pytest.raises(AtlasregError, match="at least 2"):
-        leave_one_out(targets[:1])
+        leave_one_out_of(targets[:1])

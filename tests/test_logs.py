@@ -101,3 +101,62 @@ def test_configure_levels_and_log_file(tmp_path, capsys):
     assert "a warning" in err and "an info line" not in err and "quiet warning" not in err and "an error" in err and "a debug line" in err
     text = log_file.read_text()
     assert "INFO" in text and "an info line" in text and "a warning" in text and "quiet warning" not in text
+
+
+def _cli(monkeypatch, *args, terminal: bool = False, tqdm_disable: bool = False) -> tuple[int, str]:
+    """Run the CLI in-process with stderr captured (a terminal if asked); (exit code, stderr)."""
+    from atlasreg.cli import main
+
+    stream = on_terminal(monkeypatch) if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    if tqdm_disable:
+        monkeypatch.setenv("TQDM_DISABLE", "1")
+    try:
+        main(list(map(str, args)))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    finally:
+        configure(0)  # as a fresh process would start
+    return code, stream.getvalue()
+
+
+@pytest.fixture
+def pair_files(tmp_path):
+    moving, fixed = _pair()
+    return atlasreg.save(moving, tmp_path / "moving.nii.gz"), atlasreg.save(fixed, tmp_path / "fixed.nii.gz")
+
+
+def test_cli_verbosity_log_file_and_progress_switches(monkeypatch, tmp_path, pair_files):
+    quick = ["-b", "affine", "-O", "rigid_iterations=5,3", "-O", "affine_iterations=4,2"]
+    log_file = tmp_path / "run.log"
+    code, err = _cli(monkeypatch, "-v", "--log-file", log_file, "register", *pair_files, *quick, "-o", tmp_path / "a.nii.gz", terminal=True)
+    assert code == 0, err
+    assert "registered with affine in" in err and "rigid 8 mm" in err, err  # -v: what each step took; a terminal: bars
+    text = log_file.read_text()
+    assert f"atlasreg {atlasreg.__version__}: atlasreg -v --log-file {log_file} register" in text and "registered with affine" in text
+    assert "\r" not in text  # bars never reach the log
+    for switch in (["--no-progress"], ["-q"]):
+        code, err = _cli(monkeypatch, *switch, "register", *pair_files, *quick, "-o", tmp_path / f"{switch[0]}.nii.gz", terminal=True)
+        assert code == 0 and "rigid 8 mm" not in err and "registered with" not in err, err
+    code, err = _cli(monkeypatch, "register", *pair_files, *quick, "-o", tmp_path / "b.nii.gz", terminal=True, tqdm_disable=True)
+    assert code == 0 and "rigid 8 mm" not in err, err
+    code, err = _cli(monkeypatch, "-v", "-q", "backends")
+    assert code == 1 and "give -v or -q, not both" in err
+
+
+def test_cli_refuses_an_option_given_twice_that_takes_one_value(monkeypatch, tmp_path, pair_files):
+    code, err = _cli(monkeypatch, "register", *pair_files, "-b", "affine", "-b", "svf", "-o", tmp_path / "x.nii.gz")
+    assert code == 2 and "-b / --backend given twice" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_internal_error_traceback_only_with_vv(monkeypatch):
+    def broken():
+        raise RuntimeError("something unexpected")
+
+    monkeypatch.setattr("atlasreg.cli.backend_infos", broken)
+    code, err = _cli(monkeypatch, "backends")
+    assert code == 1 and err.strip() == "atlasreg: error: internal error: RuntimeError: something unexpected (-vv shows the traceback)"
+    code, err = _cli(monkeypatch, "-vv", "backends")
+    assert code == 1 and "Traceback (most recent call last)" in err and err.strip().endswith("(-vv shows the traceback)"), err
