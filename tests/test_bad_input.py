@@ -32,8 +32,8 @@ def files(tmp_path) -> dict[str, Path]:
     return case_files(tmp_path)
 
 
-def _segment(files, *extra):
-    return ["segment", files["target"], "-a", files["atlas"], files["atlas_seg"], "-b", "affine", *extra]
+def _segment(files, *extra, backend: str = "affine"):
+    return ["segment", files["target"], "-a", files["atlas"], files["atlas_seg"], "-b", backend, *extra]
 
 
 # --- 1, 2: an output that is an input -----------------------------------------------------------
@@ -68,8 +68,9 @@ def test_compare_ids_cannot_write_outside_the_report(capsys, files, tmp_path):
     code, _, err = run(capsys, "compare", "-b", "affine", "-a", files["atlas"], files["atlas_seg"],
                        "--dataset", "csv", listing, "--protocol", "labels", "-o", report)
     assert code == 0, err
-    escaped = sorted(tmp_path.rglob("*escaped*"))
-    assert len(escaped) == 2 and all(report / "segmentations" / "affine" in p.parents for p in escaped)
+    escaped = sorted(tmp_path.rglob("*escaped*"))  # per target: its segmentation, deformation and two figures
+    assert len(escaped) == 8 and all(report in p.parents for p in escaped)
+    assert len([p for p in escaped if report / "segmentations" / "affine" in p.parents]) == 2
     assert not (tmp_path / "outside").exists()
 
 
@@ -129,7 +130,7 @@ def test_compare_retries_failed_pairs_unless_told_to_skip_them(capsys, files, tm
     results = out / "results.csv"
     with open(results, newline="") as f:
         header = next(csv.reader(f))
-    failed = dict.fromkeys(header, "") | {"method": "affine", "target": "target", "kind": "mean", "structure": "mean",
+    failed = dict.fromkeys(header, "") | {"method": "affine", "atlas": "atlas", "target": "target", "kind": "mean", "structure": "mean",
                                             "status": "failed", "error": "RuntimeError: boom"}
     with open(results, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header)
@@ -199,8 +200,7 @@ def test_fusion_options_out_of_range_are_refused(capsys, files, tmp_path, fusion
 
 
 def test_optimize_steps_flag_and_synth_seed_are_range_checked(capsys, files, tmp_path):
-    refused(capsys, tmp_path, "optimize_steps", *_segment(files, "-o", tmp_path / "o.nii.gz")[:-2], "-b", "voxelmorph",
-            "--optimize-steps", "-3", "-o", tmp_path / "o.nii.gz")
+    refused(capsys, tmp_path, "optimize_steps", *_segment(files, "--optimize-steps", "-3", "-o", tmp_path / "o.nii.gz", backend="voxelmorph"))
     refused(capsys, tmp_path, "--seed", "synth", files["atlas_seg"], "--seed", "-1", "-o", tmp_path / "s.nii.gz")
 
 
@@ -239,8 +239,8 @@ def test_model_with_wrong_weight_shapes_names_the_config(capsys, files, tmp_path
     state = torch.load(path, weights_only=True)
     state["config"]["enc_channels"] = [2, 4, 4, 4]  # the config now describes another network than the weights
     torch.save(state, path)
-    err = refused(capsys, tmp_path, "do not fit the voxelmorph network", *_segment(files, "-o", tmp_path / "o.nii.gz")[:-2],
-                  "-b", "voxelmorph", "--model", path, "-o", tmp_path / "o.nii.gz")
+    err = refused(capsys, tmp_path, "do not fit the voxelmorph network", *_segment(files, "--model", path, "-o", tmp_path / "o.nii.gz",
+                                                                                           backend="voxelmorph"))
     assert "enc_channels=[2, 4, 4, 4]" in err
 
 
@@ -248,8 +248,8 @@ def test_model_holding_pickled_objects_is_refused(capsys, files, tmp_path):
     torch = pytest.importorskip("torch")
     path = tmp_path / "evil.pt"
     torch.save({"format": 1, "backend": "voxelmorph", "weights": {}, "config": {}, "payload": Path("x")}, path)
-    refused(capsys, tmp_path, "refused: the file holds pickled Python objects", *_segment(files, "-o", tmp_path / "o.nii.gz")[:-2],
-            "-b", "voxelmorph", "--model", path, "-o", tmp_path / "o.nii.gz")
+    refused(capsys, tmp_path, "refused: the file holds pickled Python objects", *_segment(files, "--model", path, "-o", tmp_path / "o.nii.gz",
+                                                                                                   backend="voxelmorph"))
 
 
 # --- 10: labels beyond int32 ----------------------------------------------------------------------
