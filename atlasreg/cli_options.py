@@ -13,7 +13,6 @@ from .atlases import DEFAULT_ATLAS
 from .demo import DEFAULT_TARGETS, METHODS as DEMO_METHODS, TARGET_DONORS
 from .pipeline import StudyOptions
 from .plugin_api import parse_assignments
-from .protocols import PROTOCOLS
 from .registry import DEFAULT_BACKEND, DEFAULT_FUSION
 from .spatial import LABEL_INTERPOLATIONS
 from .synth import CONTRASTS
@@ -49,6 +48,10 @@ group_options = (
     click.option("--no-progress", is_flag=True, help="No progress bars (they are off anyway when stderr is not a terminal, "
                  "or with TQDM_DISABLE=1)."),
 )
+
+
+#: the protocols are plugins' too: a name is checked where it is used, not frozen into the options here
+PROTOCOL_NAMES = "aseg, lpba40, mindboggle101, dk, labels or a plugin's"
 
 
 def options(*declared: Callable) -> Callable:
@@ -146,7 +149,7 @@ segment_options = options(
 evaluate_options = options(
     click.argument("pred"),
     click.argument("truth"),
-    click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), default="aseg", show_default=True, help="Which labels and regions to score."),
+    click.option("--protocol", default="aseg", show_default=True, help=f"Which labels and regions to score: {PROTOCOL_NAMES}."),
     click.option("--hd95", is_flag=True, help="Also compute the 95th-percentile Hausdorff distance (mm) per label."),
     click.option("--json", "as_json", is_flag=True, help="Print a JSON object (mean_dice, dice per label, region_dice, label_names)."),
     click.option("--allow-label-mismatch", is_flag=True, help="Score even a TRUTH whose label codes do not correspond to PRED's "
@@ -204,7 +207,7 @@ compare_options = options(
     click.option("--figure-target", "figure_targets", multiple=True, metavar="ID",
                  help="Draw the figures of this target only (repeatable)  [default: every target]"),
     click.option("--model", "models", multiple=True, metavar="NAME=MODEL.pt", help="Model file of a learned backend (repeatable)."),
-    click.option("--protocol", type=click.Choice(sorted(PROTOCOLS)), help="Scoring protocol  [default: the dataset's, else aseg]"),
+    click.option("--protocol", help=f"Scoring protocol: {PROTOCOL_NAMES}  [default: the dataset's, else aseg]"),
     click.option("-o", "--output", required=True, help="Report folder: results.csv, summary.md, figures (resumes if it exists)."),
     click.option("--skip-failed", is_flag=True, help="On a rerun, keep pairs recorded as failed instead of retrying them."),
     click.option("--jobs", type=int, default=1, show_default=True, help="Pairs run at a time, each in its own process (threads per job: cores / N)."),
@@ -239,7 +242,7 @@ train_options = options(
     click.option("--val-images", multiple=True, metavar="GLOB", help="Validation images: Dice reported every --val-every steps (needs --atlas)."),
     click.option("--val-labels", multiple=True, metavar="GLOB", help="Validation label maps, in the same order as --val-images."),
     click.option("--val-every", type=int, default=250, show_default=True),
-    click.option("--val-protocol", type=click.Choice(sorted(PROTOCOLS)), default="aseg", show_default=True),
+    click.option("--val-protocol", default="aseg", show_default=True, help=f"Scoring protocol of the validation: {PROTOCOL_NAMES}."),
     click.option("--log", help="JSON-lines log of every loss term  [default: MODEL.pt.log.jsonl]"),
     click.option("--cache-dir", help="Where affine pre-alignments are cached (share it between models)  [default: MODEL.pt.cache]"),
 )

@@ -33,6 +33,7 @@ from .errors import AtlasregError
 from .figures import deformation_views
 from .io import atomic_path, check_file_name, save
 from .metrics import evaluate, folding_percent
+from .protocols import get_protocol
 from .pipeline import as_image, as_labels, as_target
 from .plugin_api import parse_assignments
 from .registry import get_backend
@@ -168,7 +169,7 @@ def choose_targets(atlases: Sequence[Sequence[str]] | None = None, targets: str 
     picked = labelled if leave_one_out else [t for t in labelled if Path(t.image).resolve() not in atlas_images]
     if not picked:
         raise AtlasregError("no target with a label map to score against")
-    return chosen, picked, protocol or "aseg"
+    return chosen, picked, get_protocol(protocol or "aseg").name
 
 
 def _safe(label: str) -> str:

@@ -18,6 +18,7 @@ import glob
 import itertools
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -28,6 +29,7 @@ import numpy as np
 
 from . import io
 from .errors import AtlasregError
+from .hookspecs import hookimpl
 from .protocols import get_protocol
 from .spatial import crop_or_pad, reorient, resample_to_spacing
 from .volume import Volume, image, label_map, zscore as standardise
@@ -52,6 +54,7 @@ class Subject:
 class Dataset:
     """Subjects in a fixed order, the protocol to score them with, and named splits of subject ids."""
 
+    # (a list of typed fields like registry.MethodInfo's: alike in shape only, the duplicates report lists the pair)
     name: str
     root: Path
     subjects: tuple[Subject, ...]
@@ -479,21 +482,45 @@ def from_csv(path: PathLike, *, name: str | None = None, protocol: str = "labels
     return Dataset(name or path.stem, path.parent, tuple(subjects), protocol, splits)
 
 
-READERS: dict[str, Callable[..., Dataset]] = {
-    "lpba40": lpba40,
-    "mindboggle101": mindboggle101,
-    "oasis": oasis,
-    "csv": from_csv,
+@dataclass(frozen=True)
+class DatasetReader:
+    """A kind of dataset ``open_dataset`` reads (atlasreg's own or a plugin's, hook
+    ``atlasreg_dataset_readers``): ``read(root, **options)`` gives the :class:`Dataset` at ``root``."""
+
+    name: str
+    read: Callable[..., Dataset] = field(compare=False)
+    description: str = ""
+
+
+READERS: dict[str, DatasetReader] = {
+    "lpba40": DatasetReader("lpba40", lpba40, "LONI LPBA40 (56 labels, 7 regions)"),
+    "mindboggle101": DatasetReader("mindboggle101", mindboggle101, "Mindboggle-101 (DKT31 cortical labels)"),
+    "oasis": DatasetReader("oasis", oasis, "OASIS, as prepared by neurite-oasis (seg4 / seg35)"),
+    "csv": DatasetReader("csv", from_csv, "a CSV listing image,labels[,id][,split]"),
 }
 
 
+@hookimpl
+def atlasreg_dataset_readers() -> list[DatasetReader]:
+    """atlasreg's own dataset readers, declared like a plugin's."""
+    return list(READERS.values())
+
+
+def dataset_readers() -> dict[str, DatasetReader]:
+    """Every dataset reader by name: atlasreg's own (:data:`READERS`) and those plugins declare."""
+    from .registry import registry
+
+    return registry().declared("atlasreg_dataset_readers", DatasetReader, sys.modules[__name__])
+
+
 def open_dataset(kind: str, root: PathLike, **options) -> Dataset:
-    """The dataset of ``kind`` (lpba40, mindboggle101, oasis, csv) at ``root``; ``options`` go to the reader."""
+    """The dataset of ``kind`` (lpba40, mindboggle101, oasis, csv or a plugin's) at ``root``; ``options`` go to the reader."""
+    readers = dataset_readers()
     try:
-        reader = READERS[kind.lower()]
+        reader = readers[kind.lower()]
     except (KeyError, AttributeError):
-        raise AtlasregError(f"unknown dataset kind {kind!r}; known: {', '.join(READERS)}") from None
-    return reader(root, **options)
+        raise AtlasregError(f"unknown dataset kind {kind!r}; known: {', '.join(readers)}") from None
+    return reader.read(root, **options)
 
 
 # --- preprocessing ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import AtlasregError
-from .protocols import get_protocol
+from .protocols import Protocol, get_protocol
 from .volume import Volume
 
 _CROSS = ndimage.generate_binary_structure(3, 1)
@@ -180,8 +180,8 @@ def scores_text(result: Mapping) -> str:
     return "\n".join(lines)
 
 
-def evaluate(pred: Volume, truth: Volume, protocol: str = "aseg", surface_distance: bool = False) -> dict:
-    """Score a predicted label map against the truth under a named protocol.
+def evaluate(pred: Volume, truth: Volume, protocol: str | Protocol = "aseg", surface_distance: bool = False) -> dict:
+    """Score a predicted label map against the truth under a protocol: its name, or a Protocol object.
 
     Returns a JSON-serialisable dict with keys ``protocol``, ``mean_over``, ``mean_dice``,
     ``dice`` ({str(label): value}), ``region_dice`` ({region: value}) and, with

@@ -7,6 +7,7 @@ paper's Tables 1 and 2 for LPBA40 and MindBoggle101) without restating label lis
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, Mapping
@@ -14,6 +15,7 @@ from typing import Literal, Mapping
 import numpy as np
 
 from .errors import AtlasregError
+from .hookspecs import hookimpl
 from .lut import DK_CORTEX, DK_LEFT, DK_RIGHT
 
 MeanOver = Literal["labels", "regions"]
@@ -129,6 +131,8 @@ DK_REGIONS: dict[str, tuple[int, ...]] = {
     "accumbens": (26, 58),
 }
 
+#: atlasreg's own protocols (plugins add theirs: :func:`all_protocols`). One declaration each: alike in
+#: shape by design (data, not code), so the duplicates report lists them.
 PROTOCOLS: dict[str, Protocol] = {
     "aseg": Protocol(
         name="aseg",
@@ -169,9 +173,25 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-def get_protocol(name: str) -> Protocol:
-    """The protocol called ``name``; AtlasregError naming the known ones otherwise."""
+@hookimpl
+def atlasreg_protocols() -> list[Protocol]:
+    """atlasreg's own protocols, declared like a plugin's."""
+    return list(PROTOCOLS.values())
+
+
+def all_protocols() -> dict[str, Protocol]:
+    """Every protocol by name: atlasreg's own (:data:`PROTOCOLS`) and those plugins declare."""
+    from .registry import registry
+
+    return registry().declared("atlasreg_protocols", Protocol, sys.modules[__name__])
+
+
+def get_protocol(protocol: str | Protocol) -> Protocol:
+    """The protocol called ``protocol`` (a Protocol is its own answer); AtlasregError naming the known ones otherwise."""
+    if isinstance(protocol, Protocol):
+        return protocol
+    known = all_protocols()
     try:
-        return PROTOCOLS[name]
+        return known[protocol]
     except (KeyError, TypeError):
-        raise AtlasregError(f"unknown protocol {name!r}; known: {', '.join(sorted(PROTOCOLS))}") from None
+        raise AtlasregError(f"unknown protocol {protocol!r}; known: {', '.join(sorted(known))}") from None

@@ -1,12 +1,20 @@
 """Plugin discovery: every module in the ``atlasreg.plugins`` entry-point group is loaded into one
-pluggy manager. A plugin that fails to import is remembered with its reason and listed as
-unavailable; it never takes the others down."""
+pluggy manager, and code registers more with :func:`register_plugin`. A plugin that fails to import
+is remembered with its reason and listed as unavailable; it never takes the others down. Two
+plugins declaring one name (a backend, fusion, model, protocol, atlas or dataset reader) is an
+error naming both.
+
+The core's own protocols, atlases and dataset readers are hook implementations in their modules
+(:mod:`atlasreg.protocols`, :mod:`atlasreg.atlases`, :mod:`atlasreg.datasets`), which register
+themselves here on their first look-up (:meth:`Registry.declared`): the registry imports none of them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import entry_points
+from types import ModuleType
+from typing import Any
 
 import pluggy
 
@@ -15,6 +23,9 @@ from .errors import AtlasregError
 from .plugin_api import Backend, Fusion, Method, ModelSpec
 
 ENTRY_POINT_GROUP = "atlasreg.plugins"
+#: what each hook declares, in words (for a clash's message)
+KINDS = {"atlasreg_backends": "backend", "atlasreg_fusions": "fusion", "atlasreg_models": "model", "atlasreg_protocols": "protocol",
+         "atlasreg_atlases": "atlas", "atlasreg_dataset_readers": "dataset reader"}
 
 #: The backend used where none is named (``-b``, ``backend=``): a documented setting (README,
 #: "Backends"), the one place the core names a plugin's method; the core imports no plugin, and a
@@ -79,22 +90,57 @@ class Registry:
                 self.manager.register(ep.load(), name=ep.name)
             except Exception as exc:  # a broken third-party plugin must not break atlasreg
                 self.failed[ep.name] = f"plugin failed to load: {type(exc).__name__}: {exc}"
-        self._backends = self._collect(self.manager.hook.atlasreg_backends, Backend)
-        self._fusions = self._collect(self.manager.hook.atlasreg_fusions, Fusion)
+        self._collect_methods()
 
-    def _collect(self, hook, base: type) -> dict[str, tuple]:
-        """What every implementation of ``hook`` returns that is a ``base``, by name (the first wins)."""
+    def _collect_methods(self) -> None:
+        self._backends = self._collect(self.manager.hook.atlasreg_backends, Backend, "backend")
+        self._fusions = self._collect(self.manager.hook.atlasreg_fusions, Fusion, "fusion")
+
+    def _collect(self, hook, base: type, kind: str) -> dict[str, tuple]:
+        """What every implementation of ``hook`` returns that is a ``base``, by name; a name two
+        plugins declare is refused, naming both."""
         found: dict[str, tuple] = {}
-        for impl in hook.get_hookimpls():
+        for impl in hook.get_hookimpls():  # in registration order
             try:
-                methods = impl.function()
+                items = impl.function()
             except Exception as exc:
                 self.failed[impl.plugin_name] = f"plugin hook failed: {type(exc).__name__}: {exc}"
                 continue
-            for method in methods:
-                if isinstance(method, base):
-                    found.setdefault(method.name, (method, impl.plugin_name))
+            for item in items:
+                if not isinstance(item, base):
+                    continue
+                if item.name in found and found[item.name][1] != impl.plugin_name:
+                    raise AtlasregError(f"{kind} {item.name!r} is declared by two plugins, {found[item.name][1]} and "
+                                        f"{impl.plugin_name}: uninstall or rename one")
+                found[item.name] = (item, impl.plugin_name)
         return found
+
+    def register_plugin(self, plugin: Any, name: str | None = None) -> str:
+        """Add ``plugin`` (a module or object with ``@hookimpl`` functions); its name. Registering the
+        same plugin again changes nothing; one whose names clash with another's is refused (and not kept)."""
+        if name is not None and self.manager.get_plugin(name) is plugin:
+            return name
+        name = self.manager.register(plugin, name)
+        try:
+            self._collect_methods()
+            for hook in ("atlasreg_models", "atlasreg_protocols", "atlasreg_atlases", "atlasreg_dataset_readers"):
+                self._collect(getattr(self.manager.hook, hook), object, KINDS[hook])
+        except AtlasregError:
+            self.unregister_plugin(plugin)
+            raise
+        return name
+
+    def unregister_plugin(self, plugin: Any) -> None:
+        """Remove a plugin :meth:`register_plugin` added."""
+        self.manager.unregister(plugin)
+        self._collect_methods()
+
+    def declared(self, hook: str, base: type, builtin: ModuleType) -> dict[str, Any]:
+        """Name -> item of what the plugins' ``hook`` returns that is a ``base``, the core's module
+        ``builtin`` (which implements the hook for atlasreg's own) registered first."""
+        if not self.manager.has_plugin(builtin.__name__):
+            self.manager.register(builtin, builtin.__name__)
+        return {name: item for name, (item, _) in self._collect(getattr(self.manager.hook, hook), base, KINDS[hook]).items()}
 
     def backends(self) -> dict[str, tuple[Method, str]]:
         """Backend name -> (instance, plugin name)."""
@@ -105,12 +151,23 @@ class Registry:
         return self._fusions
 
     def models(self) -> dict[str, tuple[ModelSpec, str]]:
-        return self._collect(self.manager.hook.atlasreg_models, ModelSpec)  # type: ignore[arg-type]
+        return self._collect(self.manager.hook.atlasreg_models, ModelSpec, "model")  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=1)
 def registry() -> Registry:
     return Registry()
+
+
+def register_plugin(plugin: Any, name: str | None = None) -> str:
+    """Register ``plugin`` (a module or object with ``@hookimpl`` functions: backends, fusions, models,
+    protocols, atlases, dataset readers) for this process, as an installed plugin would be; its name."""
+    return registry().register_plugin(plugin, name)
+
+
+def unregister_plugin(plugin: Any) -> None:
+    """Remove a plugin added with :func:`register_plugin`."""
+    registry().unregister_plugin(plugin)
 
 
 def _infos(methods: dict[str, tuple[Method, str]], failed: dict[str, str]) -> list[MethodInfo]:

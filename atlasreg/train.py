@@ -39,6 +39,7 @@ from .io import check_output, glob_paths
 from .logs import progress_bar
 from .learned import LearnedBackend
 from .metrics import evaluate
+from .protocols import get_protocol
 from .models import load_model_file, save_model
 from .pipeline import as_image, as_labels
 from .plugin_api import parse_assignments
@@ -85,6 +86,7 @@ class TrainSettings:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise AtlasregError(f"{name} must be a number > 0 (got {value})")
+        get_protocol(self.val_protocol)
 
 
 #: part of every cache key: bump when the affine stage (algorithm or default options) changes, so old matrices are not reused

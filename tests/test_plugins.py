@@ -9,6 +9,7 @@ import pytest
 
 import atlasreg
 from atlasreg import AtlasregError, registry
+from atlasreg.hookspecs import hookimpl
 from atlasreg.plugin_api import Option
 
 
@@ -116,3 +117,89 @@ def test_options_are_validated_and_parsed():
     with pytest.raises(AtlasregError, match="integer"):
         backend.resolve_options({"seed": "three"})
     assert Option(False, "").parse("flag", "yes") is True
+
+
+class _Declares:
+    """A plugin object registered in code: a protocol, an atlas and a dataset reader of its own."""
+
+    def __init__(self, tmp_path):
+        from atlasreg.atlases import BuiltinAtlas
+        from atlasreg.datasets import Dataset, DatasetReader, Subject
+        from atlasreg.lut import LabelInfo
+        from atlasreg.protocols import Protocol
+
+        self.protocol = Protocol("two-blobs", (1, 2), {"both": (1, 2)}, "labels", "test protocol")
+        labels = {1: LabelInfo("blob-a", (255, 0, 0)), 2: LabelInfo("blob-b", (0, 255, 0))}
+        self.atlas = BuiltinAtlas("toy-atlas", "test atlas", 2, ("made here",), ("none",), build=lambda: None, labels=lambda: labels)
+        self.reader = DatasetReader("toy-kind", lambda root: Dataset("toy", root, (Subject("s1", root / "s1.nii.gz", None),), "two-blobs"))
+
+    @hookimpl
+    def atlasreg_protocols(self):
+        return [self.protocol]
+
+    @hookimpl
+    def atlasreg_atlases(self):
+        return [self.atlas]
+
+    @hookimpl
+    def atlasreg_dataset_readers(self):
+        return [self.reader]
+
+
+@pytest.fixture
+def declared(tmp_path):
+    plugin = _Declares(tmp_path)
+    name = registry.register_plugin(plugin, "declares")
+    yield plugin
+    registry.unregister_plugin(plugin)
+    assert name == "declares"
+
+
+def test_protocols_atlases_and_readers_come_from_plugins_registered_in_code(declared, tmp_path):
+    from atlasreg.atlases import label_names, list_atlases
+    from atlasreg.datasets import open_dataset
+    from atlasreg.protocols import get_protocol
+    from atlasreg.volume import label_map
+
+    assert get_protocol("two-blobs") is declared.protocol
+    truth = label_map(np.pad(np.ones((4, 4, 4), np.int32), 2) * 1 + np.pad(np.ones((2, 2, 2), np.int32), 3), np.eye(4))
+    by_object = atlasreg.evaluate(truth, truth, declared.protocol)  # a Protocol object, not only a name
+    assert by_object == atlasreg.evaluate(truth, truth, "two-blobs") and by_object["protocol"] == "two-blobs"
+    assert "toy-atlas" in {atlas.name for atlas in list_atlases()}
+    assert label_names("toy-atlas") == {1: "blob-a", 2: "blob-b"}  # the atlas asked for, not the default one's
+    assert "Left-Caudate" in label_names("mni152-dk").values()
+    assert open_dataset("toy-kind", tmp_path).protocol == "two-blobs"
+
+
+def test_unregistered_plugin_is_gone(tmp_path):
+    from atlasreg.protocols import get_protocol
+
+    plugin = _Declares(tmp_path)
+    registry.register_plugin(plugin)
+    registry.unregister_plugin(plugin)
+    with pytest.raises(AtlasregError, match="unknown protocol 'two-blobs'"):
+        get_protocol("two-blobs")
+
+
+def test_a_name_two_plugins_declare_is_an_error_naming_both(tmp_path):
+    from atlasreg.protocols import Protocol, get_protocol
+    from atlasreg_plugins.affine import AffineBackend
+
+    class Clash:
+        @hookimpl
+        def atlasreg_backends(self):
+            return [AffineBackend()]
+
+    with pytest.raises(AtlasregError, match=r"backend 'affine' is declared by two plugins, affine and clash"):
+        registry.register_plugin(Clash(), "clash")
+    assert atlasreg.backends()  # refused and not kept: the registry still works
+
+    class Shadow:
+        @hookimpl
+        def atlasreg_protocols(self):
+            return [Protocol("aseg", None, {}, "labels", "a second aseg")]
+
+    get_protocol("aseg")  # atlasreg's own protocols are registered by their first look-up
+    with pytest.raises(AtlasregError, match=r"protocol 'aseg' is declared by two plugins, atlasreg.protocols and shadow"):
+        registry.register_plugin(Shadow(), "shadow")
+    assert get_protocol("aseg").description.startswith("28 FreeSurfer")
