@@ -116,7 +116,8 @@ def segment(targets: tuple[str, ...], atlases: list | None, builtin_atlas: str |
       atlasreg segment 'scans/*_T1w.nii.gz' -a atlas.nii.gz atlas_seg.nii.gz -b affine --jobs 2 -o study_out
     """
     if several_targets(targets):
-        _report_study(segment_study(targets, output, atlases, builtin_atlas, study, progress=True, **method), Path(output))
+        _report_study(segment_study(targets, output, atlases, builtin_atlas, study, progress=True,
+                                    command=click.get_current_context().obj["command"], **method), Path(output))
         return
     study.check_one_target()
     out = segment_file(targets[0], output, atlases, builtin_atlas, progress=True, **method)

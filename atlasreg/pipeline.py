@@ -300,7 +300,7 @@ class StudyOptions:
 
 def segment_study(targets: Sequence[str], out_dir: str | os.PathLike, atlases: Sequence[Atlas] | None = None,
                   builtin_atlas: str | None = None, study: StudyOptions = StudyOptions(), progress: bool = False,
-                  **method: Any) -> list[dict[str, Any]]:
+                  command: str | None = None, **method: Any) -> list[dict[str, Any]]:
     """``atlasreg segment`` of several targets (files, folders of NIfTI files, glob patterns) into the
     folder ``out_dir``: :func:`segment_many` run with ``study``'s options; its records."""
     if str(out_dir).endswith(NIFTI_SUFFIXES):
@@ -313,7 +313,7 @@ def segment_study(targets: Sequence[str], out_dir: str | os.PathLike, atlases: S
         if caught is not None:
             raise AtlasregError(f"{pattern}: would match the output {caught} (a rerun would take it for a target); "
                                 "give -o a folder the pattern does not reach")
-    return study.run(segment_many, paths, atlases, out, builtin_atlas=builtin_atlas, progress=progress, **method)
+    return study.run(segment_many, paths, atlases, out, builtin_atlas=builtin_atlas, progress=progress, command=command, **method)
 
 
 def study_summary(records: Sequence[Mapping[str, Any]], index: Path) -> tuple[str, list[str]]:
@@ -393,9 +393,11 @@ def segment_many(
     qc: bool = True,
     progress: bool = False,
     redo: bool = False,
+    command: str | None = None,
 ) -> list[dict[str, Any]]:
     """Segment every target into ``out_dir``: label map, volumes table, QC figure and a record per
-    target, and ``index.html`` for the run. Returns one record (dict) per target, in input order.
+    target, and ``index.html`` for the run (with the settings and ``command``, the command line that
+    asked for it). Returns one record (dict) per target, in input order.
 
     Finished targets are skipped (resume); a target that fails is recorded with its error and the
     others go on. ``jobs`` processes (``threads`` each) or a Dask ``client`` run targets in parallel.
@@ -421,7 +423,8 @@ def segment_many(
     records = segment_subjects(study_jobs, pairs, settings, jobs=jobs, threads=threads, client=client, progress=progress, work_dir=out)
     from .qc import write_index
 
-    write_index(out / "index.html", records, title=f"atlasreg: {len(records)} targets, {method_label(backend, settings.backend_options)}")
+    write_index(out / "index.html", records, title=f"atlasreg: {len(records)} targets, {method_label(backend, settings.backend_options)}",
+                provenance={"Command": command or "called from Python (atlasreg.segment_many)", **wanted})
     return records
 
 

@@ -183,6 +183,8 @@ def test_segment_many_resumes_and_a_corrupt_target_fails_alone(targets, atlas, t
     code, _, err = run(capsys, "segment", folder, "-a", *atlas, "-b", "affine", "-o", out)
     assert code == 0 and "0 segmented, 3 done before, 0 failed" in err
     assert {p: p.stat().st_mtime_ns for p in written} == written  # nothing redone, nothing rewritten
+    page = (out / "index.html").read_text()  # the QC page says what made it
+    assert f"atlasreg segment {folder} -a" in page and atlasreg.__version__ in page and "rigid_iterations" in page
 
 
 COMMON = dict(backend="affine")  # default threads per job: 1 job gets every core, 2 jobs half each
@@ -227,6 +229,7 @@ def test_html_index_lists_every_subject_and_links_files_that_exist(targets, atla
     for record in records:
         assert f"<td>{record['id']}" in page
     assert [r["status"] for r in records] == ["ok", "ok", "ok", "failed"] and "not a readable NIfTI file" in page
+    assert "called from Python (atlasreg.segment_many)" in page and atlasreg.__version__ in page
     parser = _Links()
     parser.feed(page)
     images = [link for link in parser.links if link.endswith(".png")]
