@@ -338,11 +338,14 @@ class SubjectJob:
     #: the folder the paths in the written record are relative to (None: as given), so that a
     #: study folder can be moved
     root: Path | None = None
+    #: the label names beside the label map (a BIDS dseg.tsv, :func:`atlasreg.lut.tsv_beside`); None where
+    #: they are kept elsewhere (a BIDS derivatives folder has one dseg.tsv for all its label maps)
+    names: Path | None = None
 
     @property
-    def outputs(self) -> tuple[Path, Path, Path, Path]:
+    def outputs(self) -> tuple[Path, ...]:
         """Every file the job writes."""
-        return self.labels, self.volumes, self.figure, self.record
+        return (self.labels, self.volumes, self.figure, self.record) + ((self.names,) if self.names else ())
 
 
 @dataclass(frozen=True)
@@ -362,7 +365,8 @@ class SegmentSettings:
 
 
 def plain_jobs(targets: Sequence[ImageLike], out_dir: str | os.PathLike) -> list[SubjectJob]:
-    """Outputs named after the inputs: ``OUT/<name>_seg.nii.gz``, ``_volumes.tsv``, ``_qc.png``, ``_seg.json``."""
+    """Outputs named after the inputs: ``OUT/<name>_seg.nii.gz`` with its label names ``_seg.tsv``, ``_volumes.tsv``,
+    ``_qc.png``, ``_seg.json``."""
     out = Path(out_dir)
     jobs, seen = [], {}
     for target in targets:
@@ -372,7 +376,7 @@ def plain_jobs(targets: Sequence[ImageLike], out_dir: str | os.PathLike) -> list
             raise AtlasregError(f"{seen[stem]} and {path} have the same name: their outputs would collide")
         seen[stem] = path
         jobs.append(SubjectJob(stem, path, out / f"{stem}_seg.nii.gz", out / f"{stem}_volumes.tsv", out / f"{stem}_qc.png",
-                               out / f"{stem}_seg.json", root=out))
+                               out / f"{stem}_seg.json", root=out, names=tsv_beside(out / f"{stem}_seg.nii.gz")))
     return jobs
 
 
@@ -597,9 +601,11 @@ def segment_subject(job: SubjectJob, atlases: list[tuple[Volume, Volume]], setti
     labels = segment(target, atlases, settings.backend, settings.fusion, settings.backend_options,
                      settings.fusion_options, settings.label_interp)
     seconds = time.perf_counter() - start
-    for path in (job.labels, job.volumes, job.figure, job.record):
+    for path in job.outputs:
         path.parent.mkdir(parents=True, exist_ok=True)
     save(labels, job.labels)
+    if job.names:
+        write_dseg_tsv(label_table(labels.labels().tolist(), settings.label_names), job.names)
     rows = label_volumes(labels, settings.label_names)
     write_volumes(rows, job.volumes)
     if settings.qc:

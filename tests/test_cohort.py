@@ -177,6 +177,8 @@ def test_segment_many_resumes_and_a_corrupt_target_fails_alone(targets, atlas, t
     assert code == 1 and "1 of 4 targets failed" in err and "broken: " in err and "Traceback" not in err
     segs = sorted(p.name for p in out.glob("*_seg.nii.gz"))
     assert segs == ["t0_seg.nii.gz", "t1_seg.nii.gz", "t2_seg.nii.gz"] and not (out / "broken_seg.json").exists()
+    assert sorted(p.name for p in out.glob("*_seg.tsv")) == ["t0_seg.tsv", "t1_seg.tsv", "t2_seg.tsv"]  # names beside each
+    assert (out / "t0_seg.tsv").read_text().startswith("index\tname\tcolor\n")
     written = {p: p.stat().st_mtime_ns for p in out.iterdir() if p.name.startswith("t")}
 
     (folder / "broken.nii.gz").unlink()
