@@ -249,3 +249,25 @@ def test_the_gpu_path_runs_on_the_cpu(pair, monkeypatch):
     ours, theirs = torch_way.warp_labels(moving_labels), numpy_way.warp_labels(moving_labels)
     assert (ours.array == theirs.array).mean() >= 0.99
     assert atlasreg.evaluate(ours, fixed_labels, "labels")["mean_dice"] > 0.8
+
+
+def test_engine_adam_takes_torch_adams_steps():
+    """The engine's Adam (no torch.optim: no torch._dynamo import) steps exactly as torch.optim.Adam
+    with ExponentialLR does: the same bytes after steps on two tensors of their own step sizes."""
+    from atlasreg.engine.adam import Adam
+
+    start = [torch.linspace(-2.0, 3.0, 24).view(2, 3, 4), torch.tensor([0.5, -1.5], dtype=torch.float64)]
+    ours, theirs = [p.clone().requires_grad_(True) for p in start], [p.clone().requires_grad_(True) for p in start]
+    mine = Adam([(ours[0], 0.2), (ours[1], 0.05)])
+    reference = torch.optim.Adam([{"params": [theirs[0]], "lr": 0.2}, {"params": [theirs[1]], "lr": 0.05}])
+    schedule = torch.optim.lr_scheduler.ExponentialLR(reference, 0.8)
+    for _ in range(7):
+        for params, optimiser in ((ours, mine), (theirs, reference)):
+            optimiser.zero_grad()
+            ((params[0] ** 4).sum() + (params[1] - 1.0).abs().sum() * params[0].mean()).backward()
+            optimiser.step()
+        mine.decay(0.8)
+        schedule.step()
+    assert not torch.equal(ours[0], start[0])
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)

@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from ..logs import steps as step_bar
 from ..volume import Volume, foreground, zscore
+from .adam import Adam
 from .defaults import AFFINE_ITERATIONS, AFFINE_LEVELS, AFFINE_METRICS, AFFINE_RIGID_ITERATIONS, AFFINE_SAMPLES
 from .similarity import downsample, intensity_range, mse, mutual_information
 
@@ -143,14 +144,12 @@ def affine_stage(
 
     def optimise(params, lrs, iterations, linear, stage: str) -> None:
         for mm, level, steps in zip(levels, pyramid, iterations):
-            optimizer = torch.optim.Adam([{"params": [p], "lr": lr} for p, lr in zip(params, lrs)])
-            # step sizes decay tenfold over each level: large moves first, then settle without jitter
-            schedule = torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.1 ** (1.0 / max(steps, 1)))
+            optimizer = Adam(list(zip(params, lrs)))
             for _ in step_bar(steps, f"{stage} {mm:g} mm"):
                 optimizer.zero_grad()
                 loss(level, linear()).backward()
                 optimizer.step()
-                schedule.step()
+                optimizer.decay(0.1 ** (1.0 / max(steps, 1)))  # tenfold over each level: large moves first, then settle without jitter
 
     optimise((angles, translation), (LR_ROTATION, LR_TRANSLATION), rigid_iterations, lambda: _rotation(angles), "rigid")
     with torch.no_grad():

@@ -19,6 +19,7 @@ import torch
 
 from ..flow import integrate, resize, warp
 from ..logs import steps as step_bar
+from .adam import Adam
 from .defaults import SIMILARITIES, SVF_ITERATIONS, SVF_LEVELS, SVF_LR, SVF_SMOOTHING, SVF_SYMMETRIC, SVF_WEIGHT, SVF_WINDOW
 from .similarity import descriptor_distance, downsample, gaussian_blur, lncc, mind_ssc
 
@@ -90,7 +91,7 @@ def optimize_velocity(
         with torch.no_grad():
             fixed_l, moving_l = features(downsample(fixed, grid)), features(downsample(moving, grid))
         v = resize(current, level_shape(shape, max(factor, 2))).clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([v], lr=lr)
+        optimizer = Adam([(v, lr)])
         for _ in step_bar(steps, f"velocity, level 1/{factor}"):
             optimizer.zero_grad()
             if symmetric:  # exp(v/2) with one squaring fewer: the same v / 2**steps to start from
