@@ -9,6 +9,9 @@ T1-weighted images are found with pybids. The outputs (``<desc>``: the built-in 
     OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y]_desc-<desc>_dseg.nii.gz  the labels, on the T1w image's grid
     OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y]_desc-<desc>_dseg.json    Description, Manual, Sources (bids:raw:...)
     OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y]_desc-<desc>_morph.tsv    label, name, voxels, volume_mm3
+    OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y]_from-<atlas>_to-T1w_mode-image_xfm.nii.gz  the registration: pulls
+                                          atlas-space images onto the T1w grid (ITK displacement field)
+    OUTPUT_DIR/sub-X[/ses-Y]/anat/sub-X[_ses-Y]_from-T1w_to-<atlas>_mode-image_xfm.nii.gz  its inverse, on the atlas grid
     OUTPUT_DIR/sub-X/figures/sub-X[_ses-Y]_desc-<desc>_dseg.png          QC figure (sides marked)
     OUTPUT_DIR/sub-X.html                 the subject's report: command, version, settings, figures, colour legend, volumes
     OUTPUT_DIR/index.html                 QC index of every subject the folder holds (all runs, not this one's alone)
@@ -16,7 +19,10 @@ T1-weighted images are found with pybids. The outputs (``<desc>``: the built-in 
     OUTPUT_DIR/logs/sub-X[_ses-Y]_desc-<desc>_record.json  each image's run record (paths relative to OUTPUT_DIR)
     OUTPUT_DIR/.bidsignore                what is not BIDS (logs, figures, reports, settings) for the BIDS validator
 
-Other entities of the source name (acq-, run-, ...) are kept. The ``group`` level gathers every
+<atlas> is ``<desc>`` (``atlas1``, ``atlas2``, ... for several -a); the transforms are named with the
+``from``/``to``/``mode`` entities and ``xfm`` suffix of BIDS derivatives (as fMRIPrep names its own),
+and ``atlasreg apply`` and antsApplyTransforms read them. Other entities of the source name (acq-,
+run-, ...) are kept. The ``group`` level gathers every
 subject's volumes into ``OUTPUT_DIR/desc-<desc>_morph.tsv`` (with participant_id and session_id) and
 rewrites the index and the reports.
 """
@@ -63,6 +69,14 @@ def desc_for(builtin_atlas: str | None, atlases: Sequence[Atlas] | None) -> str:
     return re.sub(r"[^A-Za-z0-9]", "", builtin_atlas or DEFAULT_ATLAS)
 
 
+def atlas_spaces(desc: str, atlases: Sequence[Atlas] | None) -> list[str]:
+    """The ``from-``/``to-`` label of each atlas's space: the built-in atlas's ``desc``, else ``atlas``
+    (``atlas1``, ``atlas2``, ... for several)."""
+    if not atlases:
+        return [desc]
+    return ["atlas"] if len(atlases) == 1 else [f"atlas{index}" for index in range(1, len(atlases) + 1)]
+
+
 def find_t1w(bids_dir: str | Path, participants: Sequence[str] = (), sessions: Sequence[str] = ()) -> list[Path]:
     """T1w images (``anat/*_T1w.nii[.gz]``) of the chosen participants and sessions (all when empty)."""
     root = Path(bids_dir)
@@ -89,8 +103,9 @@ def find_t1w(bids_dir: str | Path, participants: Sequence[str] = (), sessions: S
     return sorted(Path(f) for f in files)
 
 
-def derivative_jobs(images: Sequence[Path], out_dir: Path, desc: str) -> list[SubjectJob]:
-    """Where each image's outputs go, named after it as BIDS derivatives; its run record under ``logs/``."""
+def derivative_jobs(images: Sequence[Path], out_dir: Path, desc: str, spaces: Sequence[str] = ()) -> list[SubjectJob]:
+    """Where each image's outputs go, named after it as BIDS derivatives; its run record under ``logs/``;
+    per atlas space in ``spaces`` its two transforms, ``<source entities>_from-<space>_to-T1w_mode-image_xfm.nii.gz`` and back."""
     jobs = []
     for image in images:
         prefix = re.sub(r"_T1w\.nii(\.gz)?$", "", image.name)
@@ -100,9 +115,11 @@ def derivative_jobs(images: Sequence[Path], out_dir: Path, desc: str) -> list[Su
         session = re.search(r"_(ses-[A-Za-z0-9]+)", prefix)
         anat = out_dir / subject.group(0) / (session.group(1) if session else "") / "anat"
         stem = f"{prefix}_desc-{desc}"
+        transforms = tuple((anat / f"{prefix}_from-{space}_to-T1w_mode-image_xfm.nii.gz",
+                            anat / f"{prefix}_from-T1w_to-{space}_mode-image_xfm.nii.gz") for space in spaces)
         jobs.append(SubjectJob(prefix, image, anat / f"{stem}_dseg.nii.gz", anat / f"{stem}_morph.tsv",
                                out_dir / subject.group(0) / "figures" / f"{stem}_dseg.png", out_dir / LOGS / f"{stem}_record.json",
-                               root=out_dir))
+                               root=out_dir, transforms=transforms))
     return jobs
 
 
@@ -216,7 +233,7 @@ def run_participant(
     check_outside_raw_data(bids_root, [out, work])
     images = find_t1w(bids_root, participants, sessions)
     desc = desc_for(builtin_atlas, atlases)
-    study_jobs = derivative_jobs(images, out, desc)
+    study_jobs = derivative_jobs(images, out, desc, atlas_spaces(desc, atlases))
     subjects = sorted({re.match(r"sub-[A-Za-z0-9]+", job.id).group(0) for job in study_jobs})
     check_study_outputs(study_jobs, atlases, [out / name for name in ("dataset_description.json", f"desc-{desc}_dseg.tsv",
                                                                     f"desc-{desc}_morph.json", "index.html", STUDY_SETTINGS, ".bidsignore",

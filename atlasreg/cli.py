@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .atlases import DEFAULT_ATLAS, label_names, list_atlases
-from .cli_options import (Group, atlas_options, backend_options, bids_app_args, bids_options, compare_options, demo_options, evaluate_options,
+from .cli_options import (Group, apply_options, atlas_options, backend_options, bids_app_args, bids_options, compare_options, demo_options, evaluate_options,
                           group_options, json_option, method_options, options as declared, register_options, segment_options, study_options,
                           synth_options, train_options, volumes_options)
 from .errors import AtlasregError
@@ -21,7 +21,7 @@ from .io import available_memory, check_output, save
 from .logs import close_bars, configure, internal_error
 from .lut import tsv_beside
 from .metrics import scores_text
-from .pipeline import (StudyOptions, as_labels, evaluate as evaluate_labels, register_file, segment_file, segment_study, several_targets,
+from .pipeline import (StudyOptions, apply_file, as_labels, evaluate as evaluate_labels, register_file, segment_file, segment_study, several_targets,
                        study_summary)
 from .registry import MethodInfo, backend_infos, fusion_infos
 from .synth import synthesize
@@ -83,10 +83,27 @@ def options(name: str) -> None:
 @cli.command()
 @register_options
 @backend_options
-def register(moving: str, fixed: str, output: str, transform_out: str | None, method: dict[str, Any]) -> None:
+def register(moving: str, fixed: str, output: str, transform_out: str | None, inverse_out: str | None, method: dict[str, Any]) -> None:
     """Register MOVING to FIXED and write MOVING resampled onto FIXED's grid."""
-    written = register_file(moving, fixed, output, transform_out, progress=True, **method)
+    written = register_file(moving, fixed, output, transform_out, inverse_out=inverse_out, progress=True, **method)
     click.echo("wrote " + " and ".join(map(str, written)), err=True)
+
+
+@cli.command()
+@apply_options
+def apply(transform: str, image: str, reference: str, output: str, labels: bool, inverse: bool) -> None:
+    """Resample IMAGE through a saved TRANSFORM onto REFERENCE's grid (as antsApplyTransforms does).
+
+    TRANSFORM: a NIfTI displacement field (`register --transform-out` / `--inverse-out`, `atlasreg
+    bids`' _xfm.nii.gz, ANTs' *Warp.nii.gz, SimpleITK's) or an ITK affine (.mat, .txt, .tfm).
+
+    \b
+    Example:
+      atlasreg register atlas.nii.gz scan.nii.gz -b svf -o atlas_in_scan.nii.gz --transform-out a2s.nii.gz
+      atlasreg apply a2s.nii.gz atlas_seg.nii.gz -r scan.nii.gz --labels -o scan_seg.nii.gz
+      atlasreg apply a2s.nii.gz lesion.nii.gz -r atlas.nii.gz --labels --inverse -o lesion_in_atlas.nii.gz
+    """
+    click.echo(f"wrote {apply_file(transform, image, reference, output, labels=labels, inverse=inverse)}", err=True)
 
 
 @cli.command()
@@ -248,6 +265,8 @@ def bids(obj: dict[str, str], bids_dir: str, output_dir: str, analysis_level: st
     """Segment the T1w images of a BIDS dataset into BIDS derivatives (a BIDS App; options anywhere).
 
     participant: per T1w image sub-X[/ses-Y]/anat/..._desc-<atlas>_dseg.nii.gz (+ .json: Sources), _morph.tsv (volumes, mm³),
+    _from-<atlas>_to-T1w_mode-image_xfm.nii.gz and _from-T1w_to-<atlas>_mode-image_xfm.nii.gz (the transforms, for
+    `atlasreg apply`: e.g. a lesion mask to atlas space),
     QC figures, sub-X.html, index.html of every subject; reruns skip finished images. group: OUTPUT_DIR/desc-<atlas>_morph.tsv.
 
     \b

@@ -137,7 +137,22 @@ register_options = options(
     click.argument("moving"),
     click.argument("fixed"),
     click.option("-o", "--output", required=True, help="Warped moving image, on FIXED's grid (.nii.gz)."),
-    click.option("--transform-out", help="Also write the transform as an ITK-convention NIfTI displacement field."),
+    click.option("--transform-out", help="Also write the transform as an ITK-convention NIfTI displacement field on FIXED's grid "
+                 "(`atlasreg apply` and antsApplyTransforms read it)."),
+    click.option("--inverse-out", help="Also write the inverse transform, on MOVING's grid: it takes FIXED-space images (a lesion "
+                 "mask, a statistic map) back onto MOVING. Exact for the affine and svf backends; inverted numerically, with a "
+                 "warning, for the others."),
+)
+
+apply_options = options(
+    click.argument("transform"),
+    click.argument("image"),
+    click.option("-r", "--reference", required=True, help="The grid to resample onto: the fixed image the transform was made on "
+                 "(with --inverse: an image of the moving space)."),
+    click.option("-o", "--output", required=True, help="The resampled image (.nii.gz), on REFERENCE's grid and affine."),
+    click.option("--labels", is_flag=True, help="IMAGE is a label map: nearest-neighbour, integer labels kept."),
+    click.option("--inverse", is_flag=True, help="Apply the transform's inverse (found numerically for a displacement field: "
+                 "a warning says so)."),
 )
 
 segment_options = options(

@@ -44,6 +44,18 @@ def itk_affine_to_matrix(matrix: np.ndarray, translation: np.ndarray, center: np
 _AFFINE_TYPES = ("AffineTransform", "MatrixOffsetTransformBase")
 
 
+def itk_affine_kind(path: Path) -> bool:
+    """Whether an ITK text transform file (``.txt``, ``.tfm``) holds one 3-D affine (read exactly by
+    :func:`read_itk_affine`); ANTs' ``.mat`` files are always taken for one."""
+    if path.suffix == ".mat":
+        return True
+    try:
+        kinds = [line.split(":", 1)[1].strip() for line in path.read_text(errors="replace").splitlines() if line.startswith("Transform:")]
+    except OSError as exc:
+        raise AtlasregError(f"{path}: cannot read ({exc.strerror})") from None
+    return len(kinds) == 1 and kinds[0].startswith(_AFFINE_TYPES) and kinds[0].endswith("_3_3")
+
+
 def read_itk_affine(path: Path) -> np.ndarray:
     """4x4 RAS point map (fixed world -> moving world) of an ITK affine transform file: ANTs'
     ``.mat`` (MATLAB v4) or ITK's text format (``.txt``, ``.tfm``), as ANTs and SimpleITK write them."""

@@ -10,6 +10,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Tuple, Union
 
@@ -97,18 +98,37 @@ def register(
 
 def register_file(moving: str | os.PathLike, fixed: str | os.PathLike, output: str | os.PathLike,
                   transform_out: str | os.PathLike | None = None, backend: str = DEFAULT_BACKEND,
-                  backend_options: Mapping[str, Any] | None = None, progress: bool = False) -> list[Path]:
+                  backend_options: Mapping[str, Any] | None = None, inverse_out: str | os.PathLike | None = None,
+                  progress: bool = False) -> list[Path]:
     """``atlasreg register``: ``moving`` resampled onto ``fixed``'s grid written to ``output`` (and the
-    transform to ``transform_out`` as a NIfTI displacement field); the files written. Outputs are
-    checked before any work: none may overwrite an input."""
+    transform to ``transform_out`` as a NIfTI displacement field on ``fixed``'s grid; its inverse to
+    ``inverse_out``, on ``moving``'s grid: it pulls a ``fixed``-space image back onto ``moving``); the
+    files written. Outputs are checked before any work (none may overwrite an input or another) and
+    written only once everything is computed. How the inverse was found is logged: a warning where
+    it is numerical (the backend kept no velocity field to negate)."""
     out = check_output(output, inputs=(moving, fixed))
     field_out = check_output(transform_out, inputs=(moving, fixed, out)) if transform_out else None
-    transform = register(moving, fixed, backend=backend, options=backend_options, progress=progress)
-    warped = transform.warp(as_image(moving))
-    if field_out:
-        transform.save(field_out)
+    inverse_path = check_output(inverse_out, inputs=[moving, fixed, out, *([field_out] if field_out else [])]) if inverse_out else None
+    moving_v = as_image(moving, "moving image")
+    transform = register(moving_v, fixed, backend=backend, options=backend_options, progress=progress)
+    warped = transform.warp(moving_v)
+    inverse = transform.inverse(moving_v) if inverse_path else None
+    if inverse is not None:
+        report_inversion(inverse, f"{backend} transform")
+    written = []
+    for path, write in ((field_out, transform.save), (inverse_path, inverse.save if inverse else None)):
+        if path:
+            written.append(write(path))
     save(warped, out)
-    return [out, field_out] if field_out else [out]
+    return [out, *written]
+
+
+def report_inversion(inverse: Transform, what: str) -> None:
+    """Log how an inverse was found: a warning where it is numerical (not exact), else an info line."""
+    if inverse.inversion.startswith("numerical"):
+        log.warning("%s inverted numerically (no exact inverse): %s", what, inverse.inversion.removeprefix("numerical: "))
+    else:
+        log.info("%s inverted exactly: %s", what, inverse.inversion.removeprefix("exact: "))
 
 
 def transform_on(transform: Transform | str | os.PathLike, reference: ImageLike | None = None, inverse: bool = False) -> Transform:
@@ -142,6 +162,41 @@ def apply(
     return ready.warp_labels(volume, label_interp) if labels else ready.warp(volume)
 
 
+def apply_file(transform: str | os.PathLike, image: str | os.PathLike, reference: str | os.PathLike, output: str | os.PathLike,
+               labels: bool = False, inverse: bool = False, label_interp: str = "nearest") -> Path:
+    """``atlasreg apply``: ``image`` (a label map with ``labels``) pulled through the saved ``transform``
+    (or its inverse) onto ``reference``'s grid, written to ``output``. Refused in one line, with
+    nothing written: an output that would overwrite an input, a reference that the transform's field
+    does not reach, and a result with nothing of ``image`` in it (the wrong reference or transform)."""
+    out = check_output(output, inputs=(transform, image, reference))
+    volume = as_labels(image, "label map") if labels else as_image(image, "image")
+    grid = _as_volume(reference, False, "reference image")
+    loaded = Transform.load(transform, grid)
+    if not inverse and loaded.field is not None and not _overlap(loaded, grid):
+        raise AtlasregError(f"{reference}: the reference image lies outside the grid of {transform}'s displacement field: "
+                            "give the reference the transform was made on (its fixed image), or --inverse")
+    ready = transform_on(loaded, grid, inverse)
+    result = ready.warp_labels(volume, label_interp) if labels else ready.warp(volume)
+    if not result.array.any():
+        raise AtlasregError(f"nothing of {image} lands on {reference}'s grid through {transform}"
+                            f"{' inverted' if inverse else ''}: a transform made for other images, or --inverse missing or wrong")
+    save(result, out)
+    if inverse:  # once the output is there: a refusal stays one line
+        report_inversion(ready, str(transform))
+    return out
+
+
+def _overlap(transform: Transform, grid: Volume) -> bool:
+    """Whether ``grid`` and ``transform``'s field grid share any part of space (world bounding boxes of their voxels)."""
+    def box(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+        corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5) for k in (-0.5, shape[2] - 0.5)])
+        world = corners @ affine[:3, :3].T + affine[:3, 3]
+        return np.stack([world.min(0), world.max(0)])
+
+    ours, theirs = box(transform.shape, transform.grid_affine), box(grid.shape, grid.affine)
+    return bool(np.all(ours[0] < theirs[1]) and np.all(theirs[0] < ours[1]))
+
+
 def load_atlases(atlases: Iterable[Atlas]) -> list[tuple[Volume, Volume]]:
     """Each (image, labels) pair loaded and checked to share one grid."""
     loaded = []
@@ -166,6 +221,7 @@ def segment(
     label_interp: str = "nearest",
     progress: bool = False,
     builtin_atlas: str | None = None,
+    transforms: list[Transform] | None = None,
 ) -> Volume:
     """Label ``target`` by registering each atlas to it and fusing the warped atlas labels.
 
@@ -173,6 +229,7 @@ def segment(
     Desikan-Killiany labels, built from installed packages' data). Returns an integer label map in
     the target's grid and affine. One atlas needs no fusion. ``progress``: on a terminal, a bar of
     the atlases (several) and of each registration's optimisation steps (see :mod:`atlasreg.logs`).
+    ``transforms``: a list that receives each atlas's Transform (atlas -> target), in atlas order.
     """
     if atlases is not None and builtin_atlas:
         raise AtlasregError("give atlases or a built-in atlas name, not both")
@@ -195,6 +252,8 @@ def segment(
         with step_progress(progress):
             transform = method.register(image, target_v, **resolved)
         log.info("atlas %d of %d registered with %s in %.1f s", index, len(pairs), backend, time.perf_counter() - start)
+        if transforms is not None:
+            transforms.append(transform)
         warped_labels.append(transform.warp_labels(labels, label_interp))
         if several:
             warped_images.append(transform.warp(image))
@@ -341,11 +400,14 @@ class SubjectJob:
     #: the label names beside the label map (a BIDS dseg.tsv, :func:`atlasreg.lut.tsv_beside`); None where
     #: they are kept elsewhere (a BIDS derivatives folder has one dseg.tsv for all its label maps)
     names: Path | None = None
+    #: per atlas, where its transform goes (atlas -> target, on the target's grid) and its inverse
+    #: (on the atlas's grid), as NIfTI displacement fields; none when empty
+    transforms: tuple[tuple[Path, Path], ...] = ()
 
     @property
     def outputs(self) -> tuple[Path, ...]:
         """Every file the job writes."""
-        return (self.labels, self.volumes, self.figure, self.record) + ((self.names,) if self.names else ())
+        return (self.labels, self.volumes, self.figure, self.record, *((self.names,) if self.names else ()), *chain(*self.transforms))
 
 
 @dataclass(frozen=True)
@@ -578,7 +640,8 @@ def _job_paths(job: SubjectJob, relative: bool = False) -> dict[str, Any]:
     def shown(path: Path) -> str:
         return Path(os.path.relpath(path, job.root)).as_posix() if relative and job.root is not None else str(path)
 
-    return {"id": job.id, **{key: shown(getattr(job, key)) for key in ("target", "labels", "volumes", "figure", "record")}}
+    return {"id": job.id, **{key: shown(getattr(job, key)) for key in ("target", "labels", "volumes", "figure", "record")},
+            **({"transforms": [shown(path) for path in chain(*job.transforms)]} if job.transforms else {})}
 
 
 def _finished_record(job: SubjectJob, digest: str) -> dict[str, Any] | None:
@@ -598,11 +661,19 @@ def segment_subject(job: SubjectJob, atlases: list[tuple[Volume, Volume]], setti
 
     start = time.perf_counter()
     target = as_target(job.target, f"target {job.id}")
+    transforms: list[Transform] = []
     labels = segment(target, atlases, settings.backend, settings.fusion, settings.backend_options,
-                     settings.fusion_options, settings.label_interp)
+                     settings.fusion_options, settings.label_interp, transforms=transforms)
+    inverses = []
+    for (image, _), transform in zip(atlases, transforms if job.transforms else ()):
+        inverses.append(transform.inverse(image))
+        report_inversion(inverses[-1], f"{job.id}: the {settings.backend} transform")
     seconds = time.perf_counter() - start
     for path in job.outputs:
         path.parent.mkdir(parents=True, exist_ok=True)
+    for (forward_path, inverse_path), transform, inverse in zip(job.transforms, transforms, inverses):
+        transform.save(forward_path)
+        inverse.save(inverse_path)
     save(labels, job.labels)
     if job.names:
         write_dseg_tsv(label_table(labels.labels().tolist(), settings.label_names), job.names)

@@ -25,13 +25,15 @@ from scipy import ndimage
 
 from .errors import AtlasregError
 from .io import _check_nifti_path, atomic_path
-from .itk_space import read_itk_affine
+from .itk_space import itk_affine_kind, itk_geometry, read_itk_affine
 from .spatial import apply_matrix, sample, sample_torch, voxel_grid
 from .volume import Volume
 
 _RAS_TO_LPS = np.array([-1.0, -1.0, 1.0], dtype=np.float32)
 _NIFTI_INTENT_VECTOR = 1007
 ITK_AFFINE_SUFFIXES = (".mat", ".txt", ".tfm")
+#: ITK's HDF5 transform files: ANTs' composite transforms (``--write-composite-transform``), fMRIPrep's ``_xfm.h5``
+ITK_COMPOSITE_SUFFIXES = (".h5", ".hdf5")
 #: numerical inversion: stop when every point maps back within this many mm, or after this many rounds
 INVERSE_TOLERANCE_MM, INVERSE_MAX_ITERATIONS = 0.01, 50
 
@@ -254,12 +256,15 @@ class Transform:
         path = Path(path)
         if not path.exists():
             raise AtlasregError(f"{path}: no such file")
-        if path.suffix in ITK_AFFINE_SUFFIXES:
+        if path.suffix in (*ITK_AFFINE_SUFFIXES, *ITK_COMPOSITE_SUFFIXES):
             if grid is None:
-                raise AtlasregError(f"{path}: an affine transform file has no grid; give a reference image")
-            return cls.from_matrix(grid, read_itk_affine(path))
+                raise AtlasregError(f"{path}: an ITK transform file has no grid of its own; give a reference image")
+            if path.suffix in ITK_AFFINE_SUFFIXES and itk_affine_kind(path):
+                return cls.from_matrix(grid, read_itk_affine(path))
+            return cls(grid.shape, grid.affine, _itk_displacement(path, grid))
         if not path.name.endswith((".nii", ".nii.gz")):
-            raise AtlasregError(f"{path}: expected a NIfTI displacement field (.nii, .nii.gz) or an ITK affine ({', '.join(ITK_AFFINE_SUFFIXES)})")
+            raise AtlasregError(f"{path}: expected a NIfTI displacement field (.nii, .nii.gz) or an ITK transform file "
+                                f"({', '.join((*ITK_AFFINE_SUFFIXES, *ITK_COMPOSITE_SUFFIXES))})")
         try:
             img = nib.load(str(path))
             data = np.asarray(img.dataobj, dtype=np.float32)
@@ -270,6 +275,28 @@ class Transform:
         if data.ndim != 4 or data.shape[-1] != 3:
             raise AtlasregError(f"{path}: not a 3-D displacement field (shape {data.shape})")
         return cls(data.shape[:3], img.affine, data * _RAS_TO_LPS)
+
+
+def _itk_displacement(path: Path, grid: Volume) -> np.ndarray:
+    """The displacement (RAS mm, X×Y×Z×3) at ``grid``'s points of any transform ITK reads from ``path``
+    (composite, rigid, B-spline, displacement field...), through SimpleITK."""
+    import SimpleITK as sitk
+
+    try:
+        transform = sitk.ReadTransform(str(path))
+    except RuntimeError as exc:
+        raise AtlasregError(f"{path}: not a transform file ITK reads ({str(exc).strip().splitlines()[-1]})") from None
+    if transform.GetDimension() != 3:
+        raise AtlasregError(f"{path}: a {transform.GetDimension()}-D transform; a 3-D one is needed")
+    origin, spacing, direction = itk_geometry(grid.affine)
+    to_field = sitk.TransformToDisplacementFieldFilter()
+    to_field.SetOutputPixelType(sitk.sitkVectorFloat64)
+    to_field.SetSize([int(n) for n in grid.shape])
+    to_field.SetOutputOrigin(origin.tolist())
+    to_field.SetOutputSpacing(spacing.tolist())
+    to_field.SetOutputDirection(direction.ravel().tolist())
+    field = sitk.GetArrayFromImage(to_field.Execute(transform)).transpose(2, 1, 0, 3)  # (z, y, x) -> (x, y, z)
+    return field.astype(np.float32) * _RAS_TO_LPS
 
 
 def _fixed_point(deformable: Transform, targets: np.ndarray) -> tuple[np.ndarray, int, float]:

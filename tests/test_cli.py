@@ -206,3 +206,68 @@ def test_the_default_backend_is_a_documented_setting_and_help_says_what_defaults
     assert "[default: majority, 0.2 s a target for 3 atlases" in " ".join(out.split())
     code, out, _ = run(capsys, "options", "ants")
     assert "about 6 s a pair" in out and "about 180 s" in out
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([2 * ((a == k) & (b == k)).sum() / ((a == k).sum() + (b == k).sum()) for k in np.unique(b) if k]))
+
+
+def test_register_inverse_out_and_apply_take_labels_there_and_back(capsys, caplog, files, tmp_path):
+    """register --transform-out/--inverse-out (svf: an exact inverse), then apply: the atlas labels go
+    onto the target's grid, and back onto the atlas's own grid through the inverse (Dice >= 0.95)."""
+    field, inverse = tmp_path / "m2f.nii.gz", tmp_path / "f2m.nii.gz"
+    code, _, err = run(capsys, "register", files["mov"], files["fix"], "-b", "svf", "-O", "iterations=30,20,5",
+                       "-o", tmp_path / "warped.nii.gz", "--transform-out", field, "--inverse-out", inverse)
+    assert code == 0, err
+    assert nib.load(inverse).shape[:3] == nib.load(files["mov"]).shape and "numerically" not in caplog.text
+    there, back = tmp_path / "there.nii.gz", tmp_path / "back.nii.gz"
+    code, _, err = run(capsys, "apply", field, files["mov_seg"], "-r", files["fix"], "--labels", "-o", there)
+    assert code == 0, err
+    assert _dice(np.asarray(nib.load(there).dataobj), np.asarray(nib.load(files["fix_seg"]).dataobj)) > 0.8
+    code, _, err = run(capsys, "apply", inverse, there, "-r", files["mov"], "--labels", "-o", back)
+    assert code == 0, err
+    assert nib.load(back).shape == nib.load(files["mov"]).shape
+    assert _dice(np.asarray(nib.load(back).dataobj), np.asarray(nib.load(files["mov_seg"]).dataobj)) >= 0.95
+    # the saved field has no velocity: --inverse inverts it numerically, and says so
+    code, _, err = run(capsys, "apply", field, there, "-r", files["mov"], "--labels", "--inverse", "-o", tmp_path / "back2.nii.gz")
+    assert code == 0 and "inverted numerically" in caplog.text, err
+    assert _dice(np.asarray(nib.load(tmp_path / "back2.nii.gz").dataobj), np.asarray(nib.load(back).dataobj)) >= 0.95
+
+
+def test_apply_equals_ants_apply_transforms_on_the_exported_warp(capsys, files, tmp_path):
+    """`atlasreg apply` on the field `register --transform-out` wrote and antsApplyTransforms on the same
+    file agree on >= 99.9 % of the target's voxels (labels, nearest neighbour)."""
+    ants = pytest.importorskip("ants")
+    field, ours = tmp_path / "m2f.nii.gz", tmp_path / "ours.nii.gz"
+    code, _, err = run(capsys, "register", files["mov"], files["fix"], "-b", "svf", "-O", "iterations=30,20,5",
+                       "-o", tmp_path / "warped.nii.gz", "--transform-out", field)
+    assert code == 0, err
+    code, _, err = run(capsys, "apply", field, files["mov_seg"], "-r", files["fix"], "--labels", "-o", ours)
+    assert code == 0, err
+    theirs = ants.apply_transforms(ants.image_read(str(files["fix"])), ants.image_read(str(files["mov_seg"])), [str(field)],
+                                   interpolator="nearestNeighbor").numpy()
+    mine = np.asarray(nib.load(ours).dataobj)
+    assert (mine > 0).mean() > 0.2
+    assert (mine == np.rint(theirs)).mean() >= 0.999
+
+
+def test_apply_bad_input_fails_in_one_line_and_writes_nothing(capsys, files, tmp_path, affine):
+    field = tmp_path / "m2f.nii.gz"
+    code, _, err = run(capsys, "register", files["mov"], files["fix"], "-b", "affine", "-o", tmp_path / "w.nii.gz", "--transform-out", field)
+    assert code == 0, err
+    far = affine.copy()
+    far[:3, 3] += 500.0  # a reference the field's grid is nowhere near
+    far_ref = atlasreg.save(Volume(np.ones((8, 8, 8), np.float32), far, is_labels=False), tmp_path / "far.nii.gz")
+    out = tmp_path / "out.nii.gz"
+    cases = [
+        (("apply", tmp_path / "missing.nii.gz", files["mov_seg"], "-r", files["fix"], "--labels", "-o", out), "missing.nii.gz"),
+        (("apply", field, tmp_path / "none.nii.gz", "-r", files["fix"], "-o", out), "none.nii.gz"),
+        (("apply", field, files["mov_seg"], "-r", far_ref, "--labels", "-o", out), "lies outside"),
+        (("apply", field, files["mov_seg"], "-r", far_ref, "--labels", "--inverse", "-o", out), "nothing of"),
+        (("apply", field, files["mov_seg"], "-r", files["fix"], "--labels", "-o", files["mov_seg"]), "overwrite an input"),
+    ]
+    for args, message in cases:
+        code, printed, err = run(capsys, *args)
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (args, err)
+        assert not out.exists(), args
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind

@@ -103,6 +103,14 @@ def test_bids_derivatives_are_valid_and_every_page_lists_every_subject(bids_dir,
         assert (out / description["DatasetLinks"]["raw"] / source).is_file() and BIDSValidator().is_bids(f"/{source}")
     record = json.loads((out / "logs" / "sub-02_ses-1_desc-atlas_record.json").read_text())
     assert record["status"] == "ok" and record["labels"] == f"{stems[1]}_dseg.nii.gz"  # relative to the derivatives folder
+    # the registration, both ways, named as BIDS derivatives' transforms: applied, they give the labels and take them back
+    anat = out / "sub-02" / "ses-1" / "anat"
+    forward, backward = anat / "sub-02_ses-1_from-atlas_to-T1w_mode-image_xfm.nii.gz", anat / "sub-02_ses-1_from-T1w_to-atlas_mode-image_xfm.nii.gz"
+    t1w, seg = bids_dir / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T1w.nii.gz", out / f"{stems[1]}_dseg.nii.gz"
+    assert (atlasreg.apply(forward, atlas[1], t1w, labels=True).array == atlasreg.load(seg, labels=True).array).mean() >= 0.999
+    back = atlasreg.apply(backward, seg, atlas[0], labels=True)
+    assert atlasreg.evaluate(back, atlasreg.load(atlas[1], labels=True), "labels")["mean_dice"] >= 0.9
+    assert record["transforms"] == [str(path.relative_to(out)) for path in (forward, backward)]
     assert sorted(p.name for p in (out / "sub-02" / "figures").iterdir()) == ["sub-02_ses-1_desc-atlas_dseg.png", "sub-02_ses-2_desc-atlas_dseg.png"]
     dseg = read_tsv(out / "desc-atlas_dseg.tsv")
     assert [(r["index"], r["name"], r["color"]) for r in dseg] == [(str(v), f"label-{v}", "n/a") for v in (1, 2, 3, 4)]

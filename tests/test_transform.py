@@ -173,16 +173,43 @@ def test_itk_affine_files_are_read_in_ras(tmp_path, affine, suffix):
 
 def test_unreadable_transform_files_fail_in_one_line(tmp_path):
     grid = Volume(np.zeros((8, 8, 8), np.float32), np.eye(4), is_labels=False)
-    euler = tmp_path / "rigid.txt"
-    euler.write_text("#Insight Transform File V1.0\nTransform: Euler3DTransform_double_3_3\nParameters: 0 0 0 0 0 0\nFixedParameters: 0 0 0 0\n")
-    with pytest.raises(AtlasregError, match="Euler3DTransform"):
-        Transform.load(euler, grid)
     junk = tmp_path / "junk.mat"
     junk.write_bytes(b"not a matlab file at all")
     with pytest.raises(AtlasregError, match="junk.mat"):
         Transform.load(junk, grid)
+    for name in ("junk.h5", "junk.tfm"):
+        (tmp_path / name).write_bytes(b"neither HDF5 nor ITK text")
+        with pytest.raises(AtlasregError, match="not a transform file ITK reads"):
+            Transform.load(tmp_path / name, grid)
+    (tmp_path / "warp.xfm").write_text("MNI Transform File\n")
     with pytest.raises(AtlasregError, match="expected a NIfTI"):
-        Transform.load(euler.rename(tmp_path / "rigid.h5"), grid)
+        Transform.load(tmp_path / "warp.xfm", grid)
+    with pytest.raises(AtlasregError, match="reference image"):
+        Transform.load(tmp_path / "junk.h5")
+
+
+def test_any_itk_transform_file_is_read_through_simpleitk(tmp_path, affine):
+    """A rigid (Euler) transform in ITK text and a composite (affine + displacement field) in HDF5, as
+    ANTs and fMRIPrep write them: read as a field on the reference grid that maps each point where
+    SimpleITK's own TransformPoint maps it (LPS there, RAS here)."""
+    sitk = pytest.importorskip("SimpleITK")
+    from atlasreg.itk_space import RAS_TO_LPS
+
+    grid = Volume(np.zeros((10, 12, 9), np.float32), affine, is_labels=False)
+    rigid = sitk.Euler3DTransform((1.0, -2.0, 3.0), 0.1, -0.05, 0.2, (2.0, 1.0, -3.0))
+    field = sitk.GetImageFromArray(np.random.default_rng(0).normal(0, 1.5, (6, 7, 5, 3)), isVector=True)
+    field.SetSpacing((6.0, 6.0, 6.0))
+    field.SetOrigin((-60.0, -50.0, -40.0))
+    composite = sitk.CompositeTransform([sitk.AffineTransform(rigid.GetMatrix(), rigid.GetTranslation(), rigid.GetCenter()),
+                                         sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))])
+    for transform, path in ((rigid, tmp_path / "rigid.txt"), (composite, tmp_path / "composite.h5")):
+        sitk.WriteTransform(transform, str(path))
+        loaded = Transform.load(path, grid)
+        points = loaded.grid_points().reshape(-1, 3)[::7].astype(float)
+        lps = points * RAS_TO_LPS.diagonal()[:3]
+        expected = np.array([transform.TransformPoint(tuple(p)) for p in lps]) * RAS_TO_LPS.diagonal()[:3]
+        np.testing.assert_allclose(loaded.mapped_points().reshape(-1, 3)[::7], expected, atol=1e-3)
+        assert np.abs(loaded.field).max() > 0.5
 
 
 @pytest.mark.parametrize("kind, inverse", [("warp", False), ("affine", False), ("affine", True)])
