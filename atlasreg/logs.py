@@ -51,8 +51,9 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, total: int | None = N
 
 @contextmanager
 def step_progress(enabled: bool = True) -> Iterator[None]:
-    """Within the block, optimisation loops (:func:`steps`) draw a bar of their steps."""
-    token = _steps.set(enabled)
+    """Within the block, optimisation loops (:func:`steps`) draw a bar of their steps (``enabled``
+    False: as the enclosing block says, so a study's bars reach the registrations it runs)."""
+    token = _steps.set(enabled or _steps.get())
     try:
         yield
     finally:

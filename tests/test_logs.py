@@ -68,6 +68,11 @@ def test_register_counts_optimisation_steps_when_asked(monkeypatch):
     terminal.truncate()
     atlasreg.register(moving, fixed, backend="affine", options=options)  # a library call draws nothing unasked
     assert terminal.getvalue() == ""
+    from atlasreg.logs import step_progress
+
+    with step_progress(True):  # a study's bars reach the registrations it runs, whatever they say
+        atlasreg.register(moving, fixed, backend="affine", options=options, progress=False)
+    assert "rigid 8 mm" in terminal.getvalue()
 
 
 def test_library_never_configures_logging():
