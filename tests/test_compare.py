@@ -183,3 +183,23 @@ def test_leave_one_out_pairs_every_subject_with_every_other_and_draws_the_chosen
         run_compare(methods, atlases, chosen, "labels", out, progress=False, figure_targets=["s9"])
     with pytest.raises(AtlasregError, match="at least 2"):
         leave_one_out_of(targets[:1])
+
+
+def test_choose_targets_several_atlases_from_a_dataset_or_leave_one_out(study, tmp_path):
+    from atlasreg.compare import choose_targets
+
+    atlas, targets = study
+    listing = tmp_path / "subjects.csv"
+    listing.write_text("image,labels,id\n" + "".join(f"{t.image},{t.truth},{t.id}\n" for t in targets))
+    atlases, chosen, protocol = choose_targets(dataset=("csv", str(listing)), atlas_ids=["s1", "s3"], protocol="labels")
+    assert [a.id for a in atlases] == ["s1", "s3"] and [t.id for t in chosen] == ["s2"] and protocol == "labels"
+    atlases, chosen, _ = choose_targets(dataset=("csv", str(listing)), leave_one_out=True)
+    assert [a.id for a in atlases] == [t.id for t in chosen] == ["s1", "s2", "s3"]
+    atlases, chosen, _ = choose_targets(atlases=[(str(atlas[0]), str(atlas[1])), (str(targets[0].image), str(targets[0].truth))],
+                                        dataset=("csv", str(listing)))
+    assert [a.id for a in atlases] == ["atlas_t1", "s1_t1"] and [t.id for t in chosen] == ["s2", "s3"]
+    for kwargs, message in ((dict(atlas_ids=["s1"], leave_one_out=True), "takes its atlases from the targets"),
+                            (dict(atlas_ids=["s1"], atlases=[(str(atlas[0]), str(atlas[1]))]), "not both"),
+                            (dict(), "give the atlas")):
+        with pytest.raises(AtlasregError, match=message):
+            choose_targets(dataset=("csv", str(listing)), **kwargs)
