@@ -157,11 +157,12 @@ PROTOCOLS: dict[str, Protocol] = {
     ),
     "dk": Protocol(
         name="dk",
-        labels=None,
+        labels=tuple(sorted({*_union(DK_REGIONS), 16})),
         regions=DK_REGIONS,
         mean_over="labels",
-        description="Desikan-Killiany in FreeSurfer's aparc+aseg codes (the built-in atlas); mean Dice over every "
-                    "label in the truth; regions: bilateral lobes and subcortical structures",
+        description="the 83 Desikan-Killiany labels (68 cortical, 14 subcortical, brain stem) in FreeSurfer's aparc+aseg "
+                    "codes, as the built-in atlas writes them (a FreeSurfer aparc+aseg's other labels are not scored); "
+                    "mean Dice over labels; regions: bilateral lobes and subcortical structures",
     ),
     "labels": Protocol(
         name="labels",

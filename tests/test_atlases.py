@@ -140,6 +140,7 @@ def test_donor_labels_and_dk_protocol():
     scored = [label for labels in regions.values() for label in labels]
     assert sorted(scored) == sorted(set(atlases.dk_labels()) - {16})  # every lateral DK label in exactly one region
     assert regions["insula"] == (1035, 2035) and regions["caudate"] == (11, 50) and regions["accumbens"] == (26, 58)
+    assert get_protocol("dk").labels == tuple(sorted(atlases.dk_labels()))  # the 83 DK labels: not an aparc+aseg's others
     with pytest.raises(AtlasregError, match="unknown donor"):
         atlases.donor_labels("1")
 
