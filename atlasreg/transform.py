@@ -279,8 +279,11 @@ class Transform:
 
 def _itk_displacement(path: Path, grid: Volume) -> np.ndarray:
     """The displacement (RAS mm, X×Y×Z×3) at ``grid``'s points of any transform ITK reads from ``path``
-    (composite, rigid, B-spline, displacement field...), through SimpleITK."""
-    import SimpleITK as sitk
+    (composite, rigid, B-spline, displacement field...), through SimpleITK (the ``itk`` extra)."""
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        raise AtlasregError(f"{path}: reading this transform file needs SimpleITK (not installed): pip install 'atlasreg[itk]'") from None
 
     try:
         transform = sitk.ReadTransform(str(path))

@@ -63,6 +63,10 @@ def test_choosing_a_missing_backend_is_one_line(tmp_path):
                            "-o", "out", cwd=tmp_path)
     assert done.returncode == 1 and done.stderr.strip() == "atlasreg: error: Dask is not installed: pip install 'atlasreg[dask]'"
     assert not (tmp_path / "out").exists()  # refused before any work
+    (tmp_path / "warp.h5").write_bytes(b"HDF")  # an ITK composite transform (as ANTs writes): read through SimpleITK
+    done = _without_extras("apply", "warp.h5", "t.nii.gz", "-r", "t.nii.gz", "-o", "moved.nii.gz", cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.strip() == ("atlasreg: error: warp.h5: reading this transform file needs SimpleITK "
+                                                            "(not installed): pip install 'atlasreg[itk]'")
 
 
 def test_the_extras_are_declared():
