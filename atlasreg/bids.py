@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,9 +39,9 @@ from ._version import __version__
 from .errors import AtlasregError
 from .io import atomic_path, check_output
 from .lut import LabelInfo, label_table, write_dseg_tsv
-from .pipeline import (STUDY_SETTINGS, Atlas, SegmentSettings, SubjectJob, check_study_outputs, claim_settings, made_by, method_label,
-                       read_json, read_settings, segment_subjects, settings_digest, study_atlases)
-from .registry import DEFAULT_BACKEND, DEFAULT_FUSION, get_backend
+from .pipeline import (STUDY_SETTINGS, Atlas, SegmentSettings, SubjectJob, method_label, prepare_study, read_json, read_settings,
+                       settings_digest)
+from .registry import DEFAULT_BACKEND, DEFAULT_FUSION
 
 BIDS_VERSION = "1.9.0"
 GROUP_COLUMNS = ("participant_id", "session_id", "label", "name", "voxels", "volume_mm3")
@@ -235,27 +234,21 @@ def run_participant(
     desc = desc_for(builtin_atlas, atlases)
     study_jobs = derivative_jobs(images, out, desc, atlas_spaces(desc, atlases))
     subjects = sorted({re.match(r"sub-[A-Za-z0-9]+", job.id).group(0) for job in study_jobs})
-    check_study_outputs(study_jobs, atlases, [out / name for name in ("dataset_description.json", f"desc-{desc}_dseg.tsv",
-                                                                    f"desc-{desc}_morph.json", "index.html", STUDY_SETTINGS, ".bidsignore",
-                                                                    *(f"{s}.html" for s in subjects))])
     check_outside_raw_data(bids_root, [path for job in study_jobs for path in job.outputs])
     check_description(out)
-    pairs, names = study_atlases(atlases, builtin_atlas)
-    settings = SegmentSettings(backend, fusion, get_backend(backend).resolve_options(backend_options or {}),
-                               dict(fusion_options or {}), label_interp, label_names or names)
-    wanted = {"Version": __version__, **made_by(settings, atlases, builtin_atlas)}
+    study = prepare_study(out, study_jobs, atlases, builtin_atlas, backend, fusion, backend_options, fusion_options, label_interp,
+                          label_names, redo=redo, others=[out / name for name in ("dataset_description.json", f"desc-{desc}_dseg.tsv",
+                                                                                  f"desc-{desc}_morph.json", "index.html", ".bidsignore",
+                                                                                  *(f"{s}.html" for s in subjects))])
+    settings, wanted = study.settings, study.made
     generated = generated_by(settings, atlases, builtin_atlas)
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    claim_settings(out / STUDY_SETTINGS, read_settings(out / STUDY_SETTINGS), wanted, redo)
     _write_json(out / "dataset_description.json", dataset_description(bids_root, out, desc, generated))
     _write_text(out / ".bidsignore", "".join(f"{pattern}\n" for pattern in NOT_BIDS))
     _write_json(out / f"desc-{desc}_morph.json", MORPH_COLUMNS)
-    settings = replace(settings, digest=settings_digest(wanted))
-    atlas_labels = sorted({int(v) for _, labels in pairs for v in labels.labels()})
+    atlas_labels = sorted({int(v) for _, labels in study.atlases for v in labels.labels()})
     write_dseg_tsv(label_table(atlas_labels, settings.label_names), out / f"desc-{desc}_dseg.tsv")
-    records = segment_subjects(study_jobs, pairs, settings, jobs=jobs, threads=threads,
-                               client=client, progress=progress, work_dir=work)
+    work.mkdir(parents=True, exist_ok=True)
+    records = study.run(study_jobs, jobs=jobs, threads=threads, client=client, progress=progress, work_dir=work)
     for record in records:
         if record["status"] != "failed":
             _write_json(Path(record["labels"]).with_suffix("").with_suffix(".json"), dseg_sidecar(record, bids_root, generated["Description"]))

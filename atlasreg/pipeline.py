@@ -231,19 +231,13 @@ def segment(
     the atlases (several) and of each registration's optimisation steps (see :mod:`atlasreg.logs`).
     ``transforms``: a list that receives each atlas's Transform (atlas -> target), in atlas order.
     """
-    if atlases is not None and builtin_atlas:
-        raise AtlasregError("give atlases or a built-in atlas name, not both")
+    check_atlas_choice(atlases, builtin_atlas)
     method = get_backend(backend)
     resolved = method.resolve_options(backend_options or {})
     fuser = get_fusion(fusion)  # checked with one atlas too: a typo should not pass silently
     fusion_resolved = fuser.resolve_options(fusion_options or {})
-    if atlases is None:
-        from .atlases import DEFAULT_ATLAS, load_atlas
-
-        image, labels, _ = load_atlas(builtin_atlas or DEFAULT_ATLAS)
-        atlases = [(image, labels)]
     target_v = as_target(target, "target image")
-    pairs = load_atlases(atlases)
+    pairs = resolve_atlases(atlases, builtin_atlas)
     several = len(pairs) > 1
     warped_images, warped_labels = [], []
     for index, (image, labels) in enumerate(progress_bar(pairs, desc=f"registering atlases ({backend})", unit="atlas",
@@ -477,33 +471,73 @@ def segment_many(
     if holding is not None:
         raise AtlasregError(f"{out}: holds the target {holding}; give the outputs a folder of their own "
                             "(beside the targets, a rerun would take them for targets)")
-    check_study_outputs(study_jobs, atlases, [out / "index.html", out / STUDY_SETTINGS])
-    pairs, names = study_atlases(atlases, builtin_atlas)
-    method = get_backend(backend)
-    settings = SegmentSettings(backend, fusion, method.resolve_options(backend_options or {}), dict(fusion_options or {}),
-                               label_interp, label_names or names, qc)
-    wanted = {"Version": __version__, **made_by(settings, atlases, builtin_atlas)}
-    out.mkdir(exist_ok=True)
-    claim_settings(out / STUDY_SETTINGS, read_settings(out / STUDY_SETTINGS), wanted, redo)
-    settings = replace(settings, digest=settings_digest(wanted))
-    records = segment_subjects(study_jobs, pairs, settings, jobs=jobs, threads=threads, client=client, progress=progress, work_dir=out)
+    study = prepare_study(out, study_jobs, atlases, builtin_atlas, backend, fusion, backend_options, fusion_options, label_interp,
+                          label_names, qc, redo, others=[out / "index.html"])
+    records = study.run(study_jobs, jobs=jobs, threads=threads, client=client, progress=progress, work_dir=out)
     from .qc import write_index
 
-    write_index(out / "index.html", records, title=f"atlasreg: {len(records)} targets, {method_label(backend, settings.backend_options)}",
-                provenance={"Command": command or "called from Python (atlasreg.segment_many)", **wanted})
+    write_index(out / "index.html", records, title=f"atlasreg: {len(records)} targets, {method_label(backend, study.settings.backend_options)}",
+                provenance={"Command": command or "called from Python (atlasreg.segment_many)", **study.made})
     return records
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study ready to run (:func:`prepare_study`): its atlases loaded once, its settings (with their
+    digest) and what its folder's ``atlasreg_settings.json`` records (``made``)."""
+
+    atlases: list[tuple[Volume, Volume]]
+    settings: SegmentSettings
+    made: dict[str, Any]
+
+    def run(self, study_jobs: Sequence[SubjectJob], jobs: int = 1, threads: int | None = None, client: Any = None,
+            progress: bool = False, work_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+        """Every subject not finished before with these settings segmented (:func:`segment_subjects`)."""
+        return segment_subjects(study_jobs, self.atlases, self.settings, jobs=jobs, threads=threads, client=client,
+                                progress=progress, work_dir=work_dir)
+
+
+def prepare_study(out: Path, study_jobs: Sequence[SubjectJob], atlases: Sequence[Atlas] | None = None, builtin_atlas: str | None = None,
+                  backend: str = DEFAULT_BACKEND, fusion: str = DEFAULT_FUSION, backend_options: Mapping[str, Any] | None = None,
+                  fusion_options: Mapping[str, Any] | None = None, label_interp: str = "nearest",
+                  label_names: Mapping[int, LabelInfo] | None = None, qc: bool = True, redo: bool = False,
+                  others: Iterable[Path] = ()) -> Study:
+    """What every study does before its subjects (:func:`segment_many`, :func:`atlasreg.bids.run_participant`):
+    refuse an output (a subject's, ``out``'s settings file or one of ``others``) that would overwrite an
+    input, load the atlases once, resolve the method's options, and claim ``out`` for these settings
+    (a folder made with others is refused unless ``redo``)."""
+    check_study_outputs(study_jobs, atlases, [*others, out / STUDY_SETTINGS])
+    pairs, names = study_atlases(atlases, builtin_atlas)
+    settings = SegmentSettings(backend, fusion, get_backend(backend).resolve_options(backend_options or {}), dict(fusion_options or {}),
+                               label_interp, label_names or names, qc)
+    made = {"Version": __version__, **made_by(settings, atlases, builtin_atlas)}
+    out.mkdir(parents=True, exist_ok=True)
+    claim_settings(out / STUDY_SETTINGS, read_settings(out / STUDY_SETTINGS), made, redo)
+    return Study(pairs, replace(settings, digest=settings_digest(made)), made)
+
+
+def check_atlas_choice(atlases: Sequence[Atlas] | None, builtin_atlas: str | None) -> None:
+    """Refuse atlases and a built-in atlas's name given together."""
+    if atlases is not None and builtin_atlas:
+        raise AtlasregError("give atlases or a built-in atlas name, not both")
+
+
+def resolve_atlases(atlases: Sequence[Atlas] | None, builtin_atlas: str | None) -> list[tuple[Volume, Volume]]:
+    """The (image, labels) pairs to register: ``atlases`` loaded and checked, or (``atlases`` None) the
+    built-in atlas ``builtin_atlas`` (default :data:`atlasreg.atlases.DEFAULT_ATLAS`) built. The one
+    place both :func:`segment` and a study (:func:`study_atlases`) choose their atlases."""
+    check_atlas_choice(atlases, builtin_atlas)
+    if atlases is not None:
+        return load_atlases(atlases)
+    from .atlases import DEFAULT_ATLAS, load_atlas
+
+    image, labels, _ = load_atlas(builtin_atlas or DEFAULT_ATLAS)
+    return [(image, labels)]
 
 
 def study_atlases(atlases: Sequence[Atlas] | None, builtin_atlas: str | None) -> tuple[list[tuple[Volume, Volume]], dict[int, LabelInfo] | None]:
     """The atlases loaded (the built-in one built) once for a whole study, and their label names if known."""
-    if atlases is not None and builtin_atlas:
-        raise AtlasregError("give atlases or a built-in atlas name, not both")
-    if atlases is not None:
-        return load_atlases(atlases), atlas_names(atlases, None)
-    from .atlases import DEFAULT_ATLAS, load_atlas
-
-    image, labels, _ = load_atlas(builtin_atlas or DEFAULT_ATLAS)
-    return [(image, labels)], atlas_names(None, builtin_atlas)
+    return resolve_atlases(atlases, builtin_atlas), atlas_names(atlases, builtin_atlas)
 
 
 def check_study_outputs(study_jobs: Sequence[SubjectJob], atlases: Sequence[Atlas] | None, others: Iterable[Path] = ()) -> None:
