@@ -127,7 +127,7 @@ def write_index(path: Path, records: Sequence[Mapping[str, Any]], title: str = "
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>
 <body><h1>{html.escape(title)}</h1>
 {provenance_html(provenance)}
-<p>{len(records)} subjects, {failed} failed. Each image: the target (top row) and its labels over it (bottom row);
+<p>{len(records)} subject{'' if len(records) == 1 else 's'}, {failed} failed. Each image: the target (top row) and its labels over it (bottom row);
 click an image for full size, a volume summary for every label. {ORIENTATION_NOTE}</p>
 <table><thead><tr><th>subject</th><th>QC</th><th>volumes</th><th>time</th><th>backend</th><th>status</th></tr></thead>
 <tbody>
@@ -183,7 +183,7 @@ def write_subject_report(path: Path, subject: str, records: Sequence[Mapping[str
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>
 <body><h1>{html.escape(title)}</h1>
 {provenance_html(provenance)}
-<p>{len(records)} images. Each figure: the image (top row) and its labels over it (bottom row), in the legend's colours.
+<p>{len(records)} image{'' if len(records) == 1 else 's'}. Each figure: the image (top row) and its labels over it (bottom row), in the legend's colours.
 {ORIENTATION_NOTE}</p>
 {chr(10).join(sections)}
 </body></html>
