@@ -43,7 +43,8 @@ class Group(click.Group):
 group_options = (
     click.option("-v", "--verbose", count=True, help="More messages: -v what each step did and took, -vv debugging "
                  "detail and the traceback of an internal error (ATLASREG_DEBUG=1: Python raises it instead)."),
-    click.option("-q", "--quiet", is_flag=True, help="Errors only, no progress bars."),
+    click.option("-q", "--quiet", is_flag=True, help="No progress bars and no log messages below errors (results and the "
+                 "files written are still printed)."),
     click.option("--log-file", type=click.Path(dir_okay=False), help="Also append every message (from -v's level, with times) to this file."),
     click.option("--no-progress", is_flag=True, help="No progress bars (they are off anyway when stderr is not a terminal, "
                  "or with TQDM_DISABLE=1)."),
