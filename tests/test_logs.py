@@ -165,3 +165,11 @@ def test_internal_error_traceback_only_with_vv(monkeypatch):
     assert code == 1 and err.strip() == "atlasreg: error: internal error: RuntimeError: something unexpected (-vv shows the traceback)"
     code, err = _cli(monkeypatch, "-vv", "backends")
     assert code == 1 and "Traceback (most recent call last)" in err and err.strip().endswith("(-vv shows the traceback)"), err
+
+
+def test_simpleitk_demons_counts_its_iterations(monkeypatch):
+    pytest.importorskip("SimpleITK")
+    moving, fixed = _pair()
+    terminal = on_terminal(monkeypatch)
+    atlasreg.register(moving, fixed, backend="simpleitk", options={"iterations": (6, 4, 2)}, progress=True)
+    assert all(f"demons, 1/{shrink} size" in terminal.getvalue() for shrink in (4, 2, 1)), terminal.getvalue()

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from atlasreg.errors import AtlasregError
+from atlasreg.logs import steps
 from atlasreg.plugin_api import MAX_ITERATIONS, MAX_SEED, MAX_SHRINK, Backend, Option
 from atlasreg.transform import Transform
 from atlasreg.volume import Volume
@@ -84,7 +85,9 @@ def _demons(fixed, moving, levels, smoothing: float):
         demons.SmoothDisplacementFieldOn()
         demons.SetStandardDeviations(smoothing)
         demons.SetUseImageSpacing(True)
-        field = demons.Execute(f, m, init)
+        with steps(int(iterations), f"demons, 1/{shrink} size") as bar:  # drawn in a study or register(progress=True)
+            demons.AddCommand(sitk.sitkIterationEvent, lambda: bar.update())
+            field = demons.Execute(f, m, init)
     return sitk.Resample(field, fixed, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
 
 
