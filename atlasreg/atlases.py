@@ -20,7 +20,6 @@ demo segments. Sources, licences and the relabelling: ``atlasreg/data/NOTICE.md`
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys

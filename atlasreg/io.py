@@ -10,7 +10,7 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Tuple, Union
 
 import nibabel as nib
 import numpy as np
@@ -336,3 +336,51 @@ def save(volume: Volume, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return path
+
+
+#: a Volume, a NIfTI path, a nibabel image, or an (array, affine) pair
+ImageLike = Union[Volume, str, os.PathLike, nib.spatialimages.SpatialImage, Tuple[np.ndarray, np.ndarray]]
+
+
+def as_volume(value: ImageLike, labels: bool, what: str, bytes_per_voxel: int = 0) -> Volume:
+    """A Volume from any ``ImageLike`` (a Volume as it is; anything else read as an image, or with
+    ``labels`` as a label map); ``bytes_per_voxel`` as for :func:`load`."""
+    if isinstance(value, (str, os.PathLike)):
+        return load(value, labels=labels, bytes_per_voxel=bytes_per_voxel)
+    if isinstance(value, Volume):
+        volume = value
+    elif isinstance(value, nib.spatialimages.SpatialImage):
+        volume = from_array(np.asanyarray(value.dataobj), value.affine, labels, what)
+    elif isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray):
+        volume = from_array(value[0], np.asarray(value[1]), labels, what)
+    else:
+        raise AtlasregError(f"{what}: expected a path, a Volume, a nibabel image or (array, affine), got {type(value).__name__}")
+    if bytes_per_voxel:
+        check_memory(volume.array.size, bytes_per_voxel, what)
+    return volume
+
+
+def as_image(value: ImageLike, what: str = "image", bytes_per_voxel: int = 0) -> Volume:
+    """An intensity-image Volume from any ``ImageLike``; ``bytes_per_voxel`` as for :func:`atlasreg.io.load`."""
+    volume = as_volume(value, False, what, bytes_per_voxel)
+    if volume.is_labels:
+        raise AtlasregError(f"{what}: expected an intensity image, got a label map")
+    if not volume.array.any():
+        raise AtlasregError(f"{what}: image is empty (all zero)")
+    return volume
+
+
+def as_target(value: ImageLike, what: str = "target image") -> Volume:
+    """The image whose grid the work runs on (a target, a fixed image): one too large for the memory
+    available (:data:`atlasreg.io.TARGET_BYTES_PER_VOXEL`) is refused, from a file before it is read."""
+    return as_image(value, what, TARGET_BYTES_PER_VOXEL)
+
+
+def as_labels(value: ImageLike, what: str = "label map") -> Volume:
+    """A label-map Volume from any ``ImageLike``."""
+    volume = as_volume(value, True, what)
+    if not volume.is_labels:
+        raise AtlasregError(f"{what}: expected a label map, got an intensity image")
+    if not volume.array.any():
+        raise AtlasregError(f"{what}: label map is empty (no non-zero label)")
+    return volume

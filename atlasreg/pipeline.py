@@ -12,68 +12,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Tuple
 
-import nibabel as nib
 import numpy as np
 
 from ._version import __version__
 from .errors import AtlasregError
-from .io import (NIFTI_SUFFIXES, TARGET_BYTES_PER_VOXEL, atomic_path, check_file_name, check_memory, check_output, check_outputs,
-                 expand_targets, from_array, glob_matches, is_pattern_or_folder, load, save)
+from .io import (NIFTI_SUFFIXES, ImageLike, as_image, as_labels, as_target, as_volume, atomic_path, check_file_name, check_output,
+                 check_outputs, expand_targets, glob_matches, is_pattern_or_folder, save)
 from .logs import progress_bar, step_progress
 from .lut import LabelInfo, label_table, names_beside, tsv_beside, write_dseg_tsv
 from .registry import DEFAULT_BACKEND, DEFAULT_FUSION, get_backend, get_fusion
 from .transform import Transform
 from .volume import Volume
 
-#: a Volume, a NIfTI path, a nibabel image, or an (array, affine) pair
-ImageLike = Union[Volume, str, os.PathLike, nib.spatialimages.SpatialImage, Tuple[np.ndarray, np.ndarray]]
 Atlas = Tuple[ImageLike, ImageLike]
 
 log = logging.getLogger(__name__)
-
-
-def _as_volume(value: ImageLike, labels: bool, what: str, bytes_per_voxel: int = 0) -> Volume:
-    if isinstance(value, (str, os.PathLike)):
-        return load(value, labels=labels, bytes_per_voxel=bytes_per_voxel)
-    if isinstance(value, Volume):
-        volume = value
-    elif isinstance(value, nib.spatialimages.SpatialImage):
-        volume = from_array(np.asanyarray(value.dataobj), value.affine, labels, what)
-    elif isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], np.ndarray):
-        volume = from_array(value[0], np.asarray(value[1]), labels, what)
-    else:
-        raise AtlasregError(f"{what}: expected a path, a Volume, a nibabel image or (array, affine), got {type(value).__name__}")
-    if bytes_per_voxel:
-        check_memory(volume.array.size, bytes_per_voxel, what)
-    return volume
-
-
-def as_image(value: ImageLike, what: str = "image", bytes_per_voxel: int = 0) -> Volume:
-    """An intensity-image Volume from any ``ImageLike``; ``bytes_per_voxel`` as for :func:`atlasreg.io.load`."""
-    volume = _as_volume(value, False, what, bytes_per_voxel)
-    if volume.is_labels:
-        raise AtlasregError(f"{what}: expected an intensity image, got a label map")
-    if not volume.array.any():
-        raise AtlasregError(f"{what}: image is empty (all zero)")
-    return volume
-
-
-def as_target(value: ImageLike, what: str = "target image") -> Volume:
-    """The image whose grid the work runs on (a target, a fixed image): one too large for the memory
-    available (:data:`atlasreg.io.TARGET_BYTES_PER_VOXEL`) is refused, from a file before it is read."""
-    return as_image(value, what, TARGET_BYTES_PER_VOXEL)
-
-
-def as_labels(value: ImageLike, what: str = "label map") -> Volume:
-    """A label-map Volume from any ``ImageLike``."""
-    volume = _as_volume(value, True, what)
-    if not volume.is_labels:
-        raise AtlasregError(f"{what}: expected a label map, got an intensity image")
-    if not volume.array.any():
-        raise AtlasregError(f"{what}: label map is empty (no non-zero label)")
-    return volume
 
 
 def register(
@@ -137,7 +92,7 @@ def transform_on(transform: Transform | str | os.PathLike, reference: ImageLike 
     ``.mat`` / ``.txt`` / ``.tfm``), evaluated on ``reference``'s points, or inverted onto them
     (``inverse``: ``reference`` is then a grid of the transform's moving space). Without
     ``reference`` a forward field stays on its own grid. ``.inversion`` says how an inverse was found."""
-    grid = None if reference is None else _as_volume(reference, False, "reference image")
+    grid = None if reference is None else as_volume(reference, False, "reference image")
     if not isinstance(transform, Transform):
         transform = Transform.load(transform, grid)
     if inverse:
@@ -170,7 +125,7 @@ def apply_file(transform: str | os.PathLike, image: str | os.PathLike, reference
     does not reach, and a result with nothing of ``image`` in it (the wrong reference or transform)."""
     out = check_output(output, inputs=(transform, image, reference))
     volume = as_labels(image, "label map") if labels else as_image(image, "image")
-    grid = _as_volume(reference, False, "reference image")
+    grid = as_volume(reference, False, "reference image")
     loaded = Transform.load(transform, grid)
     if not inverse and loaded.field is not None and not _overlap(loaded, grid):
         raise AtlasregError(f"{reference}: the reference image lies outside the grid of {transform}'s displacement field: "
@@ -566,7 +521,7 @@ def made_by(settings: SegmentSettings, atlases: Sequence[Atlas] | None, builtin_
     def content(value: ImageLike, labels: bool) -> str:  # of a file's bytes, or of an in-memory volume's grid and values
         if isinstance(value, (str, os.PathLike)):
             return sha256(value)
-        volume = _as_volume(value, labels, "atlas")
+        volume = as_volume(value, labels, "atlas")
         digest = hashlib.sha256(f"{volume.array.dtype.str} {volume.array.shape}".encode())
         for array in (volume.affine, volume.array):
             digest.update(np.ascontiguousarray(array).tobytes())

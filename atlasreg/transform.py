@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import AtlasregError
-from .io import _check_nifti_path, atomic_path
+from .io import ImageLike, _check_nifti_path, as_volume, atomic_path
 from .itk_space import itk_affine_kind, itk_geometry, read_itk_affine
 from .spatial import apply_matrix, sample, sample_torch, voxel_grid
 from .volume import Volume
@@ -167,21 +167,26 @@ class Transform:
             return sample(volume, self._moving_voxels(volume), interp)
         return sample_torch(volume, self._moving_voxels_torch(volume), interp)
 
-    def warp(self, image: Volume) -> Volume:
-        """Intensity image resampled onto the fixed grid (linear; 0 outside the moving volume)."""
+    def warp(self, image: ImageLike) -> Volume:
+        """Intensity image (a Volume, a path, a nibabel image or an (array, affine) pair) resampled
+        onto the fixed grid (linear; 0 outside the moving volume)."""
+        image = as_volume(image, False, "image")
         if image.is_labels:
             raise AtlasregError("warp() is for intensity images; use warp_labels() for label maps")
         return Volume(self._sample(image), self.grid_affine, is_labels=False)
 
-    def warp_labels(self, labels: Volume, interp: str = "nearest") -> Volume:
-        """Label map resampled onto the fixed grid; ``nearest`` or ``onehot`` keep the exact label set."""
+    def warp_labels(self, labels: ImageLike, interp: str = "nearest") -> Volume:
+        """Label map (any ``ImageLike``, as :meth:`warp`) resampled onto the fixed grid; ``nearest`` or
+        ``onehot`` keep the exact label set."""
+        labels = as_volume(labels, True, "label map")
         if not labels.is_labels:
             raise AtlasregError("warp_labels() needs an integer label map")
         return Volume(self._sample(labels, interp), self.grid_affine, is_labels=True)
 
-    def on_grid(self, grid: Volume) -> "Transform":
+    def on_grid(self, grid: ImageLike) -> "Transform":
         """The same map evaluated at ``grid``'s points (the field interpolated linearly, edge values
-        outside its grid): warping with it puts the moving volume on ``grid``."""
+        outside its grid): warping with it puts the moving volume on ``grid`` (any ``ImageLike``)."""
+        grid = as_volume(grid, False, "grid")
         if self.shape == grid.shape and np.allclose(self.grid_affine, grid.affine, atol=1e-6):
             return self
         field = None
@@ -190,15 +195,16 @@ class Transform:
             field = Transform(self.shape, self.grid_affine, self.field).map_points(points) - points
         return Transform(grid.shape, grid.affine, field, self.matrix, self.velocity, device=self.device)
 
-    def inverse(self, grid: Volume) -> "Transform":
-        """The inverse map on ``grid`` (a grid of the moving space): warping a fixed-space volume
-        with it puts that volume on ``grid``. ``inversion`` says how it was obtained:
+    def inverse(self, grid: ImageLike) -> "Transform":
+        """The inverse map on ``grid`` (a grid of the moving space, any ``ImageLike``): warping a
+        fixed-space volume with it puts that volume on ``grid``. ``inversion`` says how it was obtained:
 
         * affine only: the matrix inverted (exact);
         * a velocity field's exponential (``velocity`` set): ``exp(-v)`` (exact up to integration);
         * any other field: x + u(x) = y solved by fixed-point iteration, x <- y - u(x) (converges
           where the field is smooth, ``|grad u| < 1``); the largest residual left is reported.
         """
+        grid = as_volume(grid, False, "grid")
         points = Transform.identity(grid).grid_points()
         start = apply_matrix(np.linalg.inv(self.matrix), points)  # y -> M^-1 y: undo the affine first
         if self.field is None:

@@ -145,6 +145,11 @@ def test_api_accepts_paths_volumes_nibabel_images_and_array_affine_pairs(tmp_pat
     assert by_volume["mean_dice"] == 1.0 and set(by_volume["label_names"]) == set(by_volume["dice"])
     with pytest.raises(AtlasregError, match="missing.nii.gz: no such file"):
         atlasreg.evaluate(seg_path, tmp_path / "missing.nii.gz")
+    transform = atlasreg.register(moving, fixed, backend="affine", options=options)  # a Transform takes them too
+    moving_path, labels_path = tmp_path / "moving.nii.gz", atlasreg.save(moving_labels, tmp_path / "moving_seg.nii.gz")
+    np.testing.assert_allclose(transform.warp(moving_path).array, transform.warp(moving).array, atol=1e-3)  # (float32 affine on disk)
+    assert np.array_equal(transform.warp_labels(labels_path).array, transform.warp_labels(moving_labels).array)
+    assert transform.on_grid(fixed.to_nibabel()).shape == fixed.shape and transform.inverse(moving_path).shape == moving.shape
     with pytest.raises(AtlasregError, match="expected a path, a Volume, a nibabel image"):
         atlasreg.register(42, fixed, backend="affine")
     with pytest.raises(AtlasregError, match="3-D"):
