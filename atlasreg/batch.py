@@ -32,8 +32,9 @@ from typing import Any, Callable, Iterator, Sequence
 from .errors import AtlasregError
 from .logs import progress_bar, step_progress
 
-# ITK's own variable is left alone: the ITK backends run single-threaded for reproducibility (their plugins
-# see to it), so more cores go to more jobs, not more threads per registration.
+# ITK's own variable (ANTs reads it) is left alone: the ITK backends register single-threaded for
+# reproducibility (their plugins see to it, SimpleITK's around each registration whatever its global
+# default), so more cores go to more jobs, not more threads per registration.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 

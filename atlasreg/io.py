@@ -163,6 +163,17 @@ def _read_fields(path: str) -> dict[str, int]:
     return fields
 
 
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (read in 1 MiB blocks): a model's checksum, a cache's key."""
+    import hashlib
+
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def glob_paths(patterns: Iterable[str], what: str) -> list[Path]:
     """Files matching each glob pattern (or literal path), in sorted order; none matching is an error."""
     import glob

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from ._version import __version__
 from .errors import AtlasregError
-from .io import atomic_path
+from .io import atomic_path, file_digest
 from .plugin_api import ModelSpec
 from .registry import get_backend, registry
 
@@ -31,11 +31,7 @@ MODEL_FORMAT = 1
 
 def sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def save_model(path: str | os.PathLike, backend: str, config: Mapping[str, Any], network, extra: Mapping[str, Any] | None = None) -> Path:

@@ -35,7 +35,7 @@ import numpy as np
 
 from .engine.grid import AlignedPair, align_pair, pick_device
 from .errors import AtlasregError
-from .io import check_output, glob_paths
+from .io import atomic_path, check_output, file_digest, glob_paths
 from .logs import progress_bar
 from .learned import LearnedBackend
 from .metrics import evaluate
@@ -95,11 +95,7 @@ AFFINE_STAGE_VERSION = 4  # 2: rigid stage before the affine one; 3: the torch a
 
 def _content_hash(path: Path) -> str:
     """SHA-1 of a file's bytes: the cache follows the data, not its path (copies and moves still hit)."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "sha1")  # SHA-1 as the caches made so far are keyed
 
 
 def _label_volume(path: Path, spacing: float) -> Volume:
@@ -142,9 +138,8 @@ def aligned(
         pair = align_pair(as_image(moving_path), as_image(fixed_path), spacing, shape, matrix=matrix)
     if matrix is None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"moving": str(moving_path), "fixed": str(fixed_path), "matrix": pair.matrix.tolist()}))
-        tmp.replace(cached)
+        with atomic_path(cached) as tmp:  # each rank of a torchrun may write it: one temporary each
+            tmp.write_text(json.dumps({"moving": str(moving_path), "fixed": str(fixed_path), "matrix": pair.matrix.tolist()}))
     return pair
 
 
@@ -241,9 +236,8 @@ class SynthSource:
             return np.load(cached)
         array = aligned(labels, reference, spacing, shape, cache, identity=labels == reference, label_maps=True).moving_labels
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f"labels-{key}.{os.getpid()}.tmp.npy"
-        np.save(tmp, array.astype(np.int16))
-        tmp.replace(cached)
+        with atomic_path(cached) as tmp:
+            np.save(tmp, array.astype(np.int16))
         return array
 
     def batch(self, seeds: Sequence[int], device: str):

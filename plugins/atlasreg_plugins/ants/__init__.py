@@ -4,9 +4,6 @@ from atlasreg.hookspecs import hookimpl
 
 from .backend import AntsBackend
 from .jlf import JointLabelFusion
-from .threads import use_one_thread_by_default
-
-use_one_thread_by_default()
 
 
 @hookimpl

@@ -24,7 +24,7 @@ from atlasreg.volume import Volume
 
 from .child import run_in_child
 from .convert import to_ants
-from .threads import reproducible
+from .threads import import_ants, reproducible
 
 PRESETS = {"fast": "SyN", "quality": "antsRegistrationSyN[s]"}
 
@@ -61,7 +61,7 @@ class AntsBackend(Backend):
 
 def _registration(fixed: Volume, moving: Volume, outprefix: str, seed: int, kwargs: dict[str, Any]) -> list[str]:
     """ants.registration with ``seed``; the forward transform files it wrote under ``outprefix``."""
-    import ants
+    ants = import_ants()
 
     previous_seed = ants.config._random_seed
     ants.config._random_seed = seed

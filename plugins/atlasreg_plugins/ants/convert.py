@@ -7,9 +7,11 @@ import numpy as np
 from atlasreg.itk_space import itk_geometry, ras_affine
 from atlasreg.volume import Volume
 
+from .threads import import_ants
+
 
 def to_ants(volume: Volume):
-    import ants
+    ants = import_ants()
 
     origin, spacing, direction = itk_geometry(volume.affine)
     array = volume.array.astype(np.uint32 if volume.is_labels else np.float32)

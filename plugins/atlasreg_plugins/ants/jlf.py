@@ -54,9 +54,10 @@ class JointLabelFusion(Fusion):
         if len(labels) == 1:
             return Volume(labels[0].array.astype(np.int32), target.affine, is_labels=True)
 
-        import ants
-
         from .convert import from_ants, to_ants
+        from .threads import import_ants
+
+        ants = import_ants()
 
         mask = np.any([volume.array != 0 for volume in labels], axis=0)
         if options["mask_dilation"]:
