@@ -87,7 +87,7 @@ ASEG: dict[int, LabelInfo] = {
 
 # The Desikan-Killiany cortical parcels as FreeSurfer numbers them in aparc+aseg: ctx-lh-NAME = 1000 + n,
 # ctx-rh-NAME = 2000 + n (the same colour), from the same FreeSurferColorLUT.txt (n = 4, corpuscallosum,
-# is in the LUT but no DK parcellation labels it).
+# is in the LUT but no DK parcellation labels it). Data rows, alike in shape: the duplicates report pairs its lines.
 DK_CORTEX: dict[int, tuple[str, tuple[int, int, int]]] = {
     1: ("bankssts", (25, 100, 40)), 2: ("caudalanteriorcingulate", (125, 100, 160)),
     3: ("caudalmiddlefrontal", (100, 25, 0)), 5: ("cuneus", (220, 20, 100)), 6: ("entorhinal", (220, 20, 10)),

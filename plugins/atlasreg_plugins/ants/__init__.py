@@ -6,6 +6,7 @@ from .backend import AntsBackend
 from .jlf import JointLabelFusion
 
 
+# (Declarations alike in shape across plugins by design: the duplicates report lists them as a pair.)
 @hookimpl
 def atlasreg_backends():
     return [AntsBackend()]

@@ -22,6 +22,7 @@ METHODS = ("demons", "bspline")
 
 
 class SimpleITKBackend(Backend):
+    # (class attributes every method declares: alike in shape with its sibling, the duplicates report lists the pair)
     name = "simpleitk"
     description = "affine + diffeomorphic demons or B-spline (SimpleITK)"
     requires = ("SimpleITK",)

@@ -21,6 +21,7 @@ class Staple(Fusion):
     Index 0 stays unused: with zero prior it never wins, and K + 1 marks undecided voxels.
     """
 
+    # (class attributes every method declares: alike in shape with its sibling, the duplicates report lists the pair)
     name = "staple"
     description = "STAPLE (SimpleITK MultiLabelSTAPLE): votes weighted by each atlas's estimated reliability"
     requires = ("SimpleITK",)
