@@ -103,7 +103,7 @@ def summary_markdown(data: dict, protocol: str, atlas: str, n_targets: int, n_pa
         best.append((max(finite) if sense == "dice" else min(finite)) if finite else math.nan)
     avg_name = "mean over labels" if chosen.mean_over == "labels" else "mean over regions"
     over = "targets" if n_pairs == n_targets else f"(atlas, target) pairs ({n_pairs})"
-    lines = [f"Atlas {atlas} → {n_targets} targets, protocol `{protocol}` ({chosen.description}). "
+    lines = [f"{'Atlases' if ', ' in atlas else 'Atlas'} {atlas} → {n_targets} targets, protocol `{protocol}` ({chosen.description}). "
              f"Cells: mean ± std over {over}; AVG = {avg_name}; HD95 = 95th-percentile Hausdorff distance, mean over the labels "
              "both maps have; best per column in **bold**.", "",
              "| method | " + " | ".join(c for c, _ in columns) + " | failed |", "|---|" + "---:|" * (len(columns) + 1)]
@@ -149,7 +149,7 @@ def write_report(out_dir: Path, methods: Sequence[Method], atlases: Sequence[Tar
     labels = [m.label for m in methods]
     data = collect(rows, labels)
     written = []
-    names = ", ".join(Path(a.image).name for a in atlases) if len(atlases) <= 3 else f"{len(atlases)} atlases"
+    names = ", ".join([Path(a.image).name for a in atlases[:3]] + ([f"… ({len(atlases)} in all)"] if len(atlases) > 3 else []))
     with atomic_path(out_dir / "summary.md") as tmp:
         tmp.write_text(summary_markdown(data, protocol, names, len(targets), len(pairs_of(atlases, targets))))
     written.append(out_dir / "summary.md")
