@@ -16,6 +16,7 @@ Conventions
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -48,6 +49,16 @@ def _check_flow(flow: torch.Tensor, name: str = "flow") -> None:
         raise ValueError(f"{name}: expected (B, 3, X, Y, Z), got {tuple(flow.shape)}")
 
 
+@functools.lru_cache(maxsize=4)  # the grids of one registration: its levels and the working grid
+def _grid_constants(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`identity` of ``shape`` and the per-axis scale to ``grid_sample``'s [-1, 1], made once per
+    grid (an optimiser samples the same few grids hundreds of times); never written to."""
+    with torch.inference_mode(False), torch.no_grad():  # plain tensors, whatever mode the first caller was in
+        # an axis of one voxel: any normalised coordinate maps back to index 0, avoid 0/0
+        scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=device, dtype=dtype).view(1, 3, 1, 1, 1)
+        return identity(shape, device=device, dtype=dtype), scale
+
+
 def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
     """``grid_sample`` grid ``(B, X, Y, Z, 3)`` for the points ``p + flow(p)``.
 
@@ -56,11 +67,8 @@ def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
     (``align_corners=True``: -1 and 1 are the centres of the first and last voxels). Our axes
     (X, Y, Z) are (D, H, W), so the components are reversed after normalising.
     """
-    shape = flow.shape[2:]
-    points = identity(shape, device=flow.device, dtype=flow.dtype) + flow
-    # an axis of one voxel: any normalised coordinate maps back to index 0, avoid 0/0
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=flow.device, dtype=flow.dtype)
-    normalised = points * scale.view(1, 3, 1, 1, 1) - 1.0
+    voxels, scale = _grid_constants(tuple(flow.shape[2:]), flow.device, flow.dtype)
+    normalised = (voxels + flow) * scale - 1.0
     return normalised.permute(0, 2, 3, 4, 1).flip(-1)
 
 

@@ -207,9 +207,10 @@ class LearnedBackend(Backend):
 
         with torch.no_grad():
             velocity = self.predict_velocity(network, moving, fixed, config)
-            _, dissimilarity = similarity_terms("lncc", SVF_WINDOW)  # what optimize_velocity minimises by default
+            _, reference, dissimilarity = similarity_terms("lncc", SVF_WINDOW)  # what optimize_velocity minimises by default
             flow = integrate(velocity, int(config["int_steps"]), int(config["int_downsize"]))
-            if dissimilarity(fixed, warp(moving, flow)) > dissimilarity(fixed, moving):
+            target = reference(fixed)
+            if dissimilarity(target, warp(moving, flow)) > dissimilarity(target, moving):
                 velocity = None
         refined = optimize_velocity(moving, fixed, velocity, levels=(2, 1), iterations=(steps - steps // 4, steps // 4), lr=lr)
         return displacement(refined, moving.shape[2:])

@@ -25,11 +25,23 @@ def _box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
 
 def lncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 5, eps: float = 1e-5) -> torch.Tensor:
     """Minus the mean squared local normalised cross-correlation over ``window``^3 neighbourhoods, in [-1, 0]."""
+    return lncc_against(lncc_reference(fixed, window), warped, eps)
+
+
+def lncc_reference(fixed: torch.Tensor, window: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """What :func:`lncc` needs of the fixed image: the image and the window means of it and of its
+    square (an optimiser computes them once per pyramid level, where the fixed image does not move)."""
     if window < 1 or window % 2 == 0:
         raise ValueError(f"lncc: window must be a positive odd number, got {window}")
     # the fixed image's window means apart: when only ``warped`` needs a gradient (registration,
     # training), the backward pass runs through 3 channels of box sums instead of 5
     m_f, m_ff = _box_mean(torch.cat([fixed, fixed * fixed], dim=1), window).unbind(1)
+    return fixed, m_f, m_ff, window
+
+
+def lncc_against(reference: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int], warped: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """:func:`lncc` of ``warped`` against a fixed image's :func:`lncc_reference`."""
+    fixed, m_f, m_ff, window = reference
     m_w, m_ww, m_fw = _box_mean(torch.cat([warped, warped * warped, fixed * warped], dim=1), window).unbind(1)
     cross = m_fw - m_f * m_w
     var_f = (m_ff - m_f * m_f).clamp_min(0.0)
