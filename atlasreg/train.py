@@ -106,7 +106,7 @@ def _label_volume(path: Path, spacing: float) -> Volume:
     return resample_to_spacing(skull_strip(as_labels(path)), spacing)
 
 
-def aligned(
+def cached_align_pair(
     moving_path: Path,
     fixed_path: Path,
     spacing: float,
@@ -155,10 +155,10 @@ class ImagePairs:
         self.atlas_mode = settings.atlas is not None
         pending = progress_bar(images, desc="affine pre-alignment (cached)", unit="image", enabled=settings.progress)
         if self.atlas_mode:
-            self.pairs = [aligned(Path(settings.atlas[0]), image, spacing, shape, cache) for image in pending]
+            self.pairs = [cached_align_pair(Path(settings.atlas[0]), image, spacing, shape, cache) for image in pending]
         else:
             reference = images[0]
-            self.volumes = [aligned(image, reference, spacing, shape, cache, identity=image == reference).moving for image in pending]
+            self.volumes = [cached_align_pair(image, reference, spacing, shape, cache, identity=image == reference).moving for image in pending]
 
     def batch(self, seeds: Sequence[int], device: str):
         """A ``TrainingPair`` of the pairs of ``seeds`` on ``device`` (images only)."""
@@ -234,7 +234,7 @@ class SynthSource:
         cached = cache / f"labels-{key}.npy"
         if cached.exists():
             return np.load(cached)
-        array = aligned(labels, reference, spacing, shape, cache, identity=labels == reference, label_maps=True).moving_labels
+        array = cached_align_pair(labels, reference, spacing, shape, cache, identity=labels == reference, label_maps=True).moving_labels
         cache.mkdir(parents=True, exist_ok=True)
         with atomic_path(cached) as tmp:
             np.save(tmp, array.astype(np.int16))
@@ -531,7 +531,7 @@ def _validation_pairs(settings: TrainSettings, config: Mapping[str, Any], cache:
     atlas_image, atlas_labels = Path(settings.atlas[0]), as_labels(settings.atlas[1])
     cases = []
     for image, labels in zip(settings.val_images, settings.val_labels):
-        pair = aligned(atlas_image, Path(image), float(config["spacing"]), tuple(config["shape"]), cache)
+        pair = cached_align_pair(atlas_image, Path(image), float(config["spacing"]), tuple(config["shape"]), cache)
         cases.append(ValidationCase(pair, as_image(image), as_labels(labels), atlas_labels))
     return cases
 

@@ -29,7 +29,7 @@ import torch
 import atlasreg
 from atlasreg.engine.grid import pick_device
 from atlasreg.registry import get_backend
-from atlasreg.train import TrainSettings, aligned, train
+from atlasreg.train import TrainSettings, cached_align_pair, train
 from atlasreg.transform import Transform
 
 from common import HERE, WORK, command_line, header
@@ -148,7 +148,7 @@ def evaluate(names: list[str], work_dir: Path, atlas: tuple[Path, Path], targets
     for n in targets:
         target, truth = atlasreg.load(data(n, "t1")), atlasreg.load(data(n, "seg"), labels=True)
         for name, (backend, network, config) in networks.items():
-            pair = aligned(atlas[0], data(n, "t1"), float(config["spacing"]), tuple(config["shape"]), cache)
+            pair = cached_align_pair(atlas[0], data(n, "t1"), float(config["spacing"]), tuple(config["shape"]), cache)
             if n not in map(int, scores["affine"]):
                 affine_only = Transform.from_matrix(target, pair.matrix)
                 scores["affine"][str(n)] = atlasreg.evaluate(affine_only.warp_labels(atlas_labels), truth, "aseg")["mean_dice"]

@@ -30,7 +30,7 @@ import atlasreg
 from atlasreg.engine.grid import pick_device
 from atlasreg.registry import get_backend
 from atlasreg.spatial import resample_to_spacing
-from atlasreg.train import aligned
+from atlasreg.train import cached_align_pair
 
 from ablation import data
 from common import command_line, header, peak_rss_gib
@@ -74,7 +74,7 @@ def main(models: tuple[str, ...], device: str, repeats: int, optimize_steps: int
         name, path = spec.split("=", 1)
         backend = get_backend(name)
         network, config = backend.load_network(path, device)
-        pair = aligned(atlas_image, data(8, "t1"), float(config["spacing"]), tuple(config["shape"]), cache)
+        pair = cached_align_pair(atlas_image, data(8, "t1"), float(config["spacing"]), tuple(config["shape"]), cache)
         moving = torch.from_numpy(pair.moving)[None, None].to(device)
         fixed = torch.from_numpy(pair.fixed)[None, None].to(device)
         if device == "cuda":

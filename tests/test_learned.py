@@ -126,7 +126,7 @@ def test_affine_cache_follows_file_contents(tmp_path, files, monkeypatch):
     from atlasreg import train as train_module
 
     cache = tmp_path / "cache"
-    first = train_module.aligned(files["atlas"], files["subject"], 2.0, (32, 32, 32), cache)
+    first = train_module.cached_align_pair(files["atlas"], files["subject"], 2.0, (32, 32, 32), cache)
     copies = tmp_path / "copies"
     copies.mkdir()
     for key in ("atlas", "subject"):
@@ -136,7 +136,7 @@ def test_affine_cache_follows_file_contents(tmp_path, files, monkeypatch):
         raise AssertionError("affine stage recomputed")
 
     monkeypatch.setattr(train_module, "align_pair", lambda *a, matrix=None, **k: refuse() if matrix is None else align_pair(*a, matrix=matrix, **k))
-    again = train_module.aligned(copies / files["atlas"].name, copies / files["subject"].name, 2.0, (32, 32, 32), cache)
+    again = train_module.cached_align_pair(copies / files["atlas"].name, copies / files["subject"].name, 2.0, (32, 32, 32), cache)
     np.testing.assert_array_equal(first.matrix, again.matrix)
     np.testing.assert_array_equal(first.moving, again.moving)
 
