@@ -7,6 +7,7 @@ validate and parse them the same way, before any work starts.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Sequence
@@ -133,6 +134,8 @@ class Method:
     options: ClassVar[Mapping[str, Option]] = {}
     #: same inputs, options and seed give the same bytes on CPU (claimed only where tested)
     deterministic: ClassVar[bool] = False
+    #: options renamed: old name -> new name; the old one is still read, with a warning
+    renamed: ClassVar[Mapping[str, str]] = {}
 
     def unavailable_reason(self) -> str | None:
         """Why this method cannot run here (a missing module, and the command that installs it), or None when it can."""
@@ -142,7 +145,14 @@ class Method:
         return None
 
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Defaults overridden by ``given``; unknown names and bad values raise AtlasregError."""
+        """Defaults overridden by ``given``; unknown names and bad values raise AtlasregError. A renamed
+        option's old name is read as its new one (a warning says so); giving both is refused."""
+        for old, new in self.renamed.items():
+            if old in given:
+                if new in given:
+                    raise AtlasregError(f"{self.name}: give {new} (or its old name {old}), not both")
+                logging.getLogger("atlasreg").warning("%s: option %s is now called %s (the old name is deprecated)", self.name, old, new)
+                given = {(new if key == old else key): value for key, value in given.items()}
         unknown = sorted(set(given) - set(self.options))
         if unknown:
             known = ", ".join(sorted(self.options)) or "none"

@@ -203,3 +203,15 @@ def test_a_name_two_plugins_declare_is_an_error_naming_both(tmp_path):
     with pytest.raises(AtlasregError, match=r"protocol 'aseg' is declared by two plugins, atlasreg.protocols and shadow"):
         registry.register_plugin(Shadow(), "shadow")
     assert get_protocol("aseg").description.startswith("28 FreeSurfer")
+
+
+def test_svf_shrink_factors_and_its_deprecated_old_name(caplog):
+    svf = registry.get_backend("svf")
+    assert svf.resolve_options({"shrink_factors": "2,1", "iterations": "3,1"})["shrink_factors"] == (2, 1)
+    with caplog.at_level("WARNING", logger="atlasreg"):
+        old = svf.resolve_options({"levels": "2,1", "iterations": "3,1"})
+    assert old["shrink_factors"] == (2, 1) and "levels" not in old and "now called shrink_factors" in caplog.text
+    with pytest.raises(AtlasregError, match="not both"):
+        svf.resolve_options({"levels": "2,1", "shrink_factors": "2,1"})
+    with pytest.raises(AtlasregError, match="shrink_factors=1,2: need shrink factors coarse to fine"):
+        svf.resolve_options({"shrink_factors": "1,2", "iterations": "3,1"})

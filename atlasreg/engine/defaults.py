@@ -12,8 +12,8 @@ SVF_LEVELS = (4, 2, 1)  # shrink factor of each pyramid level (1: the working gr
 SVF_ITERATIONS = (100, 30, 10)  # 100, 50, 20: +0.003 Dice for 1.6x the time
 #: the svf backend's presets: working-grid spacing (mm), pyramid levels and Adam steps per level
 SVF_PRESETS = {
-    "fast": {"spacing": 2.0, "levels": SVF_LEVELS, "iterations": SVF_ITERATIONS},
-    "quality": {"spacing": 1.0, "levels": (8, 4, 2, 1), "iterations": (100, 50, 30, 10)},
+    "fast": {"spacing": 2.0, "shrink_factors": SVF_LEVELS, "iterations": SVF_ITERATIONS},
+    "quality": {"spacing": 1.0, "shrink_factors": (8, 4, 2, 1), "iterations": (100, 50, 30, 10)},
 }
 SVF_SYMMETRIC = False  # both images meet halfway: measured lower Dice on validation pairs, and slower (benchmarks/RESULTS.md)
 SVF_WINDOW = 5  # LNCC window, voxels

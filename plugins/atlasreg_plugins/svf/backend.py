@@ -21,11 +21,12 @@ class SvfBackend(Backend):
     requires = ("torch",)
     deterministic = True  # no random element; same bytes on CPU (tests/test_engine.py)
     options = {
-        "preset": Option("fast", "fast: a 2 mm working grid, levels 4,2,1, iterations 100,30,10 (seconds a pair on a CPU); "
-                         "quality: a 1 mm working grid, levels 8,4,2,1, iterations 100,50,30,10 (finer detail on 1 mm "
-                         "scans, several times slower); spacing, levels and iterations given override it",
+        "preset": Option("fast", "fast: a 2 mm working grid, shrink factors 4,2,1, iterations 100,30,10 (seconds a pair on a CPU); "
+                         "quality: a 1 mm working grid, shrink factors 8,4,2,1, iterations 100,50,30,10 (finer detail on 1 mm "
+                         "scans, several times slower); spacing, shrink_factors and iterations given override it",
                          tuple(defaults.SVF_PRESETS)),
-        "levels": Option((), "shrink factor of each pyramid level, coarse to fine, 1 = the working grid (empty: the preset's)",
+        "shrink_factors": Option((), "shrink factor of each pyramid level, coarse to fine, 1 = the working grid (empty: the "
+                                 "preset's; SimpleITK's name; 'levels' is read as this, deprecated)",
                          minimum=1, maximum=MAX_SHRINK),
         "iterations": Option((), "Adam steps per level (empty: the preset's)", minimum=0, maximum=MAX_ITERATIONS),
         "similarity": Option("lncc", "lncc: one contrast, or contrasts whose intensities map one to one (T1 to T2, "
@@ -40,12 +41,14 @@ class SvfBackend(Backend):
         "device": Option("auto", "where the optimisation runs", ("auto", "cpu", "cuda")),
     }
 
+    renamed = {"levels": "shrink_factors"}  # 'levels' means millimetres in the affine backend
+
     def check_options(self, resolved: Mapping[str, Any]) -> None:
-        """What spans options: levels coarse to fine, one iteration count per level, an odd window."""
+        """What spans options: shrink factors coarse to fine, one iteration count per level, an odd window."""
         settings = with_preset(resolved)
-        levels = settings["levels"]
+        levels = settings["shrink_factors"]
         if list(levels) != sorted(levels, reverse=True):
-            raise AtlasregError(f"svf: levels={','.join(map(str, levels))}: need shrink factors coarse to fine (e.g. 4,2,1)")
+            raise AtlasregError(f"svf: shrink_factors={','.join(map(str, levels))}: need shrink factors coarse to fine (e.g. 4,2,1)")
         if len(settings["iterations"]) != len(levels):
             raise AtlasregError(f"svf: iterations needs one count per level ({len(levels)} levels)")
         if resolved["window"] % 2 == 0:
@@ -66,7 +69,7 @@ class SvfBackend(Backend):
         moving_t = torch.from_numpy(pair.moving)[None, None].to(device)
         fixed_t = torch.from_numpy(pair.fixed)[None, None].to(device)
         velocity = optimize_velocity(
-            moving_t, fixed_t, levels=options["levels"], iterations=options["iterations"], window=options["window"],
+            moving_t, fixed_t, levels=options["shrink_factors"], iterations=options["iterations"], window=options["window"],
             weight=options["regularisation"], smoothing=options["smoothing"], lr=options["lr"],
             similarity=options["similarity"], symmetric=options["symmetric"],
         )
@@ -77,6 +80,6 @@ class SvfBackend(Backend):
 
 
 def with_preset(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` with the preset's spacing, levels and iterations where they were left empty."""
+    """``options`` with the preset's spacing, shrink factors and iterations where they were left empty."""
     preset = defaults.SVF_PRESETS[options["preset"]]
     return {**options, **{key: value for key, value in preset.items() if not options[key]}}
