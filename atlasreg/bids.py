@@ -246,14 +246,14 @@ def run_participant(
     _write_text(out / ".bidsignore", "".join(f"{pattern}\n" for pattern in NOT_BIDS))
     _write_json(out / f"desc-{desc}_morph.json", MORPH_COLUMNS)
     atlas_labels = sorted({int(v) for _, labels in study.atlases for v in labels.labels()})
-    write_dseg_tsv(label_table(atlas_labels, settings.label_names), out / f"desc-{desc}_dseg.tsv")
+    write_dseg_tsv(label_table(atlas_labels, settings.label_infos), out / f"desc-{desc}_dseg.tsv")
     work.mkdir(parents=True, exist_ok=True)
     records = study.run(study_jobs, jobs=jobs, threads=threads, client=client, progress=progress, work_dir=work)
     for record in records:
         if record["status"] != "failed":
             _write_json(Path(record["labels"]).with_suffix("").with_suffix(".json"), dseg_sidecar(record, bids_root, generated["Description"]))
     provenance = {"Version": __version__, "Command": command or "called from Python (atlasreg.bids.run_participant)", **wanted}
-    write_reports(out, desc, folder_records(out, desc, settings.digest, records), settings.label_names, provenance, subjects)
+    write_reports(out, desc, folder_records(out, desc, settings.digest, records), settings.label_infos, provenance, subjects)
     return records
 
 

@@ -361,14 +361,14 @@ class SubjectJob:
 
 @dataclass(frozen=True)
 class SegmentSettings:
-    """What every subject of a study shares: the method and the names of the atlas labels."""
+    """What every subject of a study shares: the method and the atlas labels' names and colours."""
 
     backend: str
     fusion: str = DEFAULT_FUSION
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     fusion_options: Mapping[str, Any] = field(default_factory=dict)
     label_interp: str = "nearest"
-    label_names: Mapping[int, LabelInfo] | None = None
+    label_infos: Mapping[int, LabelInfo] | None = None
     qc: bool = True
     #: digest of the settings that made a study's outputs (see :func:`made_by`): each subject's record
     #: carries it, and only a record of the same settings counts as done on a rerun
@@ -665,14 +665,14 @@ def segment_subject(job: SubjectJob, atlases: list[tuple[Volume, Volume]], setti
         inverse.save(inverse_path)
     save(labels, job.labels)
     if job.names:
-        write_dseg_tsv(label_table(labels.labels().tolist(), settings.label_names), job.names)
-    rows = label_volumes(labels, settings.label_names)
+        write_dseg_tsv(label_table(labels.labels().tolist(), settings.label_infos), job.names)
+    rows = label_volumes(labels, settings.label_infos)
     write_volumes(rows, job.volumes)
     if settings.qc:
         from .qc import subject_figure
 
         subject_figure(job.figure, target, labels, title=f"{job.id}: {method_label(settings.backend, settings.backend_options)}",
-                       names=settings.label_names)
+                       names=settings.label_infos)
     record = {**_job_paths(job), "backend": method_label(settings.backend, settings.backend_options), "status": "ok", "error": "", "seconds": round(seconds, 2),
               "peak_rss_mb": round(_peak_rss_mb(), 1), "labels_found": len(rows),
               "total_mm3": round(sum(r["volume_mm3"] for r in rows), 3), "settings": settings.digest}
