@@ -45,7 +45,7 @@ COLUMNS = ("method", "atlas", "target", "kind", "structure", "dice", "hd95_mm", 
 
 
 @dataclass(frozen=True)
-class Method:
+class Contender:
     """One row of the comparison: a backend at given options, named by its spec (e.g. ``ants:preset=quality``)."""
 
     label: str
@@ -98,14 +98,14 @@ def figure_atlas(atlases: Sequence[Target], target: Target) -> Target | None:
     return next((atlas for atlas in atlases if not _same_subject(atlas, target)), None)
 
 
-def parse_methods(specs: Sequence[str], models: Mapping[str, str] | None = None) -> list[Method]:
+def parse_methods(specs: Sequence[str], models: Mapping[str, str] | None = None) -> list[Contender]:
     """``NAME[:KEY=VALUE[:KEY=VALUE...]]`` specs (each may also be a comma-separated list).
 
     A comma followed by a digit continues a list value (``ants:iterations=40,20,0,affine`` is two
     methods), since no backend name starts with one. ``models`` maps a learned backend's name to its model file (``--model NAME=PATH``); options
     are checked against what each backend declares before anything runs.
     """
-    methods: list[Method] = []
+    methods: list[Contender] = []
     pieces = [s.strip() for s in re.split(r",(?!\s*\d)", ",".join(specs))]
     for spec in pieces:
         if not spec:
@@ -118,7 +118,7 @@ def parse_methods(specs: Sequence[str], models: Mapping[str, str] | None = None)
         backend.resolve_options(options)
         if any(m.label == spec for m in methods):
             raise AtlasregError(f"method {spec!r} given twice")
-        methods.append(Method(spec, name, options))
+        methods.append(Contender(spec, name, options))
     if not methods:
         raise AtlasregError("no method to compare: give -b NAME[,NAME...]")
     unused = set(models or {}) - {m.backend for m in methods}
@@ -187,7 +187,7 @@ def deformation_path(out_dir: Path, method_label: str, target_id: str) -> Path:
     return out_dir / "deformations" / _safe(method_label) / f"{_safe(target_id)}.npz"
 
 
-def _check_file_names(methods: Sequence[Method], subjects: Sequence[Target]) -> None:
+def _check_file_names(methods: Sequence[Contender], subjects: Sequence[Target]) -> None:
     """Refuse, before any pair runs, subject ids that would share a file once made safe
     (``a/b`` and ``a_b``), and ids or method labels too long for a file name."""
     seen: dict[str, str] = {}
@@ -200,7 +200,7 @@ def _check_file_names(methods: Sequence[Method], subjects: Sequence[Target]) -> 
         check_file_name(f"{_safe(method.label)}.npz", f"method {method.label[:40]!r}")
 
 
-def failures(results_path: Path, methods: Sequence[Method], atlases: Sequence[Target], targets: Sequence[Target]) -> list[str]:
+def failures(results_path: Path, methods: Sequence[Contender], atlases: Sequence[Target], targets: Sequence[Target]) -> list[str]:
     """One line per (method, atlas, target) of these that ``results_path`` records as failed."""
     wanted = {(m.label, a.id, t.id) for m in methods for a, t in pairs_of(atlases, targets)}
     return [f"{row['method']} on {row['target']}" + (f" from atlas {row['atlas']}" if len(atlases) > 1 else "") + f": {row['error']}"
@@ -292,7 +292,7 @@ def _number(value: float | None) -> str:
     return "" if value is None or not math.isfinite(value) else f"{value:.6g}"
 
 
-def score_rows(method: Method, atlas: Target, target: Target, scores: dict, pair: dict[str, float]) -> list[dict[str, Any]]:
+def score_rows(method: Contender, atlas: Target, target: Target, scores: dict, pair: dict[str, float]) -> list[dict[str, Any]]:
     """results.csv rows of one finished pair: each region, each label, then the mean (the pair's closing row)."""
     common = {"method": method.label, "atlas": atlas.id, "target": target.id, "status": "ok", "error": "",
               **{key: _number(value) for key, value in pair.items()}}
@@ -307,7 +307,7 @@ def score_rows(method: Method, atlas: Target, target: Target, scores: dict, pair
 
 
 def run_compare(
-    methods: Sequence[Method],
+    methods: Sequence[Contender],
     atlases: Sequence[Target] | tuple[str | os.PathLike, str | os.PathLike],
     targets: Sequence[Target],
     protocol: str,
@@ -368,12 +368,12 @@ def _load_atlas(atlas: Target) -> tuple[Volume, Volume]:
     return image, labels
 
 
-def _failed_row(method: Method, atlas: Target, target: Target, message: str) -> dict[str, Any]:
+def _failed_row(method: Contender, atlas: Target, target: Target, message: str) -> dict[str, Any]:
     return {**dict.fromkeys(COLUMNS, ""), "method": method.label, "atlas": atlas.id, "target": target.id, "kind": "mean",
             "structure": "mean", "status": "failed", "error": message}
 
 
-def _run_pair(pair: tuple[Target, Method, Target, bool], atlases: Mapping[str, tuple[Volume, Volume]], protocol: str,
+def _run_pair(pair: tuple[Target, Contender, Target, bool], atlases: Mapping[str, tuple[Volume, Volume]], protocol: str,
               out_dir: Path) -> list[dict[str, Any]]:
     """One (target, method, atlas) triple, the target loaded here so that pairs can run in other processes;
     the atlases were loaded once (``atlases``: by id)."""
@@ -384,7 +384,7 @@ def _run_pair(pair: tuple[Target, Method, Target, bool], atlases: Mapping[str, t
     return _run_one(method, atlas, target, *atlases[atlas.id], image, truth, protocol, out_dir, figure=figure)
 
 
-def _run_one(method: Method, atlas: Target, target: Target, atlas_image: Volume, atlas_labels: Volume, image: Volume, truth: Volume,
+def _run_one(method: Contender, atlas: Target, target: Target, atlas_image: Volume, atlas_labels: Volume, image: Volume, truth: Volume,
              protocol: str, out_dir: Path, figure: bool) -> list[dict[str, Any]]:
     backend = get_backend(method.backend)
     try:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .compare import (Method, Target, _figure_targets, _safe, atlas_subjects, choose_targets, deformation_path, failures, figure_atlas,
+from .compare import (Contender, Target, _figure_targets, _safe, atlas_subjects, choose_targets, deformation_path, failures, figure_atlas,
                       pairs_of, parse_methods, read_results, run_compare, segmentation_path)
 from .figures import deformation_figure, dice_boxplot, overlay_figure
 from .io import atomic_path, check_output, load
@@ -140,7 +140,7 @@ def summary_markdown(data: dict, protocol: str, atlas: str, n_targets: int, n_pa
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: Path, methods: Sequence[Method], atlases: Sequence[Target] | tuple[Path, Path], targets: Sequence[Target],
+def write_report(out_dir: Path, methods: Sequence[Contender], atlases: Sequence[Target] | tuple[Path, Path], targets: Sequence[Target],
                  protocol: str, figure_targets: Sequence[str] | None = None) -> list[Path]:
     """summary.md, the box plot and, per drawn target (``figure_targets``, default all), its overlays
     and deformations, from ``out_dir/results.csv`` and the kept segmentations."""
