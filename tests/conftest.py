@@ -134,3 +134,16 @@ def pair(affine):
         Volume(image_from_labels(fixed_labels, 2), affine, is_labels=False),
         Volume(fixed_labels, affine, is_labels=True),
     )
+
+
+def segment_args(files, *extra, backend: str = "affine") -> list:
+    """``atlasreg segment`` of the case files' target with their one atlas (tests of bad input)."""
+    return ["segment", files["target"], "-a", files["atlas"], files["atlas_seg"], "-b", backend, *extra]
+
+
+def compare_args(files, out, *extra) -> list:
+    """``atlasreg compare -b affine`` on the case files' one target (id "target"), listed in a CSV beside the inputs."""
+    listing = files["target"].with_name("targets.csv")
+    listing.write_text(f"image,labels,id\n{files['target']},{files['target_seg']},target\n")
+    return ["compare", "-b", "affine", "-a", files["atlas"], files["atlas_seg"], "--dataset", "csv", listing,
+            "--protocol", "labels", "-o", out, *extra]
