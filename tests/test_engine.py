@@ -115,8 +115,8 @@ def test_svf_backend_aligns_and_is_deterministic(pair):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"levels": "1,2"}, "coarse to fine"),
-        ({"levels": "4,0"}, ">= 1"),
+        ({"shrink_factors": "1,2"}, "coarse to fine"),
+        ({"shrink_factors": "4,0"}, ">= 1"),
         ({"iterations": "10,10"}, "one count"),
         ({"iterations": "10,-1,5"}, ">= 0"),
         ({"window": "4"}, "odd"),
