@@ -305,7 +305,7 @@ def write_reports(out: Path, desc: str, records: Sequence[Mapping[str, Any]], na
 def run_group(out_dir: str | Path, participants: Sequence[str] = (), command: str | None = None) -> Path:
     """Every finished subject's volumes in one table (``desc-<desc>_morph.tsv``), the QC index of all and their reports."""
     from .lut import read_lut
-    from .volumes import read_volumes, write_volumes
+    from .morphometry import read_volumes, write_volumes
 
     out = Path(out_dir)
     wanted = {p.removeprefix("sub-") for p in participants}

@@ -244,7 +244,7 @@ def volumes(seg: str, lut: str | None, output: str | None) -> None:
     A voxel's volume comes from the NIfTI affine, so anisotropic voxels are measured exactly.
     """
     from .lut import names_beside, read_lut
-    from .volumes import label_volumes, volumes_text, write_volumes
+    from .morphometry import label_volumes, volumes_text, write_volumes
 
     out = check_output(output, inputs=(seg, tsv_beside(seg)), suffixes=(".tsv",)) if output else None
     rows = label_volumes(as_labels(seg, "label map"), read_lut(lut) if lut else names_beside(seg))

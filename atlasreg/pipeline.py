@@ -646,7 +646,7 @@ def _finished_record(job: SubjectJob, digest: str) -> dict[str, Any] | None:
 
 def segment_subject(job: SubjectJob, atlases: list[tuple[Volume, Volume]], settings: SegmentSettings) -> dict[str, Any]:
     """Segment one target with preloaded atlases; write its label map, volumes, QC figure and record."""
-    from .volumes import label_volumes, write_volumes
+    from .morphometry import label_volumes, write_volumes
 
     start = time.perf_counter()
     target = as_target(job.target, f"target {job.id}")

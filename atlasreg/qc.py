@@ -74,7 +74,7 @@ def _volumes_cell(record: Mapping[str, Any], base: Path) -> str:
     link = _link(record.get("volumes"), base)
     if not link:
         return "&ndash;"
-    from .volumes import read_volumes
+    from .morphometry import read_volumes
 
     rows = read_volumes(record["volumes"])
     total = sum(r["volume_mm3"] for r in rows)
@@ -149,7 +149,7 @@ def write_subject_report(path: Path, subject: str, records: Sequence[Mapping[str
     run) its QC figure, marked with the subject's sides, and a colour legend of its labels with their
     volumes (mm³), in the figure's colours (``names``: the atlas's names and colours)."""
     from .lut import label_table
-    from .volumes import read_volumes
+    from .morphometry import read_volumes
 
     path = Path(path)
     base = path.parent

@@ -10,7 +10,7 @@ import atlasreg
 from atlasreg.lut import LabelInfo
 from atlasreg.qc import subject_figure, write_index, write_subject_report
 from atlasreg.volume import Volume
-from atlasreg.volumes import label_volumes, write_volumes
+from atlasreg.morphometry import label_volumes, write_volumes
 from conftest import blob_labels, image_from_labels
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -44,7 +44,7 @@ def test_pages_say_what_made_them_with_a_legend_in_one_unit(pages):
     for expected in (atlasreg.__version__, "atlasreg bids study out participant -b affine", "{&quot;samples&quot;: 500}",
                      "background:#c81e1e", "outer", "neurological convention", "volume (mm³)", "sub-01/figures/sub-01_dseg.png"):
         assert expected in text, expected
-    volume = sum(r["volume_mm3"] for r in atlasreg.volumes.read_volumes(record["volumes"]))
+    volume = sum(r["volume_mm3"] for r in atlasreg.morphometry.read_volumes(record["volumes"]))
     listing = index.read_text()
     assert f"{volume:.0f} mm³ in 4 labels" in listing and " mL" not in listing and "bad &lt;image&gt;" in listing
     assert "href='sub-01.html#sub-01'" in listing and "atlasreg bids study out" in listing

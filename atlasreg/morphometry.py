@@ -1,4 +1,5 @@
-"""Volumetry: voxels and mm³ per label of a label map, as a TSV table (label, name, voxels, volume_mm3).
+"""Morphometry of a label map: voxels and mm³ per label, as a TSV table (label, name, voxels, volume_mm3);
+BIDS derivatives call these tables _morph.tsv (the Volume type itself is in :mod:`atlasreg.volume`).
 
 A voxel's volume is |det| of the affine's 3x3 part, so anisotropic and oblique grids are measured
 exactly; the table lists every non-zero label present, named from a colour table (see :mod:`atlasreg.lut`).
