@@ -60,7 +60,8 @@ def apply(transform: str, image: str, reference: str, output: str, labels: bool,
     """Resample IMAGE through a saved TRANSFORM onto REFERENCE's grid (as antsApplyTransforms does).
 
     TRANSFORM: a NIfTI displacement field (`register --transform-out` / `--inverse-out`, `atlasreg
-    bids`' _xfm.nii.gz, ANTs' *Warp.nii.gz, SimpleITK's) or an ITK affine (.mat, .txt, .tfm).
+    bids`' _xfm.nii.gz, ANTs' *Warp.nii.gz, SimpleITK's), an ITK affine (.mat, .txt, .tfm) or
+    any other ITK transform file (.h5 composites as ANTs and fMRIPrep write them).
 
     \b
     Example:
