@@ -17,7 +17,9 @@ from atlasreg.volume import Volume
 # folder; as the CLI does, the tests keep it beside atlasreg's cache (nothing of a test run left in /tmp)
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
 
-LABELMAPS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "labelmaps"
+# the shared label maps beside the checkout (CI, the main checkout) or where ATLASREG_LABELMAPS says (a worktree
+# elsewhere), as the benchmarks find them
+LABELMAPS = Path(os.environ.get("ATLASREG_LABELMAPS", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "labelmaps"))
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
