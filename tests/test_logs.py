@@ -160,7 +160,7 @@ def test_internal_error_traceback_only_with_vv(monkeypatch):
     def broken():
         raise RuntimeError("something unexpected")
 
-    monkeypatch.setattr("atlasreg.cli.backend_infos", broken)
+    monkeypatch.setattr("atlasreg.cli_listings.backend_infos", broken)
     code, err = _cli(monkeypatch, "backends")
     assert code == 1 and err.strip() == "atlasreg: error: internal error: RuntimeError: something unexpected (-vv shows the traceback)"
     code, err = _cli(monkeypatch, "-vv", "backends")
