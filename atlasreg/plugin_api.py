@@ -151,7 +151,7 @@ class Method:
             if old in given:
                 if new in given:
                     raise AtlasregError(f"{self.name}: give {new} (or its old name {old}), not both")
-                logging.getLogger("atlasreg").warning("%s: option %s is now called %s (the old name is deprecated)", self.name, old, new)
+                logging.getLogger(__name__).warning("%s: option %s is now called %s (the old name is deprecated)", self.name, old, new)
                 given = {(new if key == old else key): value for key, value in given.items()}
         unknown = sorted(set(given) - set(self.options))
         if unknown:
