@@ -157,9 +157,10 @@ def summary(results: list[dict], pairs: list[str], title: str) -> list[str]:
 @click.option("--fireants-python", default="", help="python of a virtual environment with fireants installed (empty: skip)")
 @click.option("--one-mm/--no-one-mm", default=False, help="Also time svf on a 1 mm pair (child processes, peak memory).")
 @click.option("--run/--no-run", default=True, help="--no-run: only write the tables from the results measured so far.")
+@click.option("--methods", default="", help="Only these rows, comma-separated labels (e.g. 'ANTs fast,svf') [default: every row].")
 @click.option("--child", type=float, default=None, hidden=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the markdown here.")
-def main(pairs: str, threads: int, fireants_python: str, one_mm: bool, run: bool, child: float | None, output: str | None) -> None:
+def main(pairs: str, threads: int, fireants_python: str, one_mm: bool, run: bool, methods: str, child: float | None, output: str | None) -> None:
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
     import torch
 
@@ -172,6 +173,9 @@ def main(pairs: str, threads: int, fireants_python: str, one_mm: bool, run: bool
         one_mm_child(child)
         return
     settings()
+    chosen = [m for m in METHODS if not methods or m[0] in methods.split(",")]
+    if methods and len(chosen) != len(methods.split(",")):
+        raise click.BadParameter(f"rows are {', '.join(m[0] for m in METHODS)}", param_hint="--methods")
     started = header(command_line())  # the commit measured, not the one at the end
     subjects = lru_cache(maxsize=None)(subject)
     pair_list = [tuple(int(v) for v in p.split(":")) for p in pairs.split(",")]
@@ -179,7 +183,7 @@ def main(pairs: str, threads: int, fireants_python: str, one_mm: bool, run: bool
     for a, t in pair_list if run else []:
         moving, moving_labels = subjects(a)
         fixed, fixed_labels = subjects(t)
-        for label, backend, options in METHODS:
+        for label, backend, options in chosen:
             if (f"{a:02d}->{t:02d}", label) in done:
                 continue
             start = time.perf_counter()
