@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sequence
 
 from ._version import __version__
 from .errors import AtlasregError
-from .io import atomic_path, check_output
+from .io import check_output, write_text
 from .lut import LabelInfo, label_table, write_dseg_tsv
 from .pipeline import (STUDY_SETTINGS, Atlas, SegmentSettings, SubjectJob, method_label, prepare_study, read_json, read_settings,
                        settings_digest)
@@ -180,19 +180,14 @@ def check_description(out: Path) -> None:
 
 def _write_json(path: Path, content: Any) -> None:
     """Write ``content`` as JSON (atomically), unless the file holds it already."""
-    text = json.dumps(content, indent=2) + "\n"
-    if path.is_file() and path.read_text(encoding="utf-8", errors="replace") == text:
-        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    _write_text(path, json.dumps(content, indent=2) + "\n")
 
 
 def _write_text(path: Path, text: str) -> None:
-    if path.is_file() and path.read_text(encoding="utf-8", errors="replace") == text:
-        return
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    """Write ``text`` (atomically), unless the file holds it already."""
+    if not (path.is_file() and path.read_text(encoding="utf-8", errors="replace") == text):
+        write_text(path, text)
 
 
 def dseg_sidecar(record: Mapping[str, Any], bids_root: Path, description: str) -> dict[str, Any]:

@@ -339,6 +339,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_path`); ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 def save(volume: Volume, path: str | os.PathLike) -> Path:
     """Write ``volume`` as NIfTI (labels as int32, images as float32), atomically."""
     path = Path(path)

@@ -19,7 +19,7 @@ import numpy as np
 from ._version import __version__
 from .errors import AtlasregError
 from .io import (NIFTI_SUFFIXES, ImageLike, as_image, as_labels, as_target, as_volume, atomic_path, check_file_name, check_output,
-                 check_outputs, expand_targets, glob_matches, is_pattern_or_folder, save)
+                 check_outputs, expand_targets, glob_matches, is_pattern_or_folder, save, write_text)
 from .logs import progress_bar, step_progress
 from .lut import LabelInfo, label_table, names_beside, tsv_beside, write_dseg_tsv
 from .registry import DEFAULT_BACKEND, DEFAULT_FUSION, get_backend, get_fusion
@@ -676,8 +676,7 @@ def segment_subject(job: SubjectJob, atlases: list[tuple[Volume, Volume]], setti
     record = {**_job_paths(job), "backend": method_label(settings.backend, settings.backend_options), "status": "ok", "error": "", "seconds": round(seconds, 2),
               "peak_rss_mb": round(_peak_rss_mb(), 1), "labels_found": len(rows),
               "total_mm3": round(sum(r["volume_mm3"] for r in rows), 3), "settings": settings.digest}
-    with atomic_path(job.record) as tmp:
-        tmp.write_text(json.dumps({**record, **_job_paths(job, relative=True)}, indent=1) + "\n")
+    write_text(job.record, json.dumps({**record, **_job_paths(job, relative=True)}, indent=1) + "\n")
     return record
 
 

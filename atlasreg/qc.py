@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .figures import label_colours, overlay_figure
-from .io import atomic_path
+from .io import write_text
 from .lut import LabelInfo
 from .volume import Volume
 
@@ -134,9 +134,7 @@ click an image for full size, a volume summary for every label. {ORIENTATION_NOT
 {chr(10).join(rows)}
 </tbody></table></body></html>
 """
-    with atomic_path(path) as tmp:
-        tmp.write_text(document)
-    return path
+    return write_text(path, document)
 
 
 def _hex(rgba: np.ndarray) -> str:
@@ -188,6 +186,4 @@ def write_subject_report(path: Path, subject: str, records: Sequence[Mapping[str
 {chr(10).join(sections)}
 </body></html>
 """
-    with atomic_path(path) as tmp:
-        tmp.write_text(document)
-    return path
+    return write_text(path, document)

@@ -17,7 +17,7 @@ import numpy as np
 from .compare import (Contender, Target, _figure_targets, _safe, atlas_subjects, choose_targets, deformation_path, failures, figure_atlas,
                       pairs_of, parse_methods, read_results, run_compare, segmentation_path)
 from .figures import deformation_figure, dice_boxplot, overlay_figure
-from .io import atomic_path, check_output, load
+from .io import check_output, load, write_text
 from .metrics import finite_mean
 from .plugin_api import parse_assignments
 from .protocols import get_protocol
@@ -150,8 +150,7 @@ def write_report(out_dir: Path, methods: Sequence[Contender], atlases: Sequence[
     data = collect(rows, labels)
     written = []
     names = ", ".join([Path(a.image).name for a in atlases[:3]] + ([f"… ({len(atlases)} in all)"] if len(atlases) > 3 else []))
-    with atomic_path(out_dir / "summary.md") as tmp:
-        tmp.write_text(summary_markdown(data, protocol, names, len(targets), len(pairs_of(atlases, targets))))
+    write_text(out_dir / "summary.md", summary_markdown(data, protocol, names, len(targets), len(pairs_of(atlases, targets))))
     written.append(out_dir / "summary.md")
     regions = list(get_protocol(protocol).regions) or ["mean"]
     scores = {r: {m: list((data[m]["regions"][r] if r != "mean" else data[m]["mean"]).values()) for m in labels} for r in regions}
