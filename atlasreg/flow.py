@@ -109,8 +109,31 @@ def warp(src: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding:
         if grid.shape[0] != 1:
             raise ValueError(f"warp: batch sizes differ: src {src.shape[0]}, flow {grid.shape[0]}")
         grid = grid.expand(batch, *grid.shape[1:])
-    out = F.grid_sample(src, grid, mode=mode, padding_mode=padding, align_corners=True)
+    out = _grid_sample(src, grid, mode, padding)
     return out if out.dtype == out_dtype else out.round().to(out_dtype)
+
+
+SLAB_POINTS = 32_768  # below this many points a single call is as fast as splitting it
+
+
+def _grid_sample(src: torch.Tensor, grid: torch.Tensor, mode: str, padding: str) -> torch.Tensor:
+    """``F.grid_sample`` (align_corners=True), on the CPU cut into one slab of points per thread.
+
+    torch's CPU kernel for 3-D sampling runs its batch items in parallel and nothing else, so one
+    volume would use one core however many there are. Here the points of a single volume are cut
+    into ``torch.get_num_threads()`` equal runs, sampled as a batch of that many (the source
+    broadcast, not copied) and put back in place: the same values; gradients the same up to the
+    order in which the slabs' contributions to the source are summed.
+    """
+    threads = torch.get_num_threads()
+    points = grid.shape[1:4].numel()
+    if src.device.type != "cpu" or grid.shape[0] != 1 or threads < 2 or points < SLAB_POINTS:
+        return F.grid_sample(src, grid, mode=mode, padding_mode=padding, align_corners=True)
+    run = -(-points // threads)
+    slabs = F.pad(grid.reshape(points, 3), (0, 0, 0, threads * run - points)).reshape(threads, 1, 1, run, 3)
+    out = F.grid_sample(src.expand(threads, *src.shape[1:]), slabs, mode=mode, padding_mode=padding, align_corners=True)
+    channels = src.shape[1]
+    return out.permute(1, 0, 2, 3, 4).reshape(channels, threads * run)[:, :points].reshape(1, channels, *grid.shape[1:4])
 
 
 def compose(outer: torch.Tensor, inner: torch.Tensor, padding: str = "border") -> torch.Tensor:

@@ -127,6 +127,31 @@ def test_warp_is_differentiable_in_the_flow():
     assert flow.grad[:, 1:].abs().max() < 1e-3  # intensity does not vary along axes 1, 2
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_warp_split_across_threads_gives_the_values_and_gradients_of_one_call(monkeypatch, threads):
+    import atlasreg.flow as flow_module
+
+    monkeypatch.setattr(flow_module, "SLAB_POINTS", 1)  # split even this small grid
+    previous = torch.get_num_threads()
+    src = _random_image(channels=3, seed=1).requires_grad_(True)
+    flow = (2.0 * _random_image(channels=3, seed=2) - 1.0).requires_grad_(True)
+    results = []
+    try:
+        for n in (1, threads):  # one thread: the plain single call
+            torch.set_num_threads(n)
+            out = warp(src, flow)
+            src.grad = flow.grad = None
+            (out * out).sum().backward()
+            results.append((out.detach(), src.grad.clone(), flow.grad.clone()))
+    finally:
+        torch.set_num_threads(previous)
+    (one, src_one, flow_one), (split, src_split, flow_split) = results
+    assert torch.equal(one, split)
+    assert torch.equal(flow_one, flow_split)  # each point's gradient is computed alone
+    assert torch.allclose(src_one, src_split, atol=1e-12)  # summed over the slabs in another order
+    assert src_one.abs().sum() > 0
+
+
 def test_integrate_constant_velocity_is_that_translation():
     velocity = torch.zeros(2, 3, *SHAPE, dtype=torch.float64)
     velocity[0, 0], velocity[0, 1], velocity[0, 2] = 1.5, -0.7, 2.0
