@@ -1,6 +1,7 @@
 """The torch engine: affine stage, velocity-field optimiser, and the ``svf`` backend built on them."""
 
 import numpy as np
+from scipy import ndimage
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -10,9 +11,9 @@ from atlasreg import AtlasregError  # noqa: E402
 from atlasreg.engine import affine_stage, displacement, optimize_velocity  # noqa: E402
 from atlasreg.flow import integrate, jacobian_determinant, warp  # noqa: E402
 from atlasreg.transform import Transform  # noqa: E402
-from atlasreg.volume import image  # noqa: E402
+from atlasreg.volume import Volume, image  # noqa: E402
 
-from conftest import blob_labels, image_from_labels  # noqa: E402
+from conftest import LABELMAPS, blob_labels, image_from_labels  # noqa: E402
 
 FAST_SVF = {"iterations": (30, 20, 5), "device": "cpu"}
 
@@ -271,3 +272,54 @@ def test_engine_adam_takes_torch_adams_steps():
     assert not torch.equal(ours[0], start[0])
     for a, b in zip(ours, theirs):
         assert torch.equal(a, b)
+
+
+T1_LIKE = {0: 0, 1: 40, 2: 80, 3: 120, 4: 160}  # dark outside, dark rim (CSF), bright inside
+T2_LIKE = {0: 0, 1: 160, 2: 120, 3: 80, 4: 40}  # dark outside, bright rim: the relation turns back at the edge
+
+
+def test_matched_background_brightens_an_anticorrelated_targets_background_only():
+    from atlasreg.engine.grid import matched_background
+
+    labels = blob_labels((32, 32, 32))
+    moving = relabelled(labels, T1_LIKE, 1)
+    fixed = relabelled(labels, T2_LIKE, 2)
+    matched = matched_background(moving, fixed)
+    outside, inside = ndimage.binary_erosion(labels == 0, iterations=2), ndimage.binary_erosion(labels > 0, iterations=2)
+    assert matched[outside].min() >= np.percentile(fixed[labels > 0], 95)  # as bright as its brightest tissue
+    assert np.array_equal(matched[inside], fixed[inside])
+    assert matched.dtype == fixed.dtype
+    same_contrast = relabelled(labels, T1_LIKE, 3)
+    assert matched_background(moving, same_contrast) is same_contrast  # a relation that rises: untouched
+
+
+def shared_brain(index: int) -> Volume:
+    """Shared label map ``index``'s brain (labels below 100) at 4 mm, cropped to it (about 39 x 55 x 48)."""
+    from atlasreg.io import load
+
+    paths = sorted(LABELMAPS.glob("subject*.nii.gz"))
+    if len(paths) <= index:
+        pytest.skip(f"shared label maps not found in {LABELMAPS}")
+    full = load(paths[index], labels=True)
+    array = full.array[::4, ::4, ::4]
+    array = np.where(array < 100, array, 0)
+    inside = np.argwhere(array > 0)
+    low, high = inside.min(0) - 2, inside.max(0) + 3
+    affine = full.affine @ np.diag([4.0, 4.0, 4.0, 1.0])
+    affine[:3, 3] += affine[:3, :3] @ low
+    return Volume(array[low[0]:high[0], low[1]:high[1], low[2]:high[2]], affine, is_labels=True)
+
+
+def test_svf_holds_on_a_t2_like_target_with_a_t1_atlas():
+    """Without matched_background the T2-like target scored 0.14 mean aseg Dice here (T1: 0.64)."""
+    from atlasreg.synth import synthesize
+
+    atlas_labels, target_labels = shared_brain(0), shared_brain(1)
+    atlas = synthesize(atlas_labels, seed=0)
+    dice = {}
+    for contrast in ("t1", "t2"):
+        target = synthesize(target_labels, seed=1, contrast=contrast)
+        transform = atlasreg.register(atlas, target, backend="svf", options={"spacing": 4.0, "iterations": (30, 20, 5)})
+        dice[contrast] = atlasreg.evaluate(transform.warp_labels(atlas_labels), target_labels, "aseg", allow_label_mismatch=True)["mean_dice"]
+    assert dice["t1"] > 0.55
+    assert dice["t2"] > dice["t1"] - 0.1

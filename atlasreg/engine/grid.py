@@ -77,6 +77,34 @@ def align_pair(
     return AlignedPair(zscore(moving_w).array, zscore(fixed_w).array, grid, matrix, labels_w)
 
 
+HEAD_LEVEL = 0.12  # of the 1-99.9 % intensity span: above the background's noise, below any tissue of T1, T2, PD or FLAIR
+
+
+def head_mask(array: np.ndarray) -> np.ndarray:
+    """The imaged head or brain: voxels above a low threshold, enclosed holes filled. Not Otsu's
+    threshold, which on a T2-like image can fall above its dark white matter."""
+    low, high = np.percentile(array, [1.0, 99.9])
+    return ndimage.binary_fill_holes(array > low + HEAD_LEVEL * (high - low))
+
+
+def matched_background(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """``fixed`` (on ``moving``'s grid, roughly aligned), its background made as bright as its brightest
+    tissue where its intensities fall as ``moving``'s rise (a T2-like or inverted target for a T1
+    atlas); unchanged otherwise.
+
+    Local correlation (LNCC) is blind to the sign of a contrast, but not to a relation that turns
+    back: a T1 atlas is dark outside the brain, dark in CSF, bright in white matter; a skull-stripped
+    T2 is dark outside, bright in CSF, dark in white matter. Every window on the brain's edge then
+    pulls the wrong way (on validation pairs: 0.05-0.10 Dice below the T1 target). A bright background
+    makes the relation fall throughout, as the inverted image of the atlas would be.
+    """
+    fixed_head, moving_head = head_mask(fixed), head_mask(moving)
+    both = fixed_head & moving_head
+    if both.sum() < 2 or np.corrcoef(moving[both], fixed[both])[0, 1] >= 0:
+        return fixed
+    return np.where(fixed_head, fixed, np.percentile(fixed[fixed_head], 99.5)).astype(fixed.dtype)
+
+
 def warping_device(device: str) -> str | None:
     """``Transform.device`` for work on ``device``: NumPy on the CPU (None), torch on a GPU."""
     return None if device == "cpu" else device
