@@ -96,13 +96,16 @@ def matched_background(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
     back: a T1 atlas is dark outside the brain, dark in CSF, bright in white matter; a skull-stripped
     T2 is dark outside, bright in CSF, dark in white matter. Every window on the brain's edge then
     pulls the wrong way (on validation pairs: 0.05-0.10 Dice below the T1 target). A bright background
-    makes the relation fall throughout, as the inverted image of the atlas would be.
+    makes the relation fall throughout, as the inverted image of the atlas would be. The head's
+    outermost voxel goes with the background (validation subjects 05-07, second renderer: 0 / 1 / 2
+    voxels: inverted targets 0.708 / 0.719 / 0.710 mean aseg Dice, T2-like 0.698 / 0.710 / 0.705).
     """
     fixed_head, moving_head = head_mask(fixed), head_mask(moving)
     both = fixed_head & moving_head
     if both.sum() < 2 or np.corrcoef(moving[both], fixed[both])[0, 1] >= 0:
         return fixed
-    return np.where(fixed_head, fixed, np.percentile(fixed[fixed_head], 99.5)).astype(fixed.dtype)
+    inner = ndimage.binary_erosion(fixed_head)  # the head's outer voxels too: partly background, they would be a dark rim
+    return np.where(inner, fixed, np.percentile(fixed[fixed_head], 99.5)).astype(fixed.dtype)
 
 
 def warping_device(device: str) -> str | None:
