@@ -113,7 +113,7 @@ def warp(src: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding:
     return out if out.dtype == out_dtype else out.round().to(out_dtype)
 
 
-SLAB_POINTS = 32_768  # below this many points a single call is as fast as splitting it
+SLAB_POINTS = 4_096  # fewer points: not worth the split (svf's coarsest level, ~17k points, gained a quarter)
 
 
 def _grid_sample(src: torch.Tensor, grid: torch.Tensor, mode: str, padding: str) -> torch.Tensor:

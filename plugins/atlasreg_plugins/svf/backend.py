@@ -21,7 +21,7 @@ class SvfBackend(Backend):
     requires = ("torch",)
     deterministic = True  # no random element; same bytes on CPU (tests/test_engine.py)
     options = {
-        "preset": Option("fast", "fast: a 2 mm working grid, shrink factors 4,2,1, iterations 100,30,10 (seconds a pair on a CPU); "
+        "preset": Option("fast", "fast: a 2 mm working grid, shrink factors 4,2,1, iterations 60,20,10 (seconds a pair on a CPU); "
                          "quality: a 1 mm working grid, shrink factors 8,4,2,1, iterations 100,50,30,10 (finer detail on 1 mm "
                          "scans, several times slower); spacing, shrink_factors and iterations given override it",
                          tuple(defaults.SVF_PRESETS)),
