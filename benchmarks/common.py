@@ -61,6 +61,13 @@ def subject_files(number: int, folder: Path, spacing: float = 2.0) -> tuple[Path
     return image, labels
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (ANTs runs in one), all threads: steadier than
+    wall-clock seconds on a shared machine."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def peak_rss_gib() -> float:
     """This process's own peak resident memory in GiB (VmHWM: ru_maxrss would carry the parent's
     peak over fork + exec); ru_maxrss where /proc is missing."""

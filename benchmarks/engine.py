@@ -12,8 +12,8 @@ of the target's brain voxels where det J <= 0. ``--renderer second`` / ``--contr
 targets rendered by benchmarks/second_renderer.py, targets in another contrast (the atlas stays T1).
 Seconds: wall-clock registration alone, one pair and one method after another in this process
 (FireANTs in its own virtual environment, timed inside it, start-up excluded); CPU seconds: all
-threads of this process over the same span (ratios by CPU seconds hold on a shared machine where
-wall seconds do not). Every result is appended to benchmarks/work/engine/results[-RENDERER-CONTRAST].jsonl
+threads of this process and of the child ANTs runs in, over the same span (ratios of CPU seconds
+hold on a shared machine where wall seconds do not). Every result is appended to benchmarks/work/engine/results[-RENDERER-CONTRAST].jsonl
 as it comes, so a rerun resumes; delete that file to measure again. ``--one-mm``: the svf backend on
 a 1 mm pair, in a child process each, for time and peak memory (max RSS).
 """
@@ -29,7 +29,7 @@ from statistics import mean
 
 import click
 
-from common import HERE, WORK as WORK_ROOT, check_methods, command_line, header, peak_rss_gib, publish, subject_files
+from common import HERE, WORK as WORK_ROOT, check_methods, command_line, cpu_seconds, header, peak_rss_gib, publish, subject_files
 from shared_maps import RENDERERS, TARGET_CONTRASTS
 
 WORK = WORK_ROOT / "engine"
@@ -207,9 +207,9 @@ def main(pairs: str, threads: int, fireants_python: str, one_mm: bool, run: bool
         for label, backend, options in chosen:
             if (f"{a:02d}->{t:02d}", label) in done:
                 continue
-            start, cpu_start = time.perf_counter(), time.process_time()
+            start, cpu_start = time.perf_counter(), cpu_seconds()
             transform = register(backend, options, moving, fixed)
-            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+            seconds, cpu_seconds = time.perf_counter() - start, cpu_seconds() - cpu_start
             dice, folding = score(transform.warp_labels(moving_labels), fixed_labels, transform)
             append({"pair": f"{a:02d}->{t:02d}", "method": label, "dice": dice, "folding": folding, "seconds": seconds,
                     "cpu_seconds": cpu_seconds}, path)

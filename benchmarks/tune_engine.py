@@ -19,7 +19,6 @@ alone); seconds: the whole pipeline (affine stage, resampling, network, optimisa
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from statistics import mean
@@ -29,6 +28,7 @@ import torch
 
 import atlasreg
 
+from common import cpu_seconds
 from shared_maps import RENDERERS, TARGET_CONTRASTS, target
 
 
@@ -94,13 +94,6 @@ def main(stage: str, settings: str, targets: str, model: str, contrast: str, ren
             dice.append(atlasreg.evaluate(warped, data[n][1], "aseg")["mean_dice"])
         print(f"{stage} {json.dumps(setting)} ({renderer}, {contrast} targets): Dice {mean(dice):.4f} "
               f"({' '.join(f'{d:.3f}' for d in dice)}), {mean(seconds):.2f} s / pair, {mean(cpu):.2f} CPU s / pair", flush=True)
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (ANTs runs in one), all threads: steadier than
-    wall-clock seconds on a shared machine."""
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
 
 
 if __name__ == "__main__":
