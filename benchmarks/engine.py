@@ -209,10 +209,10 @@ def main(pairs: str, threads: int, fireants_python: str, one_mm: bool, run: bool
                 continue
             start, cpu_start = time.perf_counter(), cpu_seconds()
             transform = register(backend, options, moving, fixed)
-            seconds, cpu_seconds = time.perf_counter() - start, cpu_seconds() - cpu_start
+            seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
             dice, folding = score(transform.warp_labels(moving_labels), fixed_labels, transform)
             append({"pair": f"{a:02d}->{t:02d}", "method": label, "dice": dice, "folding": folding, "seconds": seconds,
-                    "cpu_seconds": cpu_seconds}, path)
+                    "cpu_seconds": cpu}, path)
     if fireants_python and run:
         run_fireants(fireants_python, threads, pair_list, done, subjects, path)
 
