@@ -22,15 +22,15 @@ class SvfBackend(Backend):
     deterministic = True  # no random element; same bytes on CPU (tests/test_engine.py)
     options = {
         "preset": Option("fast", "fast: a 2 mm working grid, shrink factors 4,2,1, iterations 60,20,10 (seconds a pair on a CPU); "
-                         "quality: a 1 mm working grid, shrink factors 8,4,2,1, iterations 100,50,30,10 (finer detail on 1 mm "
+                         "quality: a 1 mm working grid, shrink factors 8,4,2,1, iterations 60,20,10,5 (finer detail on 1 mm "
                          "scans, several times slower); spacing, shrink_factors and iterations given override it",
                          tuple(defaults.SVF_PRESETS)),
         "shrink_factors": Option((), "shrink factor of each pyramid level, coarse to fine, 1 = the working grid (empty: the "
                                  "preset's; SimpleITK's name; 'levels' is read as this, deprecated)",
                          minimum=1, maximum=MAX_SHRINK),
         "iterations": Option((), "Adam steps per level (empty: the preset's)", minimum=0, maximum=MAX_ITERATIONS),
-        "similarity": Option("lncc", "lncc: one contrast, or contrasts whose intensities map one to one (T1 to T2, "
-                             "inverted); mind: MIND-SSC descriptors, for any two contrasts (T1 to FLAIR, lesions, "
+        "similarity": Option("lncc", "lncc: one contrast, or contrasts whose intensities map one to one inside the brain "
+                             "(T1 to T2-like or inverted: a target darker where the atlas is brighter gets a bright background); mind: MIND-SSC descriptors, for any two contrasts (T1 to FLAIR, lesions, "
                              "synthetic contrasts), slower", defaults.SIMILARITIES),
         "symmetric": Option(defaults.SVF_SYMMETRIC, "both images move halfway (as SyN); false: only the moving image moves"),
         "window": Option(defaults.SVF_WINDOW, "LNCC window in voxels (odd)", minimum=3, maximum=31),
@@ -67,7 +67,8 @@ class SvfBackend(Backend):
         shape = covering_shape(fixed, options["spacing"])
         pair = align_pair(moving, fixed, options["spacing"], shape, device=device)
         moving_t = torch.from_numpy(pair.moving)[None, None].to(device)
-        fixed_t = torch.from_numpy(matched_background(pair.moving, pair.fixed))[None, None].to(device)
+        fixed = matched_background(pair.moving, pair.fixed) if options["similarity"] == "lncc" else pair.fixed  # what LNCC needs
+        fixed_t = torch.from_numpy(fixed)[None, None].to(device)
         velocity = optimize_velocity(
             moving_t, fixed_t, levels=options["shrink_factors"], iterations=options["iterations"], window=options["window"],
             weight=options["regularisation"], smoothing=options["smoothing"], lr=options["lr"],
