@@ -67,8 +67,8 @@ class SvfBackend(Backend):
         shape = covering_shape(fixed, options["spacing"])
         pair = align_pair(moving, fixed, options["spacing"], shape, device=device)
         moving_t = torch.from_numpy(pair.moving)[None, None].to(device)
-        fixed = matched_background(pair.moving, pair.fixed) if options["similarity"] == "lncc" else pair.fixed  # what LNCC needs
-        fixed_t = torch.from_numpy(fixed)[None, None].to(device)
+        target = matched_background(pair.moving, pair.fixed) if options["similarity"] == "lncc" else pair.fixed  # what LNCC needs
+        fixed_t = torch.from_numpy(target)[None, None].to(device)
         velocity = optimize_velocity(
             moving_t, fixed_t, levels=options["shrink_factors"], iterations=options["iterations"], window=options["window"],
             weight=options["regularisation"], smoothing=options["smoothing"], lr=options["lr"],
