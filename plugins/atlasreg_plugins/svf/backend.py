@@ -30,7 +30,8 @@ class SvfBackend(Backend):
                          minimum=1, maximum=MAX_SHRINK),
         "iterations": Option((), "Adam steps per level (empty: the preset's)", minimum=0, maximum=MAX_ITERATIONS),
         "similarity": Option("lncc", "lncc: one contrast, or contrasts whose intensities map one to one inside the brain "
-                             "(T1 to T2-like or inverted: a target darker where the atlas is brighter gets a bright background); mind: MIND-SSC descriptors, for any two contrasts (T1 to FLAIR, lesions, "
+                             "(T1 to T2-like or inverted: a target darker where the atlas is brighter gets a bright "
+                             "background); mind: MIND-SSC descriptors, for any two contrasts (T1 to FLAIR, lesions, "
                              "synthetic contrasts), slower", defaults.SIMILARITIES),
         "symmetric": Option(defaults.SVF_SYMMETRIC, "both images move halfway (as SyN); false: only the moving image moves"),
         "window": Option(defaults.SVF_WINDOW, "LNCC window in voxels (odd)", minimum=3, maximum=31),
