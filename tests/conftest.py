@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from atlasreg.atlases import cache_dir
-from atlasreg.volume import Volume
+from atlasreg.volume import Volume, label_map
 
 # torch makes its compiler cache folder on first use of an optimiser, by default in the system's temporary
 # folder; as the CLI does, the tests keep it beside atlasreg's cache (nothing of a test run left in /tmp)
@@ -149,3 +150,15 @@ def compare_args(files, out, *extra) -> list:
     listing.write_text(f"image,labels,id\n{files['target']},{files['target_seg']},target\n")
     return ["compare", "-b", "affine", "-a", files["atlas"], files["atlas_seg"], "--dataset", "csv", listing,
             "--protocol", "labels", "-o", out, *extra]
+
+
+def real_labelmaps(count: int) -> Iterator[Volume]:
+    """The first ``count`` shared label maps at 4 mm (every 4th voxel, affine scaled to match)."""
+    from atlasreg.io import load
+
+    paths = sorted(LABELMAPS.glob("subject*.nii.gz"))[:count]
+    if not paths:
+        pytest.skip(f"shared label maps not found in {LABELMAPS}")
+    for path in paths:
+        full = load(path, labels=True)
+        yield label_map(full.array[::4, ::4, ::4], full.affine @ np.diag([4.0, 4.0, 4.0, 1.0]))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
 import pytest
 
@@ -11,7 +9,7 @@ from atlasreg.errors import AtlasregError
 from atlasreg.synth import skull_strip, synthesize
 from atlasreg.volume import Volume, image, label_map
 
-from conftest import LABELMAPS
+from conftest import real_labelmaps
 
 
 WM, CORTEX, CSF = (2, 41), (3, 42), (4, 43, 24)
@@ -38,18 +36,6 @@ def phantom(size: int = 40, spacing: float = 1.5) -> Volume:
 
 def region_mean(img: np.ndarray, labels: np.ndarray, ids: tuple[int, ...]) -> float:
     return float(img[np.isin(labels, ids)].mean())
-
-
-def real_labelmaps(count: int) -> Iterator[Volume]:
-    """The first ``count`` shared label maps at 4 mm (every 4th voxel, affine scaled to match)."""
-    from atlasreg.io import load
-
-    paths = sorted(LABELMAPS.glob("subject*.nii.gz"))[:count]
-    if not paths:
-        pytest.skip(f"shared label maps not found in {LABELMAPS}")
-    for path in paths:
-        full = load(path, labels=True)
-        yield label_map(full.array[::4, ::4, ::4], full.affine @ np.diag([4.0, 4.0, 4.0, 1.0]))
 
 
 def test_same_seed_is_byte_identical_with_every_option_on():
