@@ -14,7 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from .engine.grid import AlignedPair, align_pair, pick_device, transform_from_flow
+from .engine.defaults import SIMILARITIES
+from .engine.grid import AlignedPair, align_pair, pick_device, similarity_target, transform_from_flow
 from .errors import AtlasregError
 from .learned_config import check_config
 from .models import load_model_file, resolve
@@ -57,6 +58,9 @@ class LearnedBackend(Backend):
         "optimize_steps": Option(0, "instance optimisation: refine the network's velocity field on the pair at hand by N Adam steps",
                                  minimum=0, maximum=MAX_ITERATIONS),
         "optimize_lr": Option(0.2, "Adam step size (voxels) of instance optimisation", minimum=0, exclusive_minimum=True),
+        "optimize_similarity": Option("lncc", "what instance optimisation matches: lncc (one contrast, or contrasts whose "
+                                      "intensities map one to one inside the brain, e.g. a T1 atlas and a T2-like target); "
+                                      "mind (MIND-SSC descriptors: any two contrasts, e.g. T1 and FLAIR; slower)", SIMILARITIES),
     }
     default_config: ClassVar[dict[str, Any]] = {}
     #: loss term names, in the order they are reported
@@ -171,10 +175,11 @@ class LearnedBackend(Backend):
         device = pick_device(options["device"])
         network, config = self.load_network(resolve(self.name, options["model"]), device)
         pair = align_pair(moving, fixed, config["spacing"], tuple(config["shape"]), device=device)
-        return self.predict(network, config, pair, fixed, device, options["optimize_steps"], options["optimize_lr"])
+        return self.predict(network, config, pair, fixed, device, options["optimize_steps"], options["optimize_lr"],
+                            options["optimize_similarity"])
 
     def predict(self, network, config: Mapping[str, Any], pair: AlignedPair, target: Volume, device: str,
-                optimize_steps: int = 0, optimize_lr: float = 0.2) -> Transform:
+                optimize_steps: int = 0, optimize_lr: float = 0.2, optimize_similarity: str = "lncc") -> Transform:
         """The Transform on ``target``'s grid for an aligned pair: the network's flow (refined by
         ``optimize_steps`` steps of instance optimisation when > 0) composed with the affine stage.
         What ``register``, training validation and the benchmarks all run."""
@@ -183,14 +188,15 @@ class LearnedBackend(Backend):
         moving = torch.from_numpy(pair.moving)[None, None].to(device)
         fixed = torch.from_numpy(pair.fixed)[None, None].to(device)
         if optimize_steps > 0:
-            flow = self.optimize(network, moving, fixed, config, optimize_steps, optimize_lr)
+            flow = self.optimize(network, moving, fixed, config, optimize_steps, optimize_lr, optimize_similarity)
         else:
             flow = self.predict_flow(network, moving, fixed, config)
         return transform_from_flow(flow[0], pair, target)
 
-    def optimize(self, network, moving, fixed, config: Mapping[str, Any], steps: int, lr: float):
+    def optimize(self, network, moving, fixed, config: Mapping[str, Any], steps: int, lr: float, similarity: str = "lncc"):
         """Instance optimisation: the network's velocity (detached; the weights stay as trained) refined
-        on this one pair by the engine's optimiser (LNCC + diffusion, Adam): three quarters of the
+        on this one pair by the engine's optimiser (``similarity`` + diffusion, Adam; against the fixed
+        image as :func:`~atlasreg.engine.grid.similarity_target` prepares it, as ``svf`` does): three quarters of the
         steps on the grid half as fine as the working grid, the last quarter on the working grid
         (20 steps: 0.711 Dice on validation pair 01 -> 07 vs 0.709 for a half/half split, in about
         2/3 of the time). Returns the flow.
@@ -207,10 +213,13 @@ class LearnedBackend(Backend):
 
         with torch.no_grad():
             velocity = self.predict_velocity(network, moving, fixed, config)
-            _, reference, dissimilarity = similarity_terms("lncc", SVF_WINDOW)  # what optimize_velocity minimises by default
+            target = torch.from_numpy(similarity_target(moving[0, 0].cpu().numpy(), fixed[0, 0].cpu().numpy(), similarity))
+            target = target[None, None].to(fixed.device)
+            features, reference, dissimilarity = similarity_terms(similarity, SVF_WINDOW)  # what optimize_velocity minimises
             flow = integrate(velocity, int(config["int_steps"]), int(config["int_downsize"]))
-            target = reference(fixed)
-            if dissimilarity(target, warp(moving, flow)) > dissimilarity(target, moving):
+            prepared = reference(features(target))
+            if dissimilarity(prepared, features(warp(moving, flow))) > dissimilarity(prepared, features(moving)):
                 velocity = None
-        refined = optimize_velocity(moving, fixed, velocity, levels=(2, 1), iterations=(steps - steps // 4, steps // 4), lr=lr)
+        refined = optimize_velocity(moving, target, velocity, levels=(2, 1), iterations=(steps - steps // 4, steps // 4), lr=lr,
+                                    similarity=similarity)
         return displacement(refined, moving.shape[2:])

@@ -46,7 +46,7 @@ def backend(name: str):
 
 def io(settings: dict, atlas, target, model: str) -> atlasreg.Volume:
     from atlasreg.engine import displacement, optimize_velocity
-    from atlasreg.engine.grid import align_pair, transform_from_flow
+    from atlasreg.engine.grid import align_pair, similarity_target, transform_from_flow
     from atlasreg.models import resolve
     from atlasreg.registry import get_backend
 
@@ -58,7 +58,8 @@ def io(settings: dict, atlas, target, model: str) -> atlasreg.Volume:
     moving, fixed = (torch.from_numpy(a)[None, None] for a in (pair.moving, pair.fixed))
     with torch.no_grad():
         velocity = backend.predict_velocity(network, moving, fixed, config)
-    velocity = optimize_velocity(moving, fixed, velocity, **settings)
+    matched = torch.from_numpy(similarity_target(pair.moving, pair.fixed, settings.get("similarity", "lncc")))[None, None]
+    velocity = optimize_velocity(moving, matched, velocity, **settings)
     return transform_from_flow(displacement(velocity, moving.shape[2:])[0], pair, target[0]).warp_labels(atlas[1])
 
 

@@ -162,3 +162,13 @@ def real_labelmaps(count: int) -> Iterator[Volume]:
     for path in paths:
         full = load(path, labels=True)
         yield label_map(full.array[::4, ::4, ::4], full.affine @ np.diag([4.0, 4.0, 4.0, 1.0]))
+
+
+def brain_only(labels: Volume) -> Volume:
+    """``labels``' brain (labels below 100), cropped to it with 2 voxels to spare (about 39 x 55 x 48 at 4 mm)."""
+    array = np.where(labels.array < 100, labels.array, 0)
+    inside = np.argwhere(array > 0)
+    low, high = inside.min(0) - 2, inside.max(0) + 3
+    affine = labels.affine.copy()
+    affine[:3, 3] += affine[:3, :3] @ low
+    return Volume(array[low[0]:high[0], low[1]:high[1], low[2]:high[2]], affine, is_labels=True)

@@ -13,7 +13,7 @@ from atlasreg.flow import integrate, jacobian_determinant, warp  # noqa: E402
 from atlasreg.transform import Transform  # noqa: E402
 from atlasreg.volume import Volume, image  # noqa: E402
 
-from conftest import blob_labels, image_from_labels, real_labelmaps  # noqa: E402
+from conftest import blob_labels, brain_only, image_from_labels, real_labelmaps  # noqa: E402
 
 FAST_SVF = {"iterations": (30, 20, 5), "device": "cpu"}
 
@@ -291,16 +291,6 @@ def test_matched_background_brightens_an_anticorrelated_targets_background_only(
     assert matched.dtype == fixed.dtype
     same_contrast = relabelled(labels, T1_LIKE, 3)
     assert matched_background(moving, same_contrast) is same_contrast  # a relation that rises: untouched
-
-
-def brain_only(labels: Volume) -> Volume:
-    """``labels``' brain (labels below 100), cropped to it with 2 voxels to spare (about 39 x 55 x 48 at 4 mm)."""
-    array = np.where(labels.array < 100, labels.array, 0)
-    inside = np.argwhere(array > 0)
-    low, high = inside.min(0) - 2, inside.max(0) + 3
-    affine = labels.affine.copy()
-    affine[:3, 3] += affine[:3, :3] @ low
-    return Volume(array[low[0]:high[0], low[1]:high[1], low[2]:high[2]], affine, is_labels=True)
 
 
 def test_svf_holds_on_a_t2_like_target_with_a_t1_atlas():

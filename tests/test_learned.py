@@ -20,7 +20,7 @@ from atlasreg.train import TrainSettings, train  # noqa: E402
 from atlasreg.transform import Transform  # noqa: E402
 from atlasreg.volume import foreground  # noqa: E402
 from atlasreg.volume import label_map  # noqa: E402
-from conftest import blob_labels, run_cli  # noqa: E402
+from conftest import blob_labels, brain_only, real_labelmaps, run_cli  # noqa: E402
 
 TINY = {"shape": [32, 32, 32], "crop": [32, 32, 32]}
 TINY_NETS = {
@@ -381,6 +381,28 @@ def test_instance_optimisation_starts_from_zero_where_the_network_fits_worse_tha
     right = torch.zeros(1, 3, 24, 24, 24)
     right[:, 0] = -1.0  # warped(p) = moving(p - e_x) = fixed(p): better than none, kept as the start
     assert not torch.equal(backend.optimize(_FixedVelocity(right), moving, fixed, config, steps=4, lr=0.2), from_zero)
+
+
+def test_instance_optimisation_with_mind_holds_on_a_t2_like_target_with_a_t1_atlas():
+    """From a zero start (a network that predicts nothing), 40 steps of instance optimisation on
+    MIND-SSC descriptors carry a T1 atlas's labels onto a T2-like target well beyond the affine
+    stage (measured here: affine 0.566 mean aseg Dice, mind 0.606; lncc 0.633)."""
+    from atlasreg.engine.grid import covering_shape, transform_from_flow
+    from atlasreg.synth import synthesize
+
+    backend = get_backend("voxelmorph")
+    config = backend.config(TINY_NETS["voxelmorph"])
+    atlas_labels, target_labels = (brain_only(labels) for labels in real_labelmaps(2))
+    atlas, target = synthesize(atlas_labels, seed=0), synthesize(target_labels, seed=1, contrast="t2")
+    pair = align_pair(atlas, target, 4.0, covering_shape(target, 4.0))
+    moving, fixed = (torch.from_numpy(array)[None, None] for array in (pair.moving, pair.fixed))
+    nothing = _FixedVelocity(torch.zeros(1, 3, *moving.shape[2:]))
+    flow = backend.optimize(nothing, moving, fixed, config, steps=40, lr=0.2, similarity="mind")
+
+    def dice(transform: Transform) -> float:
+        return atlasreg.evaluate(transform.warp_labels(atlas_labels), target_labels, "aseg", allow_label_mismatch=True)["mean_dice"]
+
+    assert dice(transform_from_flow(flow[0], pair, target)) > dice(Transform.from_matrix(target, pair.matrix)) + 0.03
 
 
 def test_learned_register_runs_the_affine_stage_on_its_device(pair, monkeypatch):

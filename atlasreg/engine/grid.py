@@ -109,6 +109,13 @@ def matched_background(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
     return np.where(inner, fixed, np.percentile(fixed[fixed_head], 99.5)).astype(fixed.dtype)
 
 
+def similarity_target(moving: np.ndarray, fixed: np.ndarray, similarity: str) -> np.ndarray:
+    """The fixed image as the velocity optimiser's ``similarity`` should see it: with a
+    :func:`matched_background` for ``lncc``, as it is for ``mind`` (which compares local structure,
+    not intensities)."""
+    return matched_background(moving, fixed) if similarity == "lncc" else fixed
+
+
 def warping_device(device: str) -> str | None:
     """``Transform.device`` for work on ``device``: NumPy on the CPU (None), torch on a GPU."""
     return None if device == "cpu" else device

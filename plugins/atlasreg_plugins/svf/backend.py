@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from atlasreg.engine import defaults
-from atlasreg.engine.grid import align_pair, covering_shape, matched_background, pick_device, transform_from_flow
+from atlasreg.engine.grid import align_pair, covering_shape, pick_device, similarity_target, transform_from_flow
 from atlasreg.errors import AtlasregError
 from atlasreg.plugin_api import MAX_ITERATIONS, MAX_SHRINK, Backend, Option
 from atlasreg.transform import Transform, Velocity
@@ -68,8 +68,7 @@ class SvfBackend(Backend):
         shape = covering_shape(fixed, options["spacing"])
         pair = align_pair(moving, fixed, options["spacing"], shape, device=device)
         moving_t = torch.from_numpy(pair.moving)[None, None].to(device)
-        target = matched_background(pair.moving, pair.fixed) if options["similarity"] == "lncc" else pair.fixed  # what LNCC needs
-        fixed_t = torch.from_numpy(target)[None, None].to(device)
+        fixed_t = torch.from_numpy(similarity_target(pair.moving, pair.fixed, options["similarity"]))[None, None].to(device)
         velocity = optimize_velocity(
             moving_t, fixed_t, levels=options["shrink_factors"], iterations=options["iterations"], window=options["window"],
             weight=options["regularisation"], smoothing=options["smoothing"], lr=options["lr"],
