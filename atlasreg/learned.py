@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from .engine.defaults import SIMILARITIES
-from .engine.grid import AlignedPair, align_pair, pick_device, similarity_target, transform_from_flow
+from .engine.grid import AlignedPair, align_pair, pick_device, similarity_target, transform_from_flow, working_grid
 from .errors import AtlasregError
 from .learned_config import check_config
 from .models import load_model_file, resolve
@@ -174,7 +174,7 @@ class LearnedBackend(Backend):
     def register(self, moving: Volume, fixed: Volume, **options: Any) -> Transform:
         device = pick_device(options["device"])
         network, config = self.load_network(resolve(self.name, options["model"]), device)
-        pair = align_pair(moving, fixed, config["spacing"], tuple(config["shape"]), device=device)
+        pair = align_pair(moving, fixed, working_grid(fixed, config["spacing"], tuple(config["shape"])), device=device)
         return self.predict(network, config, pair, fixed, device, options["optimize_steps"], options["optimize_lr"],
                             options["optimize_similarity"])
 

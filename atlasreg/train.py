@@ -33,7 +33,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .engine.grid import AlignedPair, align_pair, pick_device
+from .engine.grid import AlignedPair, align_pair, pick_device, working_grid
 from .errors import AtlasregError
 from .io import atomic_path, check_output, file_digest, glob_paths
 from .logs import progress_bar
@@ -133,9 +133,10 @@ def cached_align_pair(
 
         moving_labels = _label_volume(moving_path, spacing)
         moving, fixed = synthesize(moving_labels), synthesize(_label_volume(fixed_path, spacing))
-        pair = align_pair(moving, fixed, spacing, shape, moving_labels=moving_labels, matrix=matrix)
+        pair = align_pair(moving, fixed, working_grid(fixed, spacing, shape), moving_labels=moving_labels, matrix=matrix)
     else:
-        pair = align_pair(as_image(moving_path), as_image(fixed_path), spacing, shape, matrix=matrix)
+        fixed = as_image(fixed_path)
+        pair = align_pair(as_image(moving_path), fixed, working_grid(fixed, spacing, shape), matrix=matrix)
     if matrix is None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(cached) as tmp:  # each rank of a torchrun may write it: one temporary each

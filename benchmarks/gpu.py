@@ -91,7 +91,7 @@ def stages(device: str, repeats: int, learned: str, output: str | None) -> None:
 
     import atlasreg
     from atlasreg.engine import affine_stage, displacement, optimize_velocity
-    from atlasreg.engine.grid import align_pair, covering_shape, pick_device, transform_from_flow
+    from atlasreg.engine.grid import align_pair, covering_grid, pick_device, transform_from_flow, working_grid
     from atlasreg.models import resolve
     from atlasreg.registry import get_backend
 
@@ -103,8 +103,9 @@ def stages(device: str, repeats: int, learned: str, output: str | None) -> None:
     target = atlasreg.load(target_path)
     rows.append(("affine stage", _seconds(lambda: affine_stage(atlas, target, device=device), device, repeats)[0]))
     matrix = affine_stage(atlas, target, device=device)
-    shape = covering_shape(target, 2.0)
-    seconds, pair = _seconds(lambda: align_pair(atlas, target, 2.0, shape, matrix=matrix, device=device), device, repeats)
+    grid = covering_grid(target, 2.0)
+    shape = grid.shape
+    seconds, pair = _seconds(lambda: align_pair(atlas, target, grid, matrix=matrix, device=device), device, repeats)
     rows.append((f"svf: images onto the working grid {'×'.join(map(str, shape))}", seconds))
     moving, fixed = (torch.from_numpy(a)[None, None].to(device) for a in (pair.moving, pair.fixed))
     seconds, velocity = _seconds(lambda: optimize_velocity(moving, fixed), device, repeats)
@@ -115,7 +116,7 @@ def stages(device: str, repeats: int, learned: str, output: str | None) -> None:
     rows.append(("svf: atlasreg.register whole", _seconds(lambda: atlasreg.register(atlas, target, backend="svf"), device, repeats)[0]))
     backend = get_backend(learned)
     network, config = backend.load_network(resolve(learned, ""), device)
-    learned_pair = align_pair(atlas, target, config["spacing"], tuple(config["shape"]), matrix=matrix, device=device)
+    learned_pair = align_pair(atlas, target, working_grid(target, config["spacing"], tuple(config["shape"])), matrix=matrix, device=device)
     rows.append((f"{learned}: network + 20 steps + field",
                  _seconds(lambda: backend.predict(network, config, learned_pair, target, device, 20, 0.2), device, repeats)[0]))
     options = {"optimize_steps": 20, "device": device}

@@ -20,7 +20,7 @@ import click
 import torch
 
 import atlasreg
-from atlasreg.engine.grid import align_pair, pick_device
+from atlasreg.engine.grid import align_pair, pick_device, working_grid
 from atlasreg.metrics import folding_percent
 from atlasreg.registry import get_backend
 
@@ -56,7 +56,7 @@ def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int,
             name, path = spec.split("=", 1)
             backend = get_backend(name)
             network, config = backend.load_network(path, device)
-            pair = align_pair(atlas_img, target_img, config["spacing"], tuple(config["shape"]), matrix=affine.matrix)
+            pair = align_pair(atlas_img, target_img, working_grid(target_img, config["spacing"], tuple(config["shape"])), matrix=affine.matrix)
             for steps in (0, optimize_steps) if optimize_steps else (0,):
                 start = time.perf_counter()
                 lr = optimize_lr or backend.options["optimize_lr"].default

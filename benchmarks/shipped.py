@@ -24,7 +24,7 @@ import click
 import torch
 
 import atlasreg
-from atlasreg.engine.grid import align_pair
+from atlasreg.engine.grid import align_pair, working_grid
 from atlasreg.models import resolve
 from atlasreg.registry import get_backend
 
@@ -70,7 +70,7 @@ def main(targets: str, atlas: int, contrasts: str, atlas_contrast: str, renderer
                 ants = atlasreg.register(atlas_img, target_img, backend="ants", options={"preset": preset})
                 _add(rows, f"ants {preset}", ants, atlas_lab, target_lab, start, n, contrast)
             for name, (backend, _, network, config) in networks.items():
-                pair = align_pair(atlas_img, target_img, config["spacing"], tuple(config["shape"]), matrix=affine.matrix)
+                pair = align_pair(atlas_img, target_img, working_grid(target_img, config["spacing"], tuple(config["shape"])), matrix=affine.matrix)
                 for steps in sorted({0, optimize_steps}):
                     start = time.perf_counter()
                     transform = backend.predict(network, config, pair, target_img, "cpu", optimize_steps=steps)

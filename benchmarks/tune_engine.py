@@ -46,13 +46,13 @@ def backend(name: str):
 
 def io(settings: dict, atlas, target, model: str) -> atlasreg.Volume:
     from atlasreg.engine import displacement, optimize_velocity
-    from atlasreg.engine.grid import align_pair, similarity_target, transform_from_flow
+    from atlasreg.engine.grid import align_pair, similarity_target, transform_from_flow, working_grid
     from atlasreg.models import resolve
     from atlasreg.registry import get_backend
 
     backend = get_backend(model)
     network, config = backend.load_network(resolve(model, ""), "cpu")
-    pair = align_pair(atlas[0], target[0], config["spacing"], tuple(config["shape"]))
+    pair = align_pair(atlas[0], target[0], working_grid(target[0], config["spacing"], tuple(config["shape"])))
     if not settings.get("levels"):  # the network alone: what `register` runs without instance optimisation
         return backend.predict(network, config, pair, target[0], "cpu").warp_labels(atlas[1])
     moving, fixed = (torch.from_numpy(a)[None, None] for a in (pair.moving, pair.fixed))

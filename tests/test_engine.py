@@ -293,6 +293,22 @@ def test_matched_background_brightens_an_anticorrelated_targets_background_only(
     assert matched_background(moving, same_contrast) is same_contrast  # a relation that rises: untouched
 
 
+def test_covering_grid_holds_the_head_and_leaves_out_a_noisy_background(affine):
+    """A brain in a field of view three times its width, the background noisy (not zero): svf's
+    grid holds every voxel of the head with its margin, and not the field of view's edges."""
+    from atlasreg.engine.grid import covering_grid
+    from atlasreg.spatial import apply_matrix
+
+    labels = np.zeros((60, 60, 60), np.int32)
+    labels[10:30, 14:40, 20:36] = blob_labels((20, 26, 16))
+    array = image_from_labels(labels, 1) + 20.0  # noise about 20, the darkest tissue 60
+    grid = covering_grid(Volume(array, affine, is_labels=False), 2.0, margin=3)
+    head = apply_matrix(np.linalg.inv(grid.affine) @ affine, np.argwhere(labels > 0).astype(float))
+    assert head.min() >= 3 - 1e-6 and (np.array(grid.shape) - 1 - head.max(0)).min() >= 3 - 1e-6
+    assert np.allclose(head.min(0), np.array(grid.shape) - 1 - head.max(0), atol=1.0)  # centred on the head's box
+    assert np.prod(grid.shape) < 0.25 * array.size
+
+
 def test_svf_holds_on_a_t2_like_target_with_a_t1_atlas():
     """Without matched_background the T2-like target scored 0.14 mean aseg Dice here (T1: 0.64)."""
     from atlasreg.synth import synthesize

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 import atlasreg  # noqa: E402
 from atlasreg import AtlasregError  # noqa: E402
-from atlasreg.engine.grid import align_pair  # noqa: E402
+from atlasreg.engine.grid import align_pair, working_grid  # noqa: E402
 from atlasreg.models import load_model_file, save_model  # noqa: E402
 from atlasreg.recipe import TrainingPair, label_overlap  # noqa: E402
 from atlasreg.registry import get_backend  # noqa: E402
@@ -149,7 +149,7 @@ def test_learned_register_refuses_a_model_that_is_neither_name_nor_file(pair):
 
 def test_aligned_pair_is_on_the_working_grid(pair):
     moving, moving_labels, fixed, _ = pair
-    aligned = align_pair(moving, fixed, 2.0, (32, 32, 32), moving_labels, matrix=np.eye(4))
+    aligned = align_pair(moving, fixed, working_grid(fixed, 2.0, (32, 32, 32)), moving_labels, matrix=np.eye(4))
     assert aligned.moving.shape == aligned.fixed.shape == (32, 32, 32)
     mask = foreground(Transform.identity(aligned.grid).warp(fixed).array)
     assert abs(aligned.fixed[mask].mean()) < 1e-4  # z-scored with the brain's statistics
@@ -203,7 +203,7 @@ def test_transform_from_flow_resamples_the_field_like_linear_interpolation(pair)
     """The torch resampling of the network's field onto an oblique target grid = SciPy's linear one."""
     from scipy import ndimage
 
-    from atlasreg.engine.grid import AlignedPair, transform_from_flow, working_grid
+    from atlasreg.engine.grid import AlignedPair, transform_from_flow
     from atlasreg.spatial import apply_matrix, voxel_grid
 
     _, _, fixed, _ = pair
@@ -387,14 +387,14 @@ def test_instance_optimisation_with_mind_holds_on_a_t2_like_target_with_a_t1_atl
     """From a zero start (a network that predicts nothing), 40 steps of instance optimisation on
     MIND-SSC descriptors carry a T1 atlas's labels onto a T2-like target well beyond the affine
     stage (measured here: affine 0.566 mean aseg Dice, mind 0.606; lncc 0.633)."""
-    from atlasreg.engine.grid import covering_shape, transform_from_flow
+    from atlasreg.engine.grid import covering_grid, transform_from_flow
     from atlasreg.synth import synthesize
 
     backend = get_backend("voxelmorph")
     config = backend.config(TINY_NETS["voxelmorph"])
     atlas_labels, target_labels = (brain_only(labels) for labels in real_labelmaps(2))
     atlas, target = synthesize(atlas_labels, seed=0), synthesize(target_labels, seed=1, contrast="t2")
-    pair = align_pair(atlas, target, 4.0, covering_shape(target, 4.0))
+    pair = align_pair(atlas, target, covering_grid(target, 4.0))
     moving, fixed = (torch.from_numpy(array)[None, None] for array in (pair.moving, pair.fixed))
     nothing = _FixedVelocity(torch.zeros(1, 3, *moving.shape[2:]))
     flow = backend.optimize(nothing, moving, fixed, config, steps=40, lr=0.2, similarity="mind")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from atlasreg.engine import defaults
-from atlasreg.engine.grid import align_pair, covering_shape, pick_device, similarity_target, transform_from_flow
+from atlasreg.engine.grid import align_pair, covering_grid, pick_device, similarity_target, transform_from_flow
 from atlasreg.errors import AtlasregError
 from atlasreg.plugin_api import MAX_ITERATIONS, MAX_SHRINK, Backend, Option
 from atlasreg.transform import Transform, Velocity
@@ -65,8 +65,8 @@ class SvfBackend(Backend):
 
         options = with_preset(options)
         device = pick_device(options["device"])
-        shape = covering_shape(fixed, options["spacing"])
-        pair = align_pair(moving, fixed, options["spacing"], shape, device=device)
+        pair = align_pair(moving, fixed, covering_grid(fixed, options["spacing"]), device=device)
+        shape = pair.grid.shape
         moving_t = torch.from_numpy(pair.moving)[None, None].to(device)
         fixed_t = torch.from_numpy(similarity_target(pair.moving, pair.fixed, options["similarity"]))[None, None].to(device)
         velocity = optimize_velocity(
