@@ -2,8 +2,8 @@
 stage, the ``svf`` backend, and instance optimisation of a shipped model, each at the JSON settings
 given, atlas 01 -> the targets given. Prints mean aseg Dice, per-target Dice, mean seconds and
 mean CPU seconds (all threads, and the children ANTs runs in). ``--renderer``/``--contrast``: images
-of atlasreg's synthesizer or of benchmarks/second_renderer.py; targets T1, T2-like, PD-like or
-inverted (the atlas stays T1).
+of atlasreg's synthesizer or of benchmarks/second_renderer.py; targets T1, T2-like, PD-like, FLAIR-like or
+inverted; ``--atlas-contrast``: the atlas's (T1 unless given).
 
     python benchmarks/tune_engine.py affine '[{}, {"metric": "mse"}]' --targets 2,3,4,5,6,7
     python benchmarks/tune_engine.py svf '[{}, {"iterations": [100, 50, 20]}]' --targets 3,5,7
@@ -69,16 +69,18 @@ def io(settings: dict, atlas, target, model: str) -> atlasreg.Volume:
 @click.option("--targets", default="7", show_default=True, help="validation subjects (not 8, 9, 10)")
 @click.option("--model", default="contrastive", show_default=True, help="io: the backend whose shipped model starts")
 @click.option("--contrast", type=click.Choice(TARGET_CONTRASTS), default="t1", show_default=True,
-              help="how the targets are rendered (the atlas stays T1): inverted = T1 intensities turned upside down inside the head")
+              help="how the targets are rendered: inverted = T1 intensities turned upside down inside the head")
+@click.option("--atlas-contrast", type=click.Choice(TARGET_CONTRASTS), default="t1", show_default=True,
+              help="how the atlas is rendered (t2 with --contrast t2: the same-contrast reference for T2-like targets)")
 @click.option("--renderer", type=click.Choice(RENDERERS), default="synth", show_default=True,
-              help="what renders atlas (T1) and targets: atlasreg's synthesizer or benchmarks/second_renderer.py")
+              help="what renders atlas and targets: atlasreg's synthesizer or benchmarks/second_renderer.py")
 @click.option("--threads", default=2, show_default=True)
-def main(stage: str, settings: str, targets: str, model: str, contrast: str, renderer: str, threads: int) -> None:
+def main(stage: str, settings: str, targets: str, model: str, contrast: str, atlas_contrast: str, renderer: str, threads: int) -> None:
     torch.set_num_threads(threads)
     numbers = [int(t) for t in targets.split(",")]
     if set(numbers) & {8, 9, 10}:
         sys.exit("subjects 08-10 are the test set: tune on others")
-    atlas = target(1, "t1", renderer)
+    atlas = target(1, atlas_contrast, renderer)
     data = {n: target(n, contrast, renderer) for n in numbers}
     if stage == "affine":  # warm-up: torch's first call pays for lazy initialisation
         affine({"rigid_iterations": (1, 1), "affine_iterations": (1, 1)}, atlas, data[numbers[0]], model)
@@ -93,7 +95,7 @@ def main(stage: str, settings: str, targets: str, model: str, contrast: str, ren
             seconds.append(time.perf_counter() - start if stage == "io" else registered)  # io: label warp included
             cpu.append(cpu_seconds() - start_cpu if stage == "io" else registered_cpu)
             dice.append(atlasreg.evaluate(warped, data[n][1], "aseg")["mean_dice"])
-        print(f"{stage} {json.dumps(setting)} ({renderer}, {contrast} targets): Dice {mean(dice):.4f} "
+        print(f"{stage} {json.dumps(setting)} ({renderer}, {atlas_contrast} atlas, {contrast} targets): Dice {mean(dice):.4f} "
               f"({' '.join(f'{d:.3f}' for d in dice)}), {mean(seconds):.2f} s / pair, {mean(cpu):.2f} CPU s / pair", flush=True)
 
 
