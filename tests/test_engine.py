@@ -294,14 +294,16 @@ def test_matched_background_brightens_an_anticorrelated_targets_background_only(
 
 
 def test_covering_grid_holds_the_head_and_leaves_out_a_noisy_background(affine):
-    """A brain in a field of view three times its width, the background noisy (not zero): svf's
-    grid holds every voxel of the head with its margin, and not the field of view's edges."""
+    """A brain in a field of view three times its width, the background noisy (not zero, with two
+    bright specks near its corners): svf's grid holds every voxel of the head with its margin, and
+    not the field of view's edges."""
     from atlasreg.engine.grid import covering_grid
     from atlasreg.spatial import apply_matrix
 
     labels = np.zeros((60, 60, 60), np.int32)
     labels[10:30, 14:40, 20:36] = blob_labels((20, 26, 16))
     array = image_from_labels(labels, 1) + 20.0  # noise about 20, the darkest tissue 60
+    array[2, 2, 2] = array[57, 55, 56] = 150.0
     grid = covering_grid(Volume(array, affine, is_labels=False), 2.0, margin=3)
     head = apply_matrix(np.linalg.inv(grid.affine) @ affine, np.argwhere(labels > 0).astype(float))
     assert head.min() >= 3 - 1e-6 and (np.array(grid.shape) - 1 - head.max(0)).min() >= 3 - 1e-6
