@@ -385,6 +385,9 @@ def as_image(value: ImageLike, what: str = "image", bytes_per_voxel: int = 0) ->
         raise AtlasregError(f"{what}: expected an intensity image, got a label map")
     if not volume.array.any():
         raise AtlasregError(f"{what}: image is empty (all zero)")
+    if min(volume.shape) < 2:  # registration's pyramids and sampling grids need two voxels an axis
+        raise AtlasregError(f"{what}: a 3-D image needs at least 2 voxels along each axis, got {'x'.join(map(str, volume.shape))} "
+                            "(a single slice?)")
     return volume
 
 

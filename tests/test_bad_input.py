@@ -82,6 +82,14 @@ def test_all_zero_image_is_refused(capsys, files, tmp_path, which):
     refused(capsys, tmp_path, "image is empty (all zero)", *segment_args(files, "-o", tmp_path / "out.nii.gz"))
 
 
+@pytest.mark.parametrize("which", ["target", "atlas"])
+def test_a_single_slice_image_is_refused(capsys, files, tmp_path, which):
+    """A 2-D slice stored as X x Y x 1 used to fail deep in the affine stage as "image is empty"."""
+    image = atlasreg.load(files[which])
+    atlasreg.save(Volume(image.array[:, :, :1], image.affine, is_labels=False), files[which])
+    refused(capsys, tmp_path, "at least 2 voxels along each axis", *segment_args(files, "-o", tmp_path / "out.nii.gz", backend="svf"))
+
+
 # --- 10: labels beyond int32 ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("value", [2**31, 2**32 + 3])
