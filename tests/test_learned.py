@@ -119,6 +119,10 @@ def test_train_resume_and_register(tmp_path, files, pair):
     )
     assert transform.shape == fixed.shape and transform.field is not None
     assert set(np.unique(transform.warp_labels(moving_labels).array)) <= set(np.unique(moving_labels.array))
+    fields = [atlasreg.register(moving, fixed, backend="voxelmorph", options={
+        "model": str(tmp_path / "vm.pt"), "device": "cpu", "optimize_steps": 4, "optimize_similarity": similarity}).field
+        for similarity in ("lncc", "mind")]
+    assert not np.array_equal(*fields)  # the option reaches instance optimisation
 
 
 def test_affine_cache_follows_file_contents(tmp_path, files, monkeypatch):
