@@ -17,6 +17,7 @@ Conventions
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import torch
@@ -25,6 +26,8 @@ import torch.nn.functional as F
 __all__ = [
     "identity",
     "warp",
+    "sample_at",
+    "gaussian_blur",
     "compose",
     "integrate",
     "jacobian_determinant",
@@ -113,6 +116,18 @@ def warp(src: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding:
     return out if out.dtype == out_dtype else out.round().to(out_dtype)
 
 
+def sample_at(src: torch.Tensor, points: torch.Tensor, mode: str = "bilinear", padding: str = "border") -> torch.Tensor:
+    """``src`` ``(B, C, X, Y, Z)`` read at ``points`` ``(B or 1, X', Y', Z', 3)``: voxel coordinates of
+    ``src``, component ``c`` along its axis ``c`` (the convention of this module; :func:`warp` is the
+    case ``points = p + flow(p)``). Returns ``(B, C, X', Y', Z')``. The one place that turns voxel
+    coordinates into ``grid_sample``'s normalised, reversed ones."""
+    size = torch.tensor(src.shape[2:], device=points.device, dtype=points.dtype)
+    grid = (points * (2.0 / (size - 1).clamp(min=1)) - 1.0).flip(-1).to(src.dtype)
+    if grid.shape[0] != src.shape[0]:
+        grid = grid.expand(src.shape[0], *grid.shape[1:])
+    return _grid_sample(src, grid, mode, padding)
+
+
 SLAB_POINTS = 4_096  # fewer points: not worth the split (svf's coarsest level, ~17k points, gained a quarter)
 
 
@@ -134,6 +149,31 @@ def _grid_sample(src: torch.Tensor, grid: torch.Tensor, mode: str, padding: str)
     out = F.grid_sample(src.expand(threads, *src.shape[1:]), slabs, mode=mode, padding_mode=padding, align_corners=True)
     channels = src.shape[1]
     return out.permute(1, 0, 2, 3, 4).reshape(channels, threads * run)[:, :points].reshape(1, channels, *grid.shape[1:4])
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float | Sequence[float] | Sequence[Sequence[float]]) -> torch.Tensor:
+    """``x`` ``(B, C, X, Y, Z)`` smoothed by a separable Gaussian of ``sigma`` voxels: one value, one
+    per axis, or one row of three per channel (0: that axis or channel untouched). All channels go
+    through one grouped convolution per axis; the kernels are built on the CPU (no device sync)."""
+    channels = x.shape[1]
+    if isinstance(sigma, (int, float)):
+        sigma = [float(sigma)] * 3
+    rows = [list(map(float, row)) for row in sigma] if isinstance(sigma[0], Sequence) else [list(map(float, sigma))] * channels
+    if len(rows) != channels or any(len(row) != 3 for row in rows):
+        raise ValueError(f"gaussian_blur: sigma must be a number, 3 numbers or {channels} rows of 3, got {sigma}")
+    for axis in range(3):
+        wanted = [row[axis] for row in rows]
+        if max(wanted) <= 0:
+            continue
+        radius = max(1, math.ceil(3.0 * max(wanted)))
+        taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        kernels = torch.stack([torch.exp(-0.5 * (taps / s) ** 2) if s > 0 else (taps == 0).double() for s in wanted])
+        kernels = (kernels / kernels.sum(1, keepdim=True)).to(x.device, x.dtype)
+        shape, padding = [channels, 1, 1, 1, 1], [0] * 6
+        shape[2 + axis] = 2 * radius + 1
+        padding[2 * (2 - axis)] = padding[2 * (2 - axis) + 1] = radius
+        x = F.conv3d(F.pad(x, padding, mode="replicate"), kernels.view(shape), groups=channels)
+    return x
 
 
 def compose(outer: torch.Tensor, inner: torch.Tensor, padding: str = "border") -> torch.Tensor:
@@ -237,9 +277,4 @@ def upsample2(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     shape = tuple(int(n) for n in shape)
     if x.dim() != 5 or len(shape) != 3:
         raise ValueError(f"upsample2: expected (B, C, X, Y, Z) and a 3-D shape, got {tuple(x.shape)} and {shape}")
-    coarse = x.shape[2:]
-    axes = []
-    for n, m in zip(shape, coarse):  # normalised coordinate of p / 2 on the coarse grid (align_corners=True)
-        axes.append(torch.arange(n, device=x.device, dtype=x.dtype) * (1.0 / max(m - 1, 1)) - 1.0)
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).flip(-1)[None]
-    return F.grid_sample(x, grid.expand(x.shape[0], *grid.shape[1:]), mode="bilinear", padding_mode="border", align_corners=True)
+    return sample_at(x, identity(shape, device=x.device, dtype=x.dtype).permute(0, 2, 3, 4, 1) * 0.5)

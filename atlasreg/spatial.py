@@ -93,7 +93,8 @@ def sample_torch(volume: Volume, voxel_coords, label_interp: str = "nearest") ->
     computed where the coordinates are, e.g. on the GPU that made a field. Labels are gathered as
     integers, never carried through floats."""
     import torch
-    import torch.nn.functional as F
+
+    from .flow import sample_at
 
     if label_interp not in LABEL_INTERPOLATIONS:
         raise AtlasregError(f"label interpolation {label_interp!r}: choose one of {', '.join(LABEL_INTERPOLATIONS)}")
@@ -101,10 +102,8 @@ def sample_torch(volume: Volume, voxel_coords, label_interp: str = "nearest") ->
     shape = torch.tensor(volume.shape, device=device, dtype=voxel_coords.dtype)
     inside = ((voxel_coords >= -0.5) & (voxel_coords <= shape - 0.5)).all(dim=-1)
     if not volume.is_labels:
-        normalised = voxel_coords * (2.0 / (shape - 1).clamp(min=1)) - 1.0  # align_corners=True: -1, 1 = first, last centre
-        grid = normalised.flip(-1).reshape(1, *voxel_coords.shape[:-1], 3)  # grid_sample reads (z, y, x)
         data = torch.from_numpy(volume.array).to(device, torch.float32)[None, None]
-        out = F.grid_sample(data, grid, mode="bilinear", padding_mode="border", align_corners=True)[0, 0]
+        out = sample_at(data, voxel_coords.reshape(1, *voxel_coords.shape[:-1], 3))[0, 0]
     else:
         labels = torch.from_numpy(volume.array).to(device).reshape(-1)
         points = voxel_coords.reshape(-1, 3).clamp(min=torch.zeros_like(shape), max=shape - 1)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import AtlasregError
-from .flow import integrate, resize
+from .flow import gaussian_blur, integrate, resize, sample_at
 from .recipe import TrainingPair
 from .synth import preset_means
 
@@ -224,10 +224,8 @@ class SynthPairs:
         matrix = torch.stack([side.matrix for side in sides]).to(dev)
         shift = torch.stack([side.shift for side in sides]).to(dev)
         points = torch.einsum("bij,bj...->bi...", matrix, points - centre.view(1, 3, 1, 1, 1)) + (centre + shift).view(-1, 3, 1, 1, 1)
-        size = torch.tensor(self.shape, dtype=torch.float32, device=dev).view(1, 3, 1, 1, 1)
-        grid = (points * 2.0 / (size - 1) - 1.0).permute(0, 2, 3, 4, 1).flip(-1)
         maps = self.maps[torch.tensor([side.index for side in sides], device=dev)]
-        return F.grid_sample(maps, grid, mode="nearest", padding_mode="zeros", align_corners=True).round().long()
+        return sample_at(maps, points.permute(0, 2, 3, 4, 1), mode="nearest", padding="zeros").round().long()
 
     def _images(self, labels: torch.Tensor, looks: Sequence[_Look]) -> torch.Tensor:
         """Images (N, 1, X, Y, Z) of ``labels`` (N, 1, X, Y, Z) compact, one ``_Look`` each, z-scored."""
@@ -270,23 +268,8 @@ def _zscore(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _blur(image: torch.Tensor, sigmas: Sequence[Sequence[float]]) -> torch.Tensor:
-    """Separable Gaussian blur of each image of (N, 1, X, Y, Z), std ``sigmas[i][axis]`` voxels (< 0.1:
-    none), all images in one grouped convolution per axis (kernels built on the CPU: no device sync)."""
-    n = image.shape[0]
-    for axis in range(3):
-        wanted = [s[axis] if s[axis] >= 0.1 else 0.0 for s in sigmas]
-        if not any(wanted):
-            continue
-        radius = max(1, math.ceil(3 * max(wanted)))
-        x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-        kernels = torch.stack([torch.exp(-0.5 * (x / s) ** 2) if s else (x == 0).double() for s in wanted])
-        kernels = (kernels / kernels.sum(1, keepdim=True)).to(image.dtype).to(image.device)
-        shape = [n, 1, 1, 1, 1]
-        shape[2 + axis] = 2 * radius + 1
-        padding = [0, 0, 0, 0, 0, 0]
-        padding[2 * (2 - axis)] = padding[2 * (2 - axis) + 1] = radius
-        image = F.conv3d(F.pad(image.transpose(0, 1), padding, mode="replicate"), kernels.view(shape), groups=n).transpose(0, 1)
-    return image
+    """Each image of (N, 1, X, Y, Z) blurred by its own row of ``sigmas`` (voxels per axis; < 0.1: none)."""
+    return gaussian_blur(image.transpose(0, 1), [[s if s >= 0.1 else 0.0 for s in row] for row in sigmas]).transpose(0, 1)
 
 
 def _lower_resolution(image: torch.Tensor, axis: int, factor: float) -> torch.Tensor:

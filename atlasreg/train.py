@@ -192,7 +192,8 @@ def augment(images, crop: Sequence[int], rng: np.random.Generator, max_degrees: 
     The rotation acts on voxel coordinates of the isotropic working grid, so it is rigid whatever
     the grid's shape (in grid_sample's normalised coordinates it would be a shear on a non-cubic grid)."""
     import torch
-    import torch.nn.functional as F
+
+    from .flow import sample_at
 
     if rng.random() < 0.5:
         images = images.flip(3)
@@ -208,8 +209,7 @@ def augment(images, crop: Sequence[int], rng: np.random.Generator, max_degrees: 
         centre = (torch.tensor(shape, dtype=images.dtype) - 1) / 2
         points = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1) - centre
         source = points @ in_voxels.T + centre  # voxel read for each output voxel
-        grid = (source * 2.0 / (torch.tensor(shape, dtype=images.dtype) - 1) - 1.0).flip(-1)[None]
-        images = F.grid_sample(images, grid.expand(images.shape[0], *grid.shape[1:]), align_corners=True)
+        images = sample_at(images, source[None], padding="zeros")
     starts = [int(rng.integers(0, n - c + 1)) for n, c in zip(shape, crop)]
     window = (slice(None), slice(None), *(slice(s, s + c) for s, c in zip(starts, crop)))
     return images[window].contiguous()

@@ -145,20 +145,14 @@ def transform_from_flow(flow_voxels, pair: AlignedPair, fixed: Volume, velocity:
     and the Transform warps labels there too.
     """
     import torch
-    import torch.nn.functional as F
+
+    from ..flow import identity, sample_at
 
     flow = torch.as_tensor(flow_voxels).float()
     spacing = float(pair.grid.affine[0, 0])  # axis-aligned RAS grid: voxels -> mm
     to_working = torch.as_tensor(np.linalg.inv(pair.grid.affine) @ fixed.affine, dtype=torch.float32, device=flow.device)
-    axes = [torch.arange(n, dtype=torch.float32, device=flow.device) for n in fixed.shape]
-    i, j, k = axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
-    working = flow.shape[1:]
-    normalised = []
-    for c in (2, 1, 0):  # grid_sample wants (z, y, x) order, each in [-1, 1] across the working grid
-        coord = to_working[c, 0] * i + to_working[c, 1] * j + to_working[c, 2] * k + to_working[c, 3]
-        normalised.append(coord * (2.0 / (working[c] - 1)) - 1.0)
-    grid = torch.stack(normalised, dim=-1)[None]
-    field = F.grid_sample(flow[None] * spacing, grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+    points = identity(fixed.shape, device=flow.device).permute(0, 2, 3, 4, 1) @ to_working[:3, :3].T + to_working[:3, 3]
+    field = sample_at(flow[None] * spacing, points)[0]
     return Transform(fixed.shape, fixed.affine, field.permute(1, 2, 3, 0).cpu().numpy(), pair.matrix, velocity,
                      device=warping_device(flow.device.type))
 

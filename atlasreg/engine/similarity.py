@@ -1,11 +1,10 @@
-"""Image similarity losses (lower is better) and the Gaussian smoothing the optimisers share.
+"""Image similarity losses (lower is better) and the pyramid's downsampling.
 
 Shapes: images ``(B, 1, X, Y, Z)``; fields ``(B, C, X, Y, Z)``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -126,23 +125,6 @@ def intensity_range(image: torch.Tensor, low: float = 0.005, high: float = 0.995
     sample = flat[:: max(1, flat.numel() // 100_000)].float()
     lo, hi = torch.quantile(sample, torch.tensor([low, high], device=image.device)).tolist()
     return lo, (hi if hi > lo else lo + 1.0)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float | Sequence[float]) -> torch.Tensor:
-    """Each channel smoothed by a separable Gaussian of ``sigma`` voxels per axis (0: that axis untouched)."""
-    sigmas = [float(sigma)] * 3 if isinstance(sigma, (int, float)) else [float(s) for s in sigma]
-    channels = x.shape[1]
-    for dim, s in enumerate(sigmas):
-        if s <= 0:
-            continue
-        radius = max(1, math.ceil(3.0 * s))
-        taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-        kernel = torch.exp(-0.5 * (taps / s) ** 2)
-        shape, padding = [1, 1, 1], [0, 0, 0]
-        shape[dim], padding[dim] = 2 * radius + 1, radius
-        weight = (kernel / kernel.sum()).view(1, 1, *shape).expand(channels, 1, *shape)
-        x = F.conv3d(F.pad(x, _pad_for(dim, radius), mode="replicate"), weight, groups=channels)
-    return x
 
 
 def _pad_for(dim: int, before: int, after: int | None = None) -> tuple[int, ...]:
