@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from atlasreg.flow import compose, identity, integrate, jacobian_determinant, resize, upsample2, warp  # noqa: E402
+from atlasreg.flow import compose, gaussian_blur, identity, integrate, jacobian_determinant, resize, sample_at, upsample2, warp  # noqa: E402
 
 SHAPE = (6, 7, 8)  # distinct sizes: a mix-up of the axes cannot pass
 
@@ -84,6 +84,30 @@ def test_fractional_flow_interpolates_linearly():
     out = warp(ramp, flow)
     inner = (slice(None), slice(None), slice(None), slice(0, SHAPE[1] - 1))
     assert torch.allclose(out[inner], ramp[inner] + 0.75, atol=1e-10)
+
+
+def test_sample_at_reads_voxel_coordinates_of_its_source():
+    torch.manual_seed(0)
+    src = torch.randn(1, 2, 5, 6, 7)
+    points = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 6.0], [1.5, 2.0, 3.0]]).view(1, 3, 1, 1, 3)
+    out = sample_at(src, points)[0, :, :, 0, 0]
+    assert torch.allclose(out[:, 0], src[0, :, 1, 2, 3])
+    assert torch.allclose(out[:, 1], src[0, :, 4, 0, 6])
+    assert torch.allclose(out[:, 2], (src[0, :, 1, 2, 3] + src[0, :, 2, 2, 3]) / 2)
+    flow = torch.randn(1, 3, 5, 6, 7)  # warp is sample_at at p + flow(p)
+    assert torch.allclose(sample_at(src, (identity((5, 6, 7)) + flow).permute(0, 2, 3, 4, 1)), warp(src, flow), atol=1e-6)
+
+
+def test_gaussian_blur_per_channel_rows_match_separate_calls():
+    torch.manual_seed(0)
+    x = torch.rand(1, 2, 9, 10, 11)
+    rows = [[1.0, 0.0, 0.5], [0.0, 0.0, 0.0]]
+    both = gaussian_blur(x, rows)
+    assert torch.allclose(both[:, :1], gaussian_blur(x[:, :1], [1.0, 0.0, 0.5]), atol=1e-6)
+    assert torch.equal(both[:, 1:], x[:, 1:])  # sigma 0: untouched
+    assert torch.allclose(gaussian_blur(torch.full_like(x, 3.0), 2.0), torch.full_like(x, 3.0))  # normalised kernels, edge values repeated
+    with pytest.raises(ValueError, match="rows of 3"):
+        gaussian_blur(x, [[1.0, 1.0, 1.0]])
 
 
 def test_border_and_zero_padding():
