@@ -152,6 +152,16 @@ def compare_args(files, out, *extra) -> list:
             "--protocol", "labels", "-o", out, *extra]
 
 
+T1_LIKE = {0: 0, 1: 40, 2: 80, 3: 120, 4: 160}  # dark outside, dark rim (CSF), bright inside
+T2_LIKE = {0: 0, 1: 160, 2: 120, 3: 80, 4: 40}  # dark outside, bright rim: the relation turns back at the edge
+
+
+def relabelled(labels: np.ndarray, table: dict[int, float], seed: int) -> np.ndarray:
+    """An image of ``labels`` with intensity ``table[label]``, lightly blurred, a little noise."""
+    values = np.vectorize(table.get)(labels).astype(np.float32)
+    return ndimage.gaussian_filter(values, 0.7) + np.random.default_rng(seed).normal(0, 2.0, labels.shape).astype(np.float32)
+
+
 def real_labelmaps(count: int) -> Iterator[Volume]:
     """The first ``count`` shared label maps at 4 mm (every 4th voxel, affine scaled to match)."""
     from atlasreg.io import load

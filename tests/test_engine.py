@@ -9,11 +9,11 @@ torch = pytest.importorskip("torch")
 import atlasreg  # noqa: E402
 from atlasreg import AtlasregError  # noqa: E402
 from atlasreg.engine import affine_stage, displacement, optimize_velocity  # noqa: E402
-from atlasreg.flow import integrate, jacobian_determinant, warp  # noqa: E402
+from atlasreg.flow import integrate, warp  # noqa: E402
 from atlasreg.transform import Transform  # noqa: E402
 from atlasreg.volume import Volume, image  # noqa: E402
 
-from conftest import blob_labels, brain_only, image_from_labels, real_labelmaps  # noqa: E402
+from conftest import T1_LIKE, T2_LIKE, blob_labels, brain_only, image_from_labels, real_labelmaps, relabelled  # noqa: E402
 
 FAST_SVF = {"iterations": (30, 20, 5), "device": "cpu"}
 
@@ -180,14 +180,6 @@ def test_cli_lists_svf_and_segments_with_it(capsys, tmp_path, pair):
     assert code != 0 and "odd" in err and "Traceback" not in err and not (tmp_path / "bad.nii.gz").exists()
 
 
-def relabelled(labels: np.ndarray, table: dict[int, float], seed: int) -> np.ndarray:
-    """An image of ``labels`` with intensity ``table[label]``, lightly blurred, a little noise."""
-    from scipy import ndimage
-
-    values = np.vectorize(table.get)(labels).astype(np.float32)
-    return ndimage.gaussian_filter(values, 0.7) + np.random.default_rng(seed).normal(0, 2.0, labels.shape).astype(np.float32)
-
-
 def test_mind_descriptors_match_across_contrasts_not_across_positions():
     from atlasreg.engine.similarity import descriptor_distance, mind_ssc
 
@@ -274,10 +266,6 @@ def test_engine_adam_takes_torch_adams_steps():
         assert torch.equal(a, b)
 
 
-T1_LIKE = {0: 0, 1: 40, 2: 80, 3: 120, 4: 160}  # dark outside, dark rim (CSF), bright inside
-T2_LIKE = {0: 0, 1: 160, 2: 120, 3: 80, 4: 40}  # dark outside, bright rim: the relation turns back at the edge
-
-
 def test_matched_background_brightens_an_anticorrelated_targets_background_only():
     from atlasreg.engine.grid import matched_background
 
@@ -324,3 +312,20 @@ def test_svf_holds_on_a_t2_like_target_with_a_t1_atlas():
         dice[contrast] = atlasreg.evaluate(transform.warp_labels(atlas_labels), target_labels, "aseg", allow_label_mismatch=True)["mean_dice"]
     assert dice["t1"] > 0.55
     assert dice["t2"] > dice["t1"] - 0.1
+
+
+def test_matched_background_on_the_fixed_grid_follows_the_affine_stage(affine):
+    from atlasreg.engine.grid import matched_background_on
+
+    labels = blob_labels((32, 32, 32))
+    shifted = np.roll(labels, 3, axis=0)  # the atlas 3 voxels off: the matrix brings it back
+    moving = Volume(relabelled(shifted, T1_LIKE, 1), affine, is_labels=False)
+    fixed = Volume(relabelled(labels, T2_LIKE, 2), affine, is_labels=False)
+    matrix = np.eye(4)
+    matrix[:3, 3] = affine[:3, :3] @ np.array([3.0, 0.0, 0.0])  # fixed world -> moving world
+    matched = matched_background_on(moving, fixed, matrix)
+    outside = ndimage.binary_erosion(labels == 0, iterations=2)
+    assert matched.same_grid(fixed) and not matched.is_labels
+    assert matched.array[outside].min() >= np.percentile(fixed.array[labels > 0], 95)
+    same = Volume(relabelled(labels, T1_LIKE, 3), affine, is_labels=False)
+    assert matched_background_on(moving, same, matrix) is same

@@ -123,6 +123,15 @@ def matched_background(moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
     return np.where(inner, fixed, np.percentile(fixed[fixed_head], 99.5)).astype(fixed.dtype)
 
 
+def matched_background_on(moving: Volume, fixed: Volume, matrix: np.ndarray) -> Volume:
+    """:func:`matched_background` on ``fixed``'s own grid, ``moving`` brought there by the affine
+    stage's ``matrix``: for a registration outside the engine whose local correlation meets a
+    reversed contrast (ANTs' CC). ``fixed`` itself when the contrasts run the same way."""
+    moving_there = Transform.from_matrix(fixed, matrix).warp(moving).array
+    matched = matched_background(moving_there, fixed.array)
+    return fixed if matched is fixed.array else Volume(matched, fixed.affine, is_labels=False)
+
+
 def similarity_target(moving: np.ndarray, fixed: np.ndarray, similarity: str) -> np.ndarray:
     """The fixed image as the velocity optimiser's ``similarity`` should see it: with a
     :func:`matched_background` for ``lncc``, as it is for ``mind`` (which compares local structure,

@@ -67,3 +67,38 @@ def test_majority_of_three_atlases_is_at_least_their_mean(pair, affine):
     ]
     fused = atlasreg.segment(fixed, atlases, backend="affine", fusion="majority")
     assert atlasreg.evaluate(fused, fixed_labels, "labels")["mean_dice"] >= np.mean(singles)
+
+
+@pytest.mark.parametrize(
+    "options, target_table, matched",
+    [
+        ({"preset": "quality"}, "T2_LIKE", True),  # antsRegistrationSyN[s]: SyN with CC
+        ({"transform": "SyNCC"}, "T2_LIKE", True),
+        ({"preset": "fast"}, "T2_LIKE", False),  # SyN with mutual information: any relation
+        ({"transform": "antsRegistrationSyNQuick[s]"}, "T2_LIKE", False),
+        ({"preset": "quality"}, "T1_LIKE", False),  # the same contrast: nothing to match
+    ],
+)
+def test_ants_cc_registration_sees_a_reversed_targets_background_matched(monkeypatch, affine, options, target_table, matched):
+    """ANTs' CC meets a T2-like target of a T1 atlas wrongly at the brain's edge (second renderer,
+    T1 atlas -> T2-like, preset quality: 0.336 mean aseg Dice, benchmarks/RESULTS.md), so a CC
+    registration is given the engine's matched background; ANTs itself is not run here."""
+    pytest.importorskip("ants")
+    import conftest
+    from atlasreg_plugins.ants import backend as ants_backend
+
+    labels = conftest.blob_labels((32, 32, 32))
+    moving = atlasreg.Volume(conftest.relabelled(labels, conftest.T1_LIKE, 1), affine, is_labels=False)
+    fixed = atlasreg.Volume(conftest.relabelled(labels, getattr(conftest, target_table), 2), affine, is_labels=False)
+    seen = []
+    monkeypatch.setattr(ants_backend, "run_in_child", lambda function, fixed_seen, *rest: seen.append(fixed_seen) or [])
+    # the pair is aligned; the engine's affine stage (tested on its own) finds this toy's few flat labels hard
+    monkeypatch.setattr("atlasreg.engine.affine_stage", lambda moving, fixed, **options: np.eye(4))
+    transform = atlasreg.register(moving, fixed, backend="ants", options=options)
+    assert transform.shape == fixed.shape  # the Transform is on the target's own grid either way
+    outside = labels == 0
+    if matched:
+        assert seen[0].array[outside].mean() > fixed.array[labels > 0].mean()  # background now brighter than the brain
+        np.testing.assert_allclose(seen[0].affine, fixed.affine)
+    else:
+        assert seen[0] is fixed
