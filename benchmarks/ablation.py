@@ -32,7 +32,7 @@ from atlasreg.registry import get_backend
 from atlasreg.train import TrainSettings, cached_align_pair, train
 from atlasreg.transform import Transform
 
-from common import HERE, WORK, command_line, header
+from common import HERE, WORK, aseg_dice, command_line, header
 
 DATA = WORK / "data"
 CACHE = WORK / "affine-cache"  # shared with benchmarks/inference.py
@@ -151,9 +151,9 @@ def evaluate(names: list[str], work_dir: Path, atlas: tuple[Path, Path], targets
             pair = cached_align_pair(atlas[0], data(n, "t1"), float(config["spacing"]), tuple(config["shape"]), cache)
             if n not in map(int, scores["affine"]):
                 affine_only = Transform.from_matrix(target, pair.matrix)
-                scores["affine"][str(n)] = atlasreg.evaluate(affine_only.warp_labels(atlas_labels), truth, "aseg")["mean_dice"]
+                scores["affine"][str(n)] = aseg_dice(affine_only.warp_labels(atlas_labels), truth)
             transform = backend.predict(network, config, pair, target, device)
-            dice = atlasreg.evaluate(transform.warp_labels(atlas_labels), truth, "aseg")["mean_dice"]
+            dice = aseg_dice(transform.warp_labels(atlas_labels), truth)
             scores.setdefault(name, {})[str(n)] = dice
             print(f"01->{n:02d} {name:<16} Dice {dice:.3f}", file=sys.stderr)
     return scores

@@ -21,7 +21,7 @@ import atlasreg
 from atlasreg.metrics import folding_percent
 from atlasreg.registry import get_backend, get_fusion
 
-from common import CLASSICAL, check_methods, command_line, header, publish
+from common import CLASSICAL, aseg_dice, check_methods, command_line, header, publish
 from shared_maps import subject
 
 
@@ -50,7 +50,7 @@ def main(pairs: str, quality: bool, fusion_atlases: str, fusion_target: int, fus
             start = time.perf_counter()
             transform = atlasreg.register(atlas_img, target_img, backend=name, options=options)
             seconds = time.perf_counter() - start
-            score = atlasreg.evaluate(transform.warp_labels(atlas_lab), target_lab, "aseg")["mean_dice"]
+            score = aseg_dice(transform.warp_labels(atlas_lab), target_lab)
             folding = folding_percent(transform.jacobian_determinant(), target_lab.array > 0)
             rows[label].append((score, seconds, folding))
             cells.append(f"{score:.3f} / {seconds:.1f}")
@@ -88,7 +88,7 @@ def fusion_section(numbers: list[int], target_n: int, backend: str) -> str:
         transform = method.register(image, target_img, **options)
         warped_labels.append(transform.warp_labels(labels))
         warped_images.append(transform.warp(image))
-        singles.append(atlasreg.evaluate(warped_labels[-1], target_lab, "aseg")["mean_dice"])
+        singles.append(aseg_dice(warped_labels[-1], target_lab))
     lines = [f"Fusion: atlases {', '.join(f'{n:02d}' for n in numbers)} → target {target_n:02d}, backend {backend} (registered once, fused by each method)", "",
              "| method | mean Dice (aseg) | fusion s |", "|---|---|---|"]
     for n, score in zip(numbers, singles):
@@ -101,7 +101,7 @@ def fusion_section(numbers: list[int], target_n: int, backend: str) -> str:
         start = time.perf_counter()
         fused = fuser.fuse(target_img, warped_images, warped_labels, **fuser.resolve_options({}))
         seconds = time.perf_counter() - start
-        score = atlasreg.evaluate(fused, target_lab, "aseg")["mean_dice"]
+        score = aseg_dice(fused, target_lab)
         print(f"fusion {info.name:<10} Dice {score:.3f}  {seconds:.1f} s", file=sys.stderr)
         lines.append(f"| {info.name} | {score:.3f} | {seconds:.1f} |")
     return "\n".join(lines)

@@ -61,6 +61,15 @@ def subject_files(number: int, folder: Path, spacing: float = 2.0) -> tuple[Path
     return image, labels
 
 
+def aseg_dice(prediction, truth) -> float:
+    """Mean aseg Dice of warped atlas labels against a target's labels. Both come from the shared
+    maps, so their codes correspond: a registration that collapsed scores near 0 here instead of
+    being refused as a label mismatch (``atlasreg.evaluate``'s guard for users' files)."""
+    import atlasreg
+
+    return atlasreg.evaluate(prediction, truth, "aseg", allow_label_mismatch=True)["mean_dice"]
+
+
 def cpu_seconds() -> float:
     """CPU time of this process and its finished children (ANTs runs in one), all threads: steadier than
     wall-clock seconds on a shared machine."""

@@ -29,7 +29,7 @@ from statistics import mean
 
 import click
 
-from common import HERE, WORK as WORK_ROOT, check_methods, command_line, cpu_seconds, header, peak_rss_gib, publish, subject_files
+from common import HERE, WORK as WORK_ROOT, aseg_dice, check_methods, command_line, cpu_seconds, header, peak_rss_gib, publish, subject_files
 from shared_maps import RENDERERS, TARGET_CONTRASTS
 
 WORK = WORK_ROOT / "engine"
@@ -63,10 +63,9 @@ def register(backend: str | None, options: dict, moving, fixed):
 
 
 def score(warped_labels, target_labels, transform=None) -> tuple[float, float | None]:
-    import atlasreg
     from atlasreg.metrics import folding_percent
 
-    dice = atlasreg.evaluate(warped_labels, target_labels, "aseg")["mean_dice"]
+    dice = aseg_dice(warped_labels, target_labels)
     folding = None if transform is None else folding_percent(transform.jacobian_determinant(), target_labels.array > 0)
     return dice, folding
 

@@ -23,7 +23,7 @@ from statistics import mean, median
 
 import click
 
-from common import WORK, header, publish
+from common import WORK, aseg_dice, header, publish
 
 DATA = WORK / "data"
 
@@ -72,7 +72,7 @@ def summary(studies: tuple[str, ...], output: str | None) -> None:
         for record in ok:
             truth = DATA / Path(record["target"]).name.replace("_t1", "_seg")
             if truth.exists():
-                dice.append(atlasreg.evaluate(atlasreg.load(record["labels"], labels=True), atlasreg.load(truth, labels=True), "aseg")["mean_dice"])
+                dice.append(aseg_dice(atlasreg.load(record["labels"], labels=True), atlasreg.load(truth, labels=True)))
         others = f"{mean(seconds[1:]):.3f}" if len(seconds) > 1 else "–"
         scored = f"{mean(dice):.3f}" if dice else "–"
         lines.append(f"| {Path(study).name} | {ok[0]['backend']} | {len(ok)} | {mean(seconds):.3f} | {median(seconds):.3f} | "

@@ -33,7 +33,7 @@ from atlasreg.spatial import resample_to_spacing
 from atlasreg.train import cached_align_pair
 
 from ablation import data
-from common import command_line, header, peak_rss_gib
+from common import aseg_dice, command_line, header, peak_rss_gib
 
 
 def _sync(device: str) -> None:
@@ -88,7 +88,7 @@ def main(models: tuple[str, ...], device: str, repeats: int, optimize_steps: int
             predict_s, transform = timed(lambda: backend.predict(network, config, pair, target, device), device, repeats)
             warp_s, warped = timed(lambda: transform.warp_labels(atlas_labels), "cpu", repeats)
             row[resolution] = {"shape": list(target.shape), "predict_s": predict_s, "warp_s": warp_s, "total_s": predict_s + warp_s,
-                               "dice": atlasreg.evaluate(warped, truth, "aseg")["mean_dice"]}
+                               "dice": aseg_dice(warped, truth)}
         if device == "cuda":  # the same model and pair on the CPU
             on_gpu = backend.predict(network, config, pair, target_2mm, device)
             on_cpu = backend.predict(backend.load_network(path, "cpu")[0], config, pair, target_2mm, "cpu")
@@ -97,8 +97,8 @@ def main(models: tuple[str, ...], device: str, repeats: int, optimize_steps: int
                 "max_abs_field_diff_mm": float(np.abs(on_gpu.field - on_cpu.field).max()),
                 "mean_abs_field_mm": float(np.abs(on_cpu.field).mean()),
                 "label_agreement": float((warped_gpu.array == warped_cpu.array).mean()),
-                "dice_gpu": atlasreg.evaluate(warped_gpu, truth_2mm, "aseg")["mean_dice"],
-                "dice_cpu": atlasreg.evaluate(warped_cpu, truth_2mm, "aseg")["mean_dice"],
+                "dice_gpu": aseg_dice(warped_gpu, truth_2mm),
+                "dice_cpu": aseg_dice(warped_cpu, truth_2mm),
             }
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)

@@ -24,7 +24,7 @@ from atlasreg.engine.grid import align_pair, pick_device, working_grid
 from atlasreg.metrics import folding_percent
 from atlasreg.registry import get_backend
 
-from common import command_line, header, peak_rss_gib, publish
+from common import aseg_dice, command_line, header, peak_rss_gib, publish
 from shared_maps import subject
 
 
@@ -64,7 +64,7 @@ def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int,
                 warped = transform.warp_labels(atlas_lab)
                 seconds = time.perf_counter() - start
                 label = f"{name}" + (f" + {steps} optimisation steps (lr {lr:g})" if steps else "")
-                score = atlasreg.evaluate(warped, target_lab, "aseg")["mean_dice"]
+                score = aseg_dice(warped, target_lab)
                 rows.setdefault(label, []).append((score, seconds))
                 folding.setdefault(label, []).append(folding_percent(transform.jacobian_determinant(), target_lab.array > 0))
                 print(f"{atlas:02d}->{n:02d} {label:<40} Dice {score:.3f} {seconds:6.2f} s", file=sys.stderr)
@@ -86,7 +86,7 @@ def main(models: tuple[str, ...], targets: str, atlas: int, optimize_steps: int,
 
 
 def _dice(transform, atlas_labels, target_labels) -> float:
-    return atlasreg.evaluate(transform.warp_labels(atlas_labels), target_labels, "aseg")["mean_dice"]
+    return aseg_dice(transform.warp_labels(atlas_labels), target_labels)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from atlasreg.engine.grid import align_pair, working_grid
 from atlasreg.models import resolve
 from atlasreg.registry import get_backend
 
-from common import command_line, header, publish
+from common import aseg_dice, command_line, header, publish
 from shared_maps import RENDERERS, TARGET_CONTRASTS, subject, target
 
 
@@ -91,7 +91,7 @@ def main(targets: str, atlas: int, contrasts: str, atlas_contrast: str, renderer
 def _add(rows, label, transform, atlas_labels, target_labels, start, number, contrast) -> None:
     warped = transform.warp_labels(atlas_labels)
     seconds = time.perf_counter() - start
-    score = atlasreg.evaluate(warped, target_labels, "aseg")["mean_dice"]
+    score = aseg_dice(warped, target_labels)
     rows.setdefault(label, []).append((score, seconds))
     print(f"{contrast} -> {number:02d} {label:<48} Dice {score:.3f} {seconds:6.2f} s", file=sys.stderr)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from common import CLASSICAL, LEARNED, WORK, command_line, header, peak_rss_gib, publish, subject_files
+from common import CLASSICAL, LEARNED, WORK, aseg_dice, command_line, header, peak_rss_gib, publish, subject_files
 
 METHODS = {**CLASSICAL, **LEARNED}
 
@@ -49,7 +49,7 @@ def measure(method: str, spacing: float, targets: list[int], models: dict[str, s
         start = time.perf_counter()
         warped = atlasreg.register(atlas_image, image, backend=backend, options=options).warp_labels(atlas_labels)
         seconds.append(time.perf_counter() - start)
-        dice.append(atlasreg.evaluate(warped, truth, "aseg")["mean_dice"])
+        dice.append(aseg_dice(warped, truth))
     return {"seconds": seconds, "dice": dice, "rss_before_gib": rss_before,
             "peak_rss_gib": peak_rss_gib()}
 

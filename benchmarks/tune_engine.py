@@ -28,7 +28,7 @@ import torch
 
 import atlasreg
 
-from common import cpu_seconds
+from common import aseg_dice, cpu_seconds
 from shared_maps import RENDERERS, TARGET_CONTRASTS, target
 
 
@@ -94,7 +94,7 @@ def main(stage: str, settings: str, targets: str, model: str, contrast: str, atl
             warped = result if stage == "io" else result.warp_labels(atlas[1])
             seconds.append(time.perf_counter() - start if stage == "io" else registered)  # io: label warp included
             cpu.append(cpu_seconds() - start_cpu if stage == "io" else registered_cpu)
-            dice.append(atlasreg.evaluate(warped, data[n][1], "aseg")["mean_dice"])
+            dice.append(aseg_dice(warped, data[n][1]))
         print(f"{stage} {json.dumps(setting)} ({renderer}, {atlas_contrast} atlas, {contrast} targets): Dice {mean(dice):.4f} "
               f"({' '.join(f'{d:.3f}' for d in dice)}), {mean(seconds):.2f} s / pair, {mean(cpu):.2f} CPU s / pair", flush=True)
 
