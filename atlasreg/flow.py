@@ -121,8 +121,8 @@ def sample_at(src: torch.Tensor, points: torch.Tensor, mode: str = "bilinear", p
     ``src``, component ``c`` along its axis ``c`` (the convention of this module; :func:`warp` is the
     case ``points = p + flow(p)``). Returns ``(B, C, X', Y', Z')``. The one place that turns voxel
     coordinates into ``grid_sample``'s normalised, reversed ones."""
-    size = torch.tensor(src.shape[2:], device=points.device, dtype=points.dtype)
-    grid = (points * (2.0 / (size - 1).clamp(min=1)) - 1.0).flip(-1).to(src.dtype)
+    # grid_sample reads (z, y, x), each in [-1, 1] across src; Python scales: no host-to-device copy
+    grid = torch.stack([points[..., axis] * (2.0 / max(src.shape[2 + axis] - 1, 1)) - 1.0 for axis in (2, 1, 0)], dim=-1).to(src.dtype)
     if grid.shape[0] != src.shape[0]:
         grid = grid.expand(src.shape[0], *grid.shape[1:])
     return _grid_sample(src, grid, mode, padding)
@@ -154,7 +154,8 @@ def _grid_sample(src: torch.Tensor, grid: torch.Tensor, mode: str, padding: str)
 def gaussian_blur(x: torch.Tensor, sigma: float | Sequence[float] | Sequence[Sequence[float]]) -> torch.Tensor:
     """``x`` ``(B, C, X, Y, Z)`` smoothed by a separable Gaussian of ``sigma`` voxels: one value, one
     per axis, or one row of three per channel (0: that axis or channel untouched). All channels go
-    through one grouped convolution per axis; the kernels are built on the CPU (no device sync)."""
+    through one grouped convolution per axis. The kernels are built on ``x``'s device from Python
+    numbers: a CPU tensor copied to a GPU would wait for its queue at every optimiser step."""
     channels = x.shape[1]
     if isinstance(sigma, (int, float)):
         sigma = [float(sigma)] * 3
@@ -166,9 +167,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float | Sequence[float] | Sequence[Seq
         if max(wanted) <= 0:
             continue
         radius = max(1, math.ceil(3.0 * max(wanted)))
-        taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        taps = torch.arange(-radius, radius + 1, dtype=torch.float64, device=x.device)
         kernels = torch.stack([torch.exp(-0.5 * (taps / s) ** 2) if s > 0 else (taps == 0).double() for s in wanted])
-        kernels = (kernels / kernels.sum(1, keepdim=True)).to(x.device, x.dtype)
+        kernels = (kernels / kernels.sum(1, keepdim=True)).to(x.dtype)
         shape, padding = [channels, 1, 1, 1, 1], [0] * 6
         shape[2 + axis] = 2 * radius + 1
         padding[2 * (2 - axis)] = padding[2 * (2 - axis) + 1] = radius
